@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT */
+#include "common/util.h"
+#include "common/err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+void freezero_buf(void *p, size_t len)
+{
+	if (p == NULL)
+		return;
+	OPENSSL_cleanse(p, len);
+	free(p);
+}
+
+void freezero_str(char *s)
+{
+	if (s == NULL)
+		return;
+	freezero_buf(s, strlen(s));
+}
+
+void util_chomp(char *s)
+{
+	size_t n = strlen(s);
+
+	if (n > 0 && s[n - 1] == '\n')
+		s[--n] = '\0';
+	if (n > 0 && s[n - 1] == '\r')
+		s[--n] = '\0';
+}
+
+int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, size_t *ret_len)
+{
+	int fd = -1, r;
+	struct stat st;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return err_set(errno == ENOENT ? P11J_E_NOT_FOUND : P11J_E_SYSTEM,
+			       "cannot open '%s': %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		r = err_set(P11J_E_SYSTEM, "cannot stat '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (secret) {
+		if (!S_ISREG(st.st_mode)) {
+			r = err_set(P11J_E_INSECURE, "'%s' is not a regular file", path);
+			goto out;
+		}
+		if (st.st_uid != geteuid() && st.st_uid != 0) {
+			r = err_set(P11J_E_INSECURE, "'%s' is owned by uid %u, not by us", path,
+				    (unsigned)st.st_uid);
+			goto out;
+		}
+		if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+			r = err_set(P11J_E_INSECURE,
+				    "'%s' is accessible by group or others (mode %04o); chmod 600 it",
+				    path, (unsigned)(st.st_mode & 07777));
+			goto out;
+		}
+	}
+	for (;;) {
+		ssize_t n;
+
+		if (len + 1 >= cap) {
+			size_t ncap = cap ? cap * 2 : 256;
+			char *nb;
+
+			if (ncap > max + 2)
+				ncap = max + 2;
+			if (ncap <= len + 1) {
+				r = err_set(P11J_E_REQUEST_TOO_LARGE, "'%s' is larger than %zu bytes",
+					    path, max);
+				goto out;
+			}
+			nb = malloc(ncap);
+			if (nb == NULL) {
+				r = err_set(P11J_E_NOMEM, "out of memory reading '%s'", path);
+				goto out;
+			}
+			if (buf != NULL) {
+				memcpy(nb, buf, len);
+				if (secret)
+					OPENSSL_cleanse(buf, cap);
+				free(buf);
+			}
+			buf = nb;
+			cap = ncap;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			r = err_set(P11J_E_SYSTEM, "cannot read '%s': %s", path, strerror(errno));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > max) {
+			r = err_set(P11J_E_REQUEST_TOO_LARGE, "'%s' is larger than %zu bytes", path,
+				    max);
+			goto out;
+		}
+	}
+	if (buf == NULL) {
+		buf = malloc(1);
+		if (buf == NULL) {
+			r = err_set(P11J_E_NOMEM, "out of memory");
+			goto out;
+		}
+		cap = 1;
+	}
+	buf[len] = '\0';
+	*ret_buf = buf;
+	if (ret_len != NULL)
+		*ret_len = len;
+	buf = NULL;
+	r = 0;
+out:
+	if (buf != NULL) {
+		OPENSSL_cleanse(buf, cap);
+		free(buf);
+	}
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+int util_uuid4(char out[37])
+{
+	uint8_t b[16];
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (RAND_bytes(b, sizeof(b)) != 1)
+		return err_set_ossl(P11J_E_CRYPTO, "RAND_bytes");
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+	for (size_t i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			out[o++] = '-';
+		out[o++] = hex[b[i] >> 4];
+		out[o++] = hex[b[i] & 15];
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+int util_hex(const uint8_t *in, size_t len, char **ret)
+{
+	static const char hex[] = "0123456789abcdef";
+	char *s = malloc(len * 2 + 1);
+
+	if (s == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	for (size_t i = 0; i < len; i++) {
+		s[2 * i] = hex[in[i] >> 4];
+		s[2 * i + 1] = hex[in[i] & 15];
+	}
+	s[len * 2] = '\0';
+	*ret = s;
+	return 0;
+}
+
+static int64_t (*clock_override)(void);
+
+int64_t util_now(void)
+{
+	if (clock_override != NULL)
+		return clock_override();
+	return (int64_t)time(NULL);
+}
+
+void util_set_clock(int64_t (*fn)(void))
+{
+	clock_override = fn;
+}

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* Small helpers shared by all modules. */
+#ifndef P11J_UTIL_H
+#define P11J_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Free after wiping len bytes (OPENSSL_cleanse). NULL is fine. */
+void freezero_buf(void *p, size_t len);
+/* Free a NUL-terminated secret string after wiping it. */
+void freezero_str(char *s);
+
+/* Read a whole small file (at most max bytes, else P11J_E_REQUEST_TOO_LARGE).
+ * With secret=true the file must be a regular file owned by the caller (or
+ * root) and not readable or writable by group or others (P11J_E_INSECURE),
+ * and the buffer is wiped when it grows. *ret_buf is NUL-terminated. */
+int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, size_t *ret_len);
+
+/* Strip one trailing "\n" or "\r\n" in place. */
+void util_chomp(char *s);
+
+/* Random UUID v4 as 36 chars + NUL into out[37], from RAND_bytes. */
+int util_uuid4(char out[37]);
+
+/* Hex of bytes into a fresh string (lowercase). */
+int util_hex(const uint8_t *in, size_t len, char **ret);
+
+/* Wall clock in seconds since the epoch. Tests may override it with
+ * util_set_clock() (NULL restores the real clock). */
+int64_t util_now(void);
+void util_set_clock(int64_t (*fn)(void));
+
+#endif

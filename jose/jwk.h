@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+/* JWK (RFC 7517/7518/8037) for public keys, RFC 7638 thumbprints, x5t/x5c. */
+#ifndef P11J_JWK_H
+#define P11J_JWK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+
+/* Public JWK of an RSA, EC (P-256/384/521) or Ed25519 key: only the required
+ * public members (kty, n, e | kty, crv, x, y | kty, crv, x). New reference. */
+int jwk_from_pkey(const EVP_PKEY *pk, json_t **ret_jwk);
+
+/* OpenSSL public key from a JWK (kty RSA, EC, OKP/Ed25519). Private members
+ * are ignored. P11J_E_BAD_REQUEST for a malformed JWK. */
+int jwk_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk);
+
+/* RFC 7638 thumbprint: base64url(SHA-256(canonical required members)). */
+int jwk_thumbprint(const json_t *jwk, char **ret_b64u);
+
+/* x5t = base64url(SHA-1(der)), x5t#S256 = base64url(SHA-256(der)),
+ * x5c entry = standard base64(der). */
+int jwk_x5t(const uint8_t *der, size_t len, char **ret);
+int jwk_x5t_s256(const uint8_t *der, size_t len, char **ret);
+int jwk_x5c_entry(const uint8_t *der, size_t len, char **ret);
+
+/* Find the JWK in a JWKS ({"keys": [...]}) whose kid equals kid (or the only
+ * key when kid is NULL and there is exactly one). Borrowed reference.
+ * P11J_E_NOT_FOUND when none matches. */
+int jwk_find(const json_t *jwks, const char *kid, const json_t **ret_jwk);
+
+#endif

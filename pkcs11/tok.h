@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Token layer: loads a PKCS#11 module through p11-kit, finds a token and its
+ * signing keys by RFC 7512 URI, logs in once, and signs with C_Sign. Keys
+ * never leave the token: only public attributes and C_Sign are used.
+ * Thread-safe: tok_sign() may be called from many threads at once; each
+ * concurrent signature uses its own session from a pool.
+ */
+#ifndef P11J_TOK_H
+#define P11J_TOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <openssl/evp.h>
+#include "jose/jwa.h"
+
+typedef struct tok_ctx tok_ctx;
+typedef struct tok_key tok_key;
+
+enum { TOK_LOG_ERROR = 0, TOK_LOG_WARNING = 1, TOK_LOG_INFO = 2, TOK_LOG_DEBUG = 3 };
+typedef void (*tok_log_fn)(int level, const char *msg, void *ud);
+
+typedef struct {
+	/* Module file; NULL: p11-kit's registered modules (p11_kit_modules_load). */
+	const char *module_path;
+	/* Extra allowed directory prefixes for realpath(module) beyond /usr/lib*
+	 * and /usr/local/lib* (NULL-terminated array, may be NULL). */
+	const char *const *module_allow;
+	/* RFC 7512 URI selecting token and keys; NULL means "pkcs11:". Its
+	 * module-path / module-name / pin-source / pin-value are honoured. */
+	const char *uri;
+	/* PIN file (must be 0600-ish: not group/other readable); NULL: the URI's
+	 * pin-source, then env P11JWT_PIN. The PIN is wiped after C_Login. */
+	const char *pin_file;
+	/* Serve private keys that are extractable or not sensitive (warns). */
+	bool allow_unsafe_keys;
+	/* Do not log in (list public keys only, e.g. for jwks without a PIN). */
+	bool no_login;
+	tok_log_fn log;
+	void *log_ud;
+} tok_config;
+
+/* Load module, initialise with CKF_OS_LOCKING_OK, pick the first initialised
+ * token matching the URI (skipping slots without CKF_TOKEN_INITIALIZED), log
+ * in, and enumerate every private key matching the URI with CKA_SIGN true
+ * whose public key (public key object or certificate with the same CKA_ID)
+ * can be read and is of a supported kind. Object handles are resolved once. */
+int tok_open(const tok_config *cfg, tok_ctx **ret);
+
+/* Close sessions, C_Finalize, unload. NULL is fine. Call before OpenSSL
+ * cleanup (SoftHSM crashes otherwise). */
+void tok_close(tok_ctx *ctx);
+
+/* Token label, manufacturer, serial as read from CK_TOKEN_INFO (trimmed). */
+const char *tok_label(const tok_ctx *ctx);
+
+size_t tok_key_count(const tok_ctx *ctx);
+const tok_key *tok_key_at(const tok_ctx *ctx, size_t i);
+/* By CKA_LABEL; NULL if none. */
+const tok_key *tok_key_find(const tok_ctx *ctx, const char *name);
+
+const char *tok_key_name(const tok_key *k);  /* CKA_LABEL (or hex id if no label) */
+const char *tok_key_uri(const tok_key *k);   /* pkcs11:token=...;object=...;id=...;type=private */
+const uint8_t *tok_key_id(const tok_key *k, size_t *ret_len);  /* CKA_ID */
+EVP_PKEY *tok_key_pubkey(const tok_key *k);  /* borrowed, public only */
+/* DER certificate with the same CKA_ID, or NULL. */
+const uint8_t *tok_key_cert(const tok_key *k, size_t *ret_len);
+jwa_keykind tok_key_kind(const tok_key *k);
+/* True when the private key is extractable or not sensitive (served only
+ * with allow_unsafe_keys). */
+bool tok_key_unsafe(const tok_key *k);
+/* Mask of algs this key can sign on this token (mechanisms it supports). */
+unsigned tok_key_algs(const tok_key *k);
+
+/* Sign in[0..inlen) for JWS alg: RS* via CKM_SHA*_RSA_PKCS (fallback: hash
+ * in software + DigestInfo + CKM_RSA_PKCS), PS* via CKM_SHA*_RSA_PKCS_PSS,
+ * ES* hash with OpenSSL then CKM_ECDSA (raw R||S, fixed width), EdDSA via
+ * CKM_EDDSA. *siglen: size of sig in, length out. Thread-safe.
+ * P11J_E_UNSUPPORTED_ALG if alg does not fit the key. Matches jws_sign_fn
+ * when ctx is a tok_signer. */
+int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
+	     uint8_t *sig, size_t *siglen);
+
+/* Convenience pair for jws_sign_fn. */
+typedef struct { tok_ctx *ctx; const tok_key *key; } tok_signer;
+int tok_signer_fn(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen,
+		  uint8_t *sig, size_t *siglen);
+
+/* Name of a CK_RV ("CKR_PIN_INCORRECT") and its mapping to P11J_E_*. */
+const char *tok_ckr_name(unsigned long rv);
+int tok_ckr_to_err(unsigned long rv);
+
+#endif

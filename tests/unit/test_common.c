@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/util.h"
+
+static void test_err_names_roundtrip(void **state)
+{
+	static const char *const wire[] = { "bad_request", "request_too_large", "unknown_op",
+		"unknown_key", "unsupported_alg", "forbidden", "token_unavailable",
+		"pin_incorrect", "pin_required", "policy_violation", "internal" };
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(wire); i++)
+		assert_string_equal(err_code_name(err_code_from_name(wire[i])), wire[i]);
+	assert_string_equal(err_code_name(-9999), "internal");
+	assert_int_equal(err_code_from_name("no_such_code"), P11J_E_INTERNAL);
+}
+
+static void test_err_detail_thread_local(void **state)
+{
+	(void)state;
+	err_clear();
+	assert_int_equal(err_set(P11J_E_UNKNOWN_KEY, "no key named '%s'", "x"), P11J_E_UNKNOWN_KEY);
+	assert_string_equal(err_msg(), "no key named 'x'");
+	err_clear();
+	assert_string_equal(err_msg(), "no error detail recorded");
+}
+
+static void test_uuid4_format(void **state)
+{
+	char a[37], b[37];
+
+	(void)state;
+	assert_int_equal(util_uuid4(a), 0);
+	assert_int_equal(util_uuid4(b), 0);
+	assert_int_equal(strlen(a), 36);
+	assert_int_equal(a[14], '4');
+	assert_true(strchr("89ab", a[19]) != NULL);
+	assert_int_equal(a[8], '-');
+	assert_int_equal(a[23], '-');
+	assert_string_not_equal(a, b);
+}
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	assert_int_equal(chmod(path, mode), 0);
+}
+
+static void test_read_secret_file_modes(void **state)
+{
+	char path[] = "/tmp/p11j-test-XXXXXX";
+	int fd = mkstemp(path);
+	char *buf = NULL;
+	size_t len = 0;
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	write_file(path, "1234\n", 0600);
+	assert_int_equal(util_read_file(path, 64, true, &buf, &len), 0);
+	assert_int_equal(len, 5);
+	util_chomp(buf);
+	assert_string_equal(buf, "1234");
+	freezero_str(buf);
+	buf = NULL;
+
+	assert_int_equal(chmod(path, 0640), 0);
+	assert_int_equal(util_read_file(path, 64, true, &buf, &len), P11J_E_INSECURE);
+	assert_null(buf);
+	assert_non_null(strstr(err_msg(), "chmod 600"));
+	/* Not a secret: mode does not matter, size does. */
+	assert_int_equal(util_read_file(path, 64, false, &buf, &len), 0);
+	free(buf);
+	buf = NULL;
+	assert_int_equal(util_read_file(path, 3, false, &buf, &len), P11J_E_REQUEST_TOO_LARGE);
+	assert_null(buf);
+	unlink(path);
+	assert_int_equal(util_read_file(path, 64, true, &buf, &len), P11J_E_NOT_FOUND);
+}
+
+static void test_hex(void **state)
+{
+	const uint8_t in[] = { 0x00, 0xab, 0x10 };
+	char *s = NULL;
+
+	(void)state;
+	assert_int_equal(util_hex(in, sizeof(in), &s), 0);
+	assert_string_equal(s, "00ab10");
+	free(s);
+}
+
+static int64_t fixed_clock(void)
+{
+	return 1700000000;
+}
+
+static void test_clock_override(void **state)
+{
+	(void)state;
+	util_set_clock(fixed_clock);
+	assert_int_equal(util_now(), 1700000000);
+	util_set_clock(NULL);
+	assert_true(util_now() > 1700000000);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_err_names_roundtrip),
+		cmocka_unit_test(test_err_detail_thread_local),
+		cmocka_unit_test(test_uuid4_format),
+		cmocka_unit_test(test_read_secret_file_modes),
+		cmocka_unit_test(test_hex),
+		cmocka_unit_test(test_clock_override),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
