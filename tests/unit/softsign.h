@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Test-only software signer matching jws_sign_fn: signs with an OpenSSL
+ * private key and returns signatures in JWS form (raw R||S for ES*). Lets
+ * the JOSE and protocol tests run without a token.
+ */
+#ifndef P11J_TEST_SOFTSIGN_H
+#define P11J_TEST_SOFTSIGN_H
+
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include "common/err.h"
+#include "jose/jwa.h"
+#include "jose/jws.h"
+
+static inline int softsign_fn(void *evp_pkey, jwa_alg alg, const uint8_t *in, size_t inlen,
+			      uint8_t *sig, size_t *siglen)
+{
+	EVP_PKEY *pk = evp_pkey;
+	EVP_MD_CTX *m = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pctx = NULL;
+	uint8_t der[256];
+	size_t dlen = sizeof(der);
+	int r = P11J_E_CRYPTO;
+
+	if (m == NULL)
+		return P11J_E_NOMEM;
+	if (!(jwa_algs_for_kind(jwa_keykind_of(pk)) & JWA_BIT(alg))) {
+		r = err_set(P11J_E_UNSUPPORTED_ALG, "%s does not fit the key", jwa_name(alg));
+		goto out;
+	}
+	if (EVP_DigestSignInit(m, &pctx, jwa_md(alg), NULL, pk) != 1)
+		goto out;
+	if (jwa_is_pss(alg) &&
+	    (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
+	     EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1))
+		goto out;
+	if (jwa_is_ec(alg)) {
+		if (EVP_DigestSign(m, der, &dlen, in, inlen) != 1)
+			goto out;
+		if (*siglen < jwa_sig_len(alg))
+			goto out;
+		r = jws_ecdsa_der_to_raw(der, dlen, jwa_sig_len(alg) / 2, sig);
+		if (r == 0)
+			*siglen = jwa_sig_len(alg);
+		goto out;
+	}
+	if (EVP_DigestSign(m, sig, siglen, in, inlen) != 1)
+		goto out;
+	r = 0;
+out:
+	EVP_MD_CTX_free(m);
+	return r;
+}
+
+#endif
