@@ -1,0 +1,1773 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Token layer. See docs/design-pkcs11.md for why it is shaped this way:
+ * modules allowlisted by realpath(), one login per token, object handles
+ * resolved once at open, a pool of sessions so that concurrent signatures
+ * never share a session, and one place (tok_ck) where CK_RV becomes P11J_E_*.
+ */
+#include "pkcs11/tok.h"
+#include "pkcs11/tok-internal.h"
+#include "common/err.h"
+#include "common/util.h"
+#include "jose/jws.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+/* Older pkcs11.h copies predate PKCS#11 3.0's EdDSA; 0.24's has them. */
+#ifndef CKK_EC_EDWARDS
+#define CKK_EC_EDWARDS 0x40UL
+#endif
+#ifndef CKM_EDDSA
+#define CKM_EDDSA 0x1057UL
+#endif
+
+#define TOK_POOL_MAX 64          /* sessions open at once per token */
+#define TOK_SIG_MAX 1024         /* RSA 8192 */
+#define TOK_ATTR_MAX 1024        /* label, id, modulus */
+#define TOK_CERT_MAX (64 * 1024) /* DER certificate */
+#define TOK_PIN_MAX 256
+#define TOK_FIND_MAX 4096 /* objects per search */
+
+struct tok_key {
+	char *name;
+	char *uri;
+	uint8_t *id;
+	size_t id_len;
+	EVP_PKEY *pub;
+	uint8_t *cert;
+	size_t cert_len;
+	jwa_keykind kind;
+	bool unsafe;
+	unsigned algs;
+	size_t sig_len;        /* exact length of a signature */
+	CK_OBJECT_HANDLE priv; /* CK_INVALID_HANDLE when opened without login */
+};
+
+enum { MOD_SKIPPED = 0, MOD_SHARED = 1, MOD_OURS = 2 };
+
+struct tok_ctx {
+	CK_FUNCTION_LIST **mods; /* NULL-terminated */
+	uint8_t *state;          /* MOD_* per module */
+	bool mods_from_registry; /* p11_kit_modules_load() list */
+	CK_FUNCTION_LIST *f;     /* module of the chosen token */
+	CK_SLOT_ID slot;
+	CK_TOKEN_INFO ti;
+	char label[sizeof(((CK_TOKEN_INFO *)0)->label) + 1];
+
+	bool logged_in;
+	bool no_login;
+	bool force_raw_rsa;
+	bool mech_sha_rsa[3]; /* CKM_SHA{256,384,512}_RSA_PKCS */
+	bool mech_pss[3];     /* CKM_SHA{256,384,512}_RSA_PKCS_PSS */
+	bool mech_rsa_pkcs, mech_ecdsa, mech_eddsa;
+
+	tok_key **keys;
+	size_t nkeys;
+
+	pthread_mutex_t mu; /* pool state below */
+	pthread_cond_t cv;
+	pthread_mutex_t close_mu; /* SoftHSM: never close sessions concurrently */
+	CK_SESSION_HANDLE free_s[TOK_POOL_MAX];
+	size_t nfree;
+	size_t nopen;
+	bool locks_ok;
+
+	tok_log_fn log;
+	void *log_ud;
+};
+
+static __attribute__((format(printf, 3, 4))) void tok_log(const tok_ctx *ctx, int level,
+                                                          const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	if (ctx->log == NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	ctx->log(level, buf, ctx->log_ud);
+}
+
+/* ---- CK_RV names and mapping ---------------------------------------- */
+
+/* clang-format off */
+#define CKR_ENTRY(x) { x, #x }
+static const struct {
+	CK_RV rv;
+	const char *name;
+} ckr_names[] = {
+	CKR_ENTRY(CKR_OK), CKR_ENTRY(CKR_CANCEL), CKR_ENTRY(CKR_HOST_MEMORY),
+	CKR_ENTRY(CKR_SLOT_ID_INVALID), CKR_ENTRY(CKR_GENERAL_ERROR),
+	CKR_ENTRY(CKR_FUNCTION_FAILED), CKR_ENTRY(CKR_ARGUMENTS_BAD), CKR_ENTRY(CKR_NO_EVENT),
+	CKR_ENTRY(CKR_NEED_TO_CREATE_THREADS), CKR_ENTRY(CKR_CANT_LOCK),
+	CKR_ENTRY(CKR_ATTRIBUTE_READ_ONLY), CKR_ENTRY(CKR_ATTRIBUTE_SENSITIVE),
+	CKR_ENTRY(CKR_ATTRIBUTE_TYPE_INVALID), CKR_ENTRY(CKR_ATTRIBUTE_VALUE_INVALID),
+	CKR_ENTRY(CKR_ACTION_PROHIBITED), CKR_ENTRY(CKR_DATA_INVALID),
+	CKR_ENTRY(CKR_DATA_LEN_RANGE), CKR_ENTRY(CKR_DEVICE_ERROR), CKR_ENTRY(CKR_DEVICE_MEMORY),
+	CKR_ENTRY(CKR_DEVICE_REMOVED), CKR_ENTRY(CKR_ENCRYPTED_DATA_INVALID),
+	CKR_ENTRY(CKR_ENCRYPTED_DATA_LEN_RANGE), CKR_ENTRY(CKR_FUNCTION_CANCELED),
+	CKR_ENTRY(CKR_FUNCTION_NOT_PARALLEL), CKR_ENTRY(CKR_FUNCTION_NOT_SUPPORTED),
+	CKR_ENTRY(CKR_KEY_HANDLE_INVALID), CKR_ENTRY(CKR_KEY_SIZE_RANGE),
+	CKR_ENTRY(CKR_KEY_TYPE_INCONSISTENT), CKR_ENTRY(CKR_KEY_NOT_NEEDED),
+	CKR_ENTRY(CKR_KEY_CHANGED), CKR_ENTRY(CKR_KEY_NEEDED), CKR_ENTRY(CKR_KEY_INDIGESTIBLE),
+	CKR_ENTRY(CKR_KEY_FUNCTION_NOT_PERMITTED), CKR_ENTRY(CKR_KEY_NOT_WRAPPABLE),
+	CKR_ENTRY(CKR_KEY_UNEXTRACTABLE), CKR_ENTRY(CKR_MECHANISM_INVALID),
+	CKR_ENTRY(CKR_MECHANISM_PARAM_INVALID), CKR_ENTRY(CKR_OBJECT_HANDLE_INVALID),
+	CKR_ENTRY(CKR_OPERATION_ACTIVE), CKR_ENTRY(CKR_OPERATION_NOT_INITIALIZED),
+	CKR_ENTRY(CKR_PIN_INCORRECT), CKR_ENTRY(CKR_PIN_INVALID), CKR_ENTRY(CKR_PIN_LEN_RANGE),
+	CKR_ENTRY(CKR_PIN_EXPIRED), CKR_ENTRY(CKR_PIN_LOCKED), CKR_ENTRY(CKR_SESSION_CLOSED),
+	CKR_ENTRY(CKR_SESSION_COUNT), CKR_ENTRY(CKR_SESSION_HANDLE_INVALID),
+	CKR_ENTRY(CKR_SESSION_PARALLEL_NOT_SUPPORTED), CKR_ENTRY(CKR_SESSION_READ_ONLY),
+	CKR_ENTRY(CKR_SESSION_EXISTS), CKR_ENTRY(CKR_SESSION_READ_ONLY_EXISTS),
+	CKR_ENTRY(CKR_SESSION_READ_WRITE_SO_EXISTS), CKR_ENTRY(CKR_SIGNATURE_INVALID),
+	CKR_ENTRY(CKR_SIGNATURE_LEN_RANGE), CKR_ENTRY(CKR_TEMPLATE_INCOMPLETE),
+	CKR_ENTRY(CKR_TEMPLATE_INCONSISTENT), CKR_ENTRY(CKR_TOKEN_NOT_PRESENT),
+	CKR_ENTRY(CKR_TOKEN_NOT_RECOGNIZED), CKR_ENTRY(CKR_TOKEN_WRITE_PROTECTED),
+	CKR_ENTRY(CKR_UNWRAPPING_KEY_SIZE_RANGE), CKR_ENTRY(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+	CKR_ENTRY(CKR_USER_ALREADY_LOGGED_IN), CKR_ENTRY(CKR_USER_NOT_LOGGED_IN),
+	CKR_ENTRY(CKR_USER_PIN_NOT_INITIALIZED), CKR_ENTRY(CKR_USER_TYPE_INVALID),
+	CKR_ENTRY(CKR_USER_ANOTHER_ALREADY_LOGGED_IN), CKR_ENTRY(CKR_USER_TOO_MANY_TYPES),
+	CKR_ENTRY(CKR_WRAPPED_KEY_INVALID), CKR_ENTRY(CKR_WRAPPED_KEY_LEN_RANGE),
+	CKR_ENTRY(CKR_WRAPPING_KEY_HANDLE_INVALID), CKR_ENTRY(CKR_WRAPPING_KEY_SIZE_RANGE),
+	CKR_ENTRY(CKR_WRAPPING_KEY_TYPE_INCONSISTENT), CKR_ENTRY(CKR_RANDOM_SEED_NOT_SUPPORTED),
+	CKR_ENTRY(CKR_RANDOM_NO_RNG), CKR_ENTRY(CKR_DOMAIN_PARAMS_INVALID),
+	CKR_ENTRY(CKR_CURVE_NOT_SUPPORTED), CKR_ENTRY(CKR_BUFFER_TOO_SMALL),
+	CKR_ENTRY(CKR_SAVED_STATE_INVALID), CKR_ENTRY(CKR_INFORMATION_SENSITIVE),
+	CKR_ENTRY(CKR_STATE_UNSAVEABLE), CKR_ENTRY(CKR_CRYPTOKI_NOT_INITIALIZED),
+	CKR_ENTRY(CKR_CRYPTOKI_ALREADY_INITIALIZED), CKR_ENTRY(CKR_MUTEX_BAD),
+	CKR_ENTRY(CKR_MUTEX_NOT_LOCKED), CKR_ENTRY(CKR_NEW_PIN_MODE), CKR_ENTRY(CKR_NEXT_OTP),
+	CKR_ENTRY(CKR_EXCEEDED_MAX_ITERATIONS), CKR_ENTRY(CKR_FIPS_SELF_TEST_FAILED),
+	CKR_ENTRY(CKR_LIBRARY_LOAD_FAILED), CKR_ENTRY(CKR_PIN_TOO_WEAK),
+	CKR_ENTRY(CKR_PUBLIC_KEY_INVALID), CKR_ENTRY(CKR_FUNCTION_REJECTED),
+};
+/* clang-format on */
+
+const char *tok_ckr_name(unsigned long rv)
+{
+	static __thread char buf[48];
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(ckr_names); i++)
+		if (ckr_names[i].rv == rv)
+			return ckr_names[i].name;
+	if (rv >= CKR_VENDOR_DEFINED)
+		snprintf(buf, sizeof(buf), "CKR_VENDOR_DEFINED+0x%lx", rv - CKR_VENDOR_DEFINED);
+	else
+		snprintf(buf, sizeof(buf), "CKR_0x%08lx", rv);
+	return buf;
+}
+
+int tok_ckr_to_err(unsigned long rv)
+{
+	switch (rv) {
+	case CKR_OK:
+	case CKR_USER_ALREADY_LOGGED_IN:
+	case CKR_CRYPTOKI_ALREADY_INITIALIZED:
+		return 0;
+	case CKR_DEVICE_REMOVED:
+	case CKR_DEVICE_ERROR:
+	case CKR_TOKEN_NOT_PRESENT:
+	case CKR_TOKEN_NOT_RECOGNIZED:
+	case CKR_SESSION_HANDLE_INVALID:
+	case CKR_SESSION_CLOSED:
+	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_CRYPTOKI_NOT_INITIALIZED:
+		return P11J_E_TOKEN_UNAVAILABLE;
+	case CKR_PIN_INCORRECT:
+	case CKR_PIN_LOCKED:
+	case CKR_PIN_EXPIRED:
+	case CKR_PIN_INVALID:
+	case CKR_PIN_LEN_RANGE:
+		return P11J_E_PIN_INCORRECT;
+	case CKR_MECHANISM_INVALID:
+	case CKR_MECHANISM_PARAM_INVALID:
+		return P11J_E_UNSUPPORTED_ALG;
+	case CKR_HOST_MEMORY:
+		return P11J_E_NOMEM;
+	default:
+		return P11J_E_PKCS11;
+	}
+}
+
+/* The one place a failing C_* call becomes an error: "C_Login on token
+ * 'p11jwt-test' failed: CKR_PIN_INCORRECT". */
+static int tok_ck(const tok_ctx *ctx, const char *fn, CK_RV rv)
+{
+	int code = tok_ckr_to_err(rv);
+
+	if (code == 0)
+		return 0;
+	if (ctx != NULL && ctx->label[0] != '\0')
+		return err_set(code, "%s on token '%s' failed: %s", fn, ctx->label,
+		               tok_ckr_name(rv));
+	return err_set(code, "%s failed: %s", fn, tok_ckr_name(rv));
+}
+
+/* ---- small helpers --------------------------------------------------- */
+
+static void trim_padded(char *dst, const unsigned char *src, size_t n)
+{
+	while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
+		n--;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static const char *kind_name(jwa_keykind k)
+{
+	switch (k) {
+	case KEYKIND_RSA:
+		return "RSA";
+	case KEYKIND_P256:
+		return "P-256";
+	case KEYKIND_P384:
+		return "P-384";
+	case KEYKIND_P521:
+		return "P-521";
+	case KEYKIND_ED25519:
+		return "Ed25519";
+	default:
+		return "unknown";
+	}
+}
+
+/* 0, 1, 2 for SHA-256, -384, -512 */
+static int hash_idx(jwa_alg alg)
+{
+	switch (alg) {
+	case JWA_RS256:
+	case JWA_PS256:
+	case JWA_ES256:
+		return 0;
+	case JWA_RS384:
+	case JWA_PS384:
+	case JWA_ES384:
+		return 1;
+	case JWA_RS512:
+	case JWA_PS512:
+	case JWA_ES512:
+		return 2;
+	default:
+		return -1;
+	}
+}
+
+/* ---- module loading -------------------------------------------------- */
+
+static bool path_under(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	if (n == 1 && dir[0] == '/')
+		return path[0] == '/';
+	return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+/* Under /usr/lib<anything>/ or /usr/local/lib<anything>/, e.g. /usr/lib64/. */
+static bool system_libdir(const char *real)
+{
+	const char *p;
+
+	if (strncmp(real, "/usr/lib", 8) == 0)
+		p = real + 8;
+	else if (strncmp(real, "/usr/local/lib", 14) == 0)
+		p = real + 14;
+	else
+		return false;
+	p += strcspn(p, "/");
+	return *p == '/';
+}
+
+/* realpath() the module and accept it only from an allowed directory, the
+ * way ssh-agent -P does: a module is code run with access to the PIN. */
+static int module_check(const tok_config *cfg, const char *path, char **ret_real)
+{
+	char *real = NULL, *dirreal = NULL, *slash;
+	size_t i;
+	int r;
+
+	real = realpath(path, NULL);
+	if (real == NULL)
+		return err_set(P11J_E_MODULE, "cannot use PKCS#11 module '%s': %s", path,
+		               strerror(errno));
+	if (system_libdir(real))
+		goto ok;
+	for (i = 0; cfg->module_allow != NULL && cfg->module_allow[i] != NULL; i++) {
+		dirreal = realpath(cfg->module_allow[i], NULL);
+		if (dirreal != NULL && path_under(real, dirreal))
+			goto ok;
+		free(dirreal);
+		dirreal = NULL;
+	}
+	slash = strrchr(real, '/');
+	if (slash != NULL && slash != real)
+		*slash = '\0';
+	r = err_set(P11J_E_MODULE,
+	            "PKCS#11 module '%s' resolves to '%s/%s', outside the allowed directories "
+	            "(/usr/lib*/, /usr/local/lib*/); allow it with --module-allow %s",
+	            path, real, slash ? slash + 1 : "", real);
+	free(real);
+	return r;
+ok:
+	free(dirreal);
+	*ret_real = real;
+	return 0;
+}
+
+static int modules_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
+{
+	const char *path = cfg->module_path;
+	const char *want_name = p11_kit_uri_get_module_name(uri);
+	char *real = NULL;
+	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+	size_t i, n = 0, usable = 0;
+	int r;
+
+	if (path == NULL)
+		path = p11_kit_uri_get_module_path(uri);
+	if (path != NULL) {
+		r = module_check(cfg, path, &real);
+		if (r < 0)
+			return r;
+		ctx->mods = calloc(2, sizeof(*ctx->mods));
+		ctx->state = calloc(1, sizeof(*ctx->state));
+		if (ctx->mods == NULL || ctx->state == NULL) {
+			free(real);
+			return err_set(P11J_E_NOMEM, "out of memory");
+		}
+		ctx->mods[0] = p11_kit_module_load(real, 0);
+		if (ctx->mods[0] == NULL) {
+			const char *m = p11_kit_message();
+
+			r = err_set(P11J_E_MODULE, "cannot load PKCS#11 module '%s': %s", real,
+			            m ? m : "unknown reason");
+			free(real);
+			return r;
+		}
+		free(real);
+		n = 1;
+	} else {
+		ctx->mods = p11_kit_modules_load(NULL, 0);
+		ctx->mods_from_registry = true;
+		if (ctx->mods == NULL) {
+			const char *m = p11_kit_message();
+
+			return err_set(P11J_E_MODULE,
+			               "cannot load the p11-kit registered modules: %s",
+			               m ? m : "unknown reason");
+		}
+		while (ctx->mods[n] != NULL)
+			n++;
+		ctx->state = calloc(n + 1, sizeof(*ctx->state));
+		if (ctx->state == NULL)
+			return err_set(P11J_E_NOMEM, "out of memory");
+	}
+
+	for (i = 0; i < n; i++) {
+		CK_FUNCTION_LIST *m = ctx->mods[i];
+		CK_RV rv;
+
+		if (ctx->mods_from_registry) {
+			char *fn = p11_kit_module_get_filename(m);
+			char *nm = p11_kit_module_get_name(m);
+			bool skip = false;
+
+			if (want_name != NULL && (nm == NULL || strcmp(nm, want_name) != 0))
+				skip = true;
+			if (!skip && fn != NULL) {
+				char *rp = NULL;
+
+				if (module_check(cfg, fn, &rp) < 0) {
+					tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s",
+					        err_msg());
+					skip = true;
+				}
+				free(rp);
+			}
+			free(fn);
+			free(nm);
+			if (skip)
+				continue;
+		}
+		rv = m->C_Initialize(&args);
+		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			r = tok_ck(NULL, "C_Initialize", rv);
+			if (!ctx->mods_from_registry)
+				return r;
+			tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s", err_msg());
+			continue;
+		}
+		/* ALREADY_INITIALIZED: someone else in the process owns it and
+		 * will finalize it. */
+		ctx->state[i] = rv == CKR_OK ? MOD_OURS : MOD_SHARED;
+		usable++;
+	}
+	if (usable == 0 && want_name != NULL)
+		return err_set(P11J_E_MODULE,
+		               "no usable PKCS#11 module named '%s' is registered "
+		               "with p11-kit",
+		               want_name);
+	if (usable == 0)
+		return err_set(P11J_E_MODULE,
+		               "no usable PKCS#11 module is registered with p11-kit; "
+		               "give a module path");
+	return 0;
+}
+
+/* ---- token selection ------------------------------------------------- */
+
+static int token_find(tok_ctx *ctx, P11KitUri *uri, const char *uri_shown)
+{
+	char seen[256] = "";
+	size_t nseen = 0, i;
+	CK_SLOT_ID want_slot = (CK_SLOT_ID)p11_kit_uri_get_slot_id(uri);
+	CK_SLOT_ID *slots = NULL;
+	int r = 0;
+
+	for (i = 0; ctx->mods[i] != NULL; i++) {
+		CK_FUNCTION_LIST *m = ctx->mods[i];
+		CK_INFO info;
+		CK_ULONG ns = 0, j;
+		CK_RV rv;
+
+		if (ctx->state[i] == MOD_SKIPPED)
+			continue;
+		if (m->C_GetInfo(&info) != CKR_OK || !p11_kit_uri_match_module_info(uri, &info))
+			continue;
+		rv = m->C_GetSlotList(CK_TRUE, NULL, &ns);
+		if (rv != CKR_OK || ns == 0)
+			continue;
+		free(slots);
+		slots = calloc(ns, sizeof(*slots));
+		if (slots == NULL) {
+			r = err_set(P11J_E_NOMEM, "out of memory");
+			goto out;
+		}
+		if (m->C_GetSlotList(CK_TRUE, slots, &ns) != CKR_OK)
+			continue;
+		for (j = 0; j < ns; j++) {
+			CK_SLOT_INFO si;
+			CK_TOKEN_INFO ti;
+			char lbl[sizeof(ti.label) + 1];
+
+			if (want_slot != (CK_SLOT_ID)-1 && slots[j] != want_slot)
+				continue;
+			if (m->C_GetSlotInfo(slots[j], &si) != CKR_OK ||
+			    !p11_kit_uri_match_slot_info(uri, &si))
+				continue;
+			if (m->C_GetTokenInfo(slots[j], &ti) != CKR_OK)
+				continue;
+			if (!(ti.flags & CKF_TOKEN_INITIALIZED))
+				continue;
+			trim_padded(lbl, ti.label, sizeof(ti.label));
+			if (nseen < 8 && strlen(seen) + strlen(lbl) + 5 < sizeof(seen)) {
+				if (nseen > 0)
+					strcat(seen, ", ");
+				strcat(seen, "'");
+				strcat(seen, lbl);
+				strcat(seen, "'");
+			}
+			nseen++;
+			if (!p11_kit_uri_match_token_info(uri, &ti))
+				continue;
+			ctx->f = m;
+			ctx->slot = slots[j];
+			ctx->ti = ti;
+			memcpy(ctx->label, lbl, sizeof(lbl));
+			goto out;
+		}
+	}
+	r = err_set(P11J_E_NOT_FOUND, "no initialised token matches '%s' (tokens seen: %s)",
+	            uri_shown, nseen ? seen : "none");
+out:
+	free(slots);
+	return r;
+}
+
+static int mechs_read(tok_ctx *ctx)
+{
+	CK_MECHANISM_TYPE *mt = NULL;
+	CK_ULONG n = 0, i;
+	CK_RV rv;
+	int r = 0;
+
+	rv = ctx->f->C_GetMechanismList(ctx->slot, NULL, &n);
+	if (rv != CKR_OK)
+		return tok_ck(ctx, "C_GetMechanismList", rv);
+	mt = calloc(n + 1, sizeof(*mt));
+	if (mt == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	rv = ctx->f->C_GetMechanismList(ctx->slot, mt, &n);
+	if (rv != CKR_OK) {
+		r = tok_ck(ctx, "C_GetMechanismList", rv);
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		switch (mt[i]) {
+		case CKM_SHA256_RSA_PKCS:
+			ctx->mech_sha_rsa[0] = true;
+			break;
+		case CKM_SHA384_RSA_PKCS:
+			ctx->mech_sha_rsa[1] = true;
+			break;
+		case CKM_SHA512_RSA_PKCS:
+			ctx->mech_sha_rsa[2] = true;
+			break;
+		case CKM_SHA256_RSA_PKCS_PSS:
+			ctx->mech_pss[0] = true;
+			break;
+		case CKM_SHA384_RSA_PKCS_PSS:
+			ctx->mech_pss[1] = true;
+			break;
+		case CKM_SHA512_RSA_PKCS_PSS:
+			ctx->mech_pss[2] = true;
+			break;
+		case CKM_RSA_PKCS:
+			ctx->mech_rsa_pkcs = true;
+			break;
+		case CKM_ECDSA:
+			ctx->mech_ecdsa = true;
+			break;
+		case CKM_EDDSA:
+			ctx->mech_eddsa = true;
+			break;
+		default:
+			break;
+		}
+	}
+out:
+	free(mt);
+	return r;
+}
+
+/* ---- PIN ------------------------------------------------------------- */
+
+static int pin_from_file(const char *path, char **ret)
+{
+	char *buf = NULL, *pin = NULL;
+	size_t len = 0;
+	int r;
+
+	r = util_read_file(path, TOK_PIN_MAX, true, &buf, &len);
+	if (r < 0)
+		return r;
+	buf[strcspn(buf, "\n")] = '\0';
+	util_chomp(buf);
+	if (buf[0] == '\0') {
+		r = err_set(P11J_E_BAD_REQUEST, "PIN file '%s' is empty", path);
+		goto out;
+	}
+	pin = strdup(buf);
+	if (pin == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+	*ret = pin;
+out:
+	freezero_buf(buf, len);
+	return r;
+}
+
+/* PIN from the config's file, the URI's pin-source or pin-value, or
+ * P11JWT_PIN. *ret is NULL when there is none. */
+static int pin_get(const tok_config *cfg, P11KitUri *uri, const char *uri_pin, char **ret)
+{
+	const char *src;
+	char *pin = NULL;
+
+	*ret = NULL;
+	if (cfg->pin_file != NULL)
+		return pin_from_file(cfg->pin_file, ret);
+	src = p11_kit_uri_get_pin_source(uri);
+	if (src != NULL) {
+		if (strncmp(src, "file:", 5) == 0) {
+			src += 5;
+			if (strncmp(src, "//", 2) == 0)
+				src += 2;
+		} else if (src[0] != '/' && strchr(src, ':') != NULL) {
+			return err_set(
+			    P11J_E_BAD_REQUEST,
+			    "pin-source '%s' is not supported; use a file path or a file: URI",
+			    src);
+		}
+		return pin_from_file(src, ret);
+	}
+	if (uri_pin != NULL)
+		pin = strdup(uri_pin);
+	else if (getenv("P11JWT_PIN") != NULL && getenv("P11JWT_PIN")[0] != '\0')
+		pin = strdup(getenv("P11JWT_PIN"));
+	else
+		return 0;
+	if (pin == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	*ret = pin;
+	return 0;
+}
+
+/* PINs a token has rejected in this process, as SHA-256(serial, label, PIN):
+ * the same wrong PIN is never sent twice (pkcs11-provider does the same),
+ * because every wrong try brings a smartcard closer to locking. */
+#define TOK_BADPIN_MAX 16
+static pthread_mutex_t badpin_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t badpin[TOK_BADPIN_MAX][32];
+static size_t badpin_n;
+
+static void badpin_digest(const tok_ctx *ctx, const char *pin, uint8_t out[32])
+{
+	EVP_MD_CTX *mc = EVP_MD_CTX_new();
+	unsigned int len = 0;
+
+	memset(out, 0, 32);
+	if (mc != NULL && EVP_DigestInit_ex(mc, EVP_sha256(), NULL) &&
+	    EVP_DigestUpdate(mc, ctx->ti.serialNumber, sizeof(ctx->ti.serialNumber)) &&
+	    EVP_DigestUpdate(mc, ctx->ti.label, sizeof(ctx->ti.label)) &&
+	    EVP_DigestUpdate(mc, pin, strlen(pin)))
+		EVP_DigestFinal_ex(mc, out, &len);
+	EVP_MD_CTX_free(mc);
+}
+
+static bool badpin_known(const uint8_t d[32])
+{
+	bool found = false;
+	size_t i;
+
+	pthread_mutex_lock(&badpin_mu);
+	for (i = 0; i < badpin_n && !found; i++)
+		found = CRYPTO_memcmp(badpin[i], d, 32) == 0;
+	pthread_mutex_unlock(&badpin_mu);
+	return found;
+}
+
+static void badpin_add(const uint8_t d[32])
+{
+	pthread_mutex_lock(&badpin_mu);
+	memcpy(badpin[badpin_n % TOK_BADPIN_MAX], d, 32);
+	badpin_n = badpin_n < TOK_BADPIN_MAX ? badpin_n + 1 : TOK_BADPIN_MAX;
+	pthread_mutex_unlock(&badpin_mu);
+}
+
+static int login(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, const char *uri_pin,
+                 CK_SESSION_HANDLE s)
+{
+	char *pin = NULL;
+	uint8_t digest[32];
+	CK_RV rv;
+	int r;
+
+	r = pin_get(cfg, uri, uri_pin, &pin);
+	if (r < 0)
+		return r;
+	if (pin == NULL) {
+		if (ctx->ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH) {
+			rv = ctx->f->C_Login(s, CKU_USER, NULL, 0);
+			goto done;
+		}
+		if (!(ctx->ti.flags & CKF_LOGIN_REQUIRED))
+			return 0;
+		return err_set(P11J_E_PIN_REQUIRED,
+		               "token '%s' needs a PIN: give a PIN file, a pin-source in the URI, "
+		               "or set P11JWT_PIN",
+		               ctx->label);
+	}
+	badpin_digest(ctx, pin, digest);
+	if (badpin_known(digest)) {
+		freezero_str(pin);
+		return err_set(P11J_E_PIN_INCORRECT,
+		               "token '%s' already rejected this PIN; not "
+		               "trying it again (CKR_PIN_INCORRECT)",
+		               ctx->label);
+	}
+	rv = ctx->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin));
+	freezero_str(pin);
+	if (rv == CKR_PIN_INCORRECT)
+		badpin_add(digest);
+done:
+	OPENSSL_cleanse(digest, sizeof(digest));
+	r = tok_ck(ctx, "C_Login", rv);
+	if (r < 0)
+		return r;
+	ctx->logged_in = true;
+	return 0;
+}
+
+/* ---- object attributes ----------------------------------------------- */
+
+/* Variable-length attribute into a fresh buffer (NUL-terminated for
+ * convenience). Absent or unreadable: *ret NULL, *ret_len 0, returns 0. */
+static int attr_get(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
+                    size_t max, uint8_t **ret, size_t *ret_len)
+{
+	CK_ATTRIBUTE a = {t, NULL, 0};
+	uint8_t *buf = NULL;
+	CK_RV rv;
+
+	*ret = NULL;
+	*ret_len = 0;
+	rv = ctx->f->C_GetAttributeValue(s, o, &a, 1);
+	if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE ||
+	    a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+		return 0;
+	if (rv != CKR_OK)
+		return tok_ck(ctx, "C_GetAttributeValue", rv);
+	if (a.ulValueLen > max)
+		return err_set(P11J_E_PKCS11, "attribute 0x%lx on token '%s' is over %zu bytes",
+		               (unsigned long)t, ctx->label, max);
+	buf = calloc(1, a.ulValueLen + 1);
+	if (buf == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	a.pValue = buf;
+	rv = ctx->f->C_GetAttributeValue(s, o, &a, 1);
+	if (rv != CKR_OK) {
+		free(buf);
+		return tok_ck(ctx, "C_GetAttributeValue", rv);
+	}
+	*ret = buf;
+	*ret_len = a.ulValueLen;
+	return 0;
+}
+
+/* Fixed-size attribute; returns 1 if read, 0 if absent. */
+static int attr_fixed(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
+                      void *val, size_t len)
+{
+	CK_ATTRIBUTE a = {t, val, len};
+	CK_RV rv;
+
+	rv = ctx->f->C_GetAttributeValue(s, o, &a, 1);
+	if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE ||
+	    a.ulValueLen != len)
+		return 0;
+	if (rv != CKR_OK)
+		return tok_ck(ctx, "C_GetAttributeValue", rv);
+	return 1;
+}
+
+static int objects_find(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                        CK_OBJECT_HANDLE **ret, size_t *ret_n)
+{
+	CK_OBJECT_HANDLE *v = NULL, *nv;
+	size_t cnt = 0, cap = 0;
+	CK_ULONG got;
+	CK_RV rv;
+	int r = 0;
+
+	rv = ctx->f->C_FindObjectsInit(s, tmpl, n);
+	if (rv != CKR_OK)
+		return tok_ck(ctx, "C_FindObjectsInit", rv);
+	for (;;) {
+		if (cnt == cap) {
+			if (cap >= TOK_FIND_MAX) {
+				r = err_set(P11J_E_PKCS11,
+				            "more than %d matching objects on token '%s'",
+				            TOK_FIND_MAX, ctx->label);
+				goto out;
+			}
+			cap = cap ? cap * 2 : 16;
+			nv = realloc(v, cap * sizeof(*v));
+			if (nv == NULL) {
+				r = err_set(P11J_E_NOMEM, "out of memory");
+				goto out;
+			}
+			v = nv;
+		}
+		got = 0;
+		rv = ctx->f->C_FindObjects(s, v + cnt, cap - cnt, &got);
+		if (rv != CKR_OK) {
+			r = tok_ck(ctx, "C_FindObjects", rv);
+			goto out;
+		}
+		if (got == 0)
+			break;
+		cnt += got;
+	}
+out:
+	ctx->f->C_FindObjectsFinal(s);
+	if (r < 0) {
+		free(v);
+		return r;
+	}
+	*ret = v;
+	*ret_n = cnt;
+	return 0;
+}
+
+/* First object of a class with the key's CKA_ID (or label when it has no
+ * ID); CK_INVALID_HANDLE if none. */
+static int object_peer(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const uint8_t *id,
+                       size_t id_len, const char *label, CK_OBJECT_HANDLE *ret)
+{
+	CK_CERTIFICATE_TYPE x509 = CKC_X_509;
+	CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
+	CK_ULONG n = 1;
+	CK_OBJECT_HANDLE *v = NULL;
+	size_t nv = 0;
+	int r;
+
+	*ret = CK_INVALID_HANDLE;
+	if (id_len > 0) {
+		tmpl[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)id, id_len};
+	} else if (label != NULL) {
+		tmpl[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+	} else {
+		return 0;
+	}
+	if (cls == CKO_CERTIFICATE)
+		tmpl[n++] = (CK_ATTRIBUTE){CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)};
+	r = objects_find(ctx, s, tmpl, n, &v, &nv);
+	if (r < 0)
+		return r;
+	if (nv > 0)
+		*ret = v[0];
+	free(v);
+	return 0;
+}
+
+/* ---- public keys ----------------------------------------------------- */
+
+static int pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld, EVP_PKEY **ret)
+{
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *pc = NULL;
+	EVP_PKEY *pk = NULL;
+	int r = 0;
+
+	params = OSSL_PARAM_BLD_to_param(bld);
+	pc = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
+	if (params == NULL || pc == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
+	    EVP_PKEY_fromdata(pc, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+		r = err_set_ossl(P11J_E_CRYPTO, "building a public key");
+		goto out;
+	}
+	*ret = pk;
+out:
+	EVP_PKEY_CTX_free(pc);
+	OSSL_PARAM_free(params);
+	return r;
+}
+
+static int pub_rsa(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, EVP_PKEY **ret)
+{
+	uint8_t *mod = NULL, *exp = NULL;
+	size_t mod_len = 0, exp_len = 0;
+	BIGNUM *n = NULL, *e = NULL;
+	OSSL_PARAM_BLD *bld = NULL;
+	int r;
+
+	r = attr_get(ctx, s, o, CKA_MODULUS, TOK_SIG_MAX, &mod, &mod_len);
+	if (r == 0)
+		r = attr_get(ctx, s, o, CKA_PUBLIC_EXPONENT, 16, &exp, &exp_len);
+	if (r < 0)
+		goto out;
+	if (mod == NULL || exp == NULL) {
+		r = P11J_E_NOT_FOUND;
+		goto out;
+	}
+	n = BN_bin2bn(mod, (int)mod_len, NULL);
+	e = BN_bin2bn(exp, (int)exp_len, NULL);
+	bld = OSSL_PARAM_BLD_new();
+	if (n == NULL || e == NULL || bld == NULL ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e)) {
+		r = err_set_ossl(P11J_E_CRYPTO, "RSA public key");
+		goto out;
+	}
+	r = pkey_fromdata("RSA", bld, ret);
+out:
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(n);
+	BN_free(e);
+	free(mod);
+	free(exp);
+	return r;
+}
+
+/* CKA_EC_POINT: DER OCTET STRING around the point (the standard) or the
+ * bare point (some modules, and SoftHSM for imported Ed25519 keys). */
+static const uint8_t *point_unwrap(const uint8_t *p, size_t len, size_t want)
+{
+	size_t hl, cl;
+
+	if (len == want)
+		return p;
+	if (len < 2 || p[0] != 0x04)
+		return NULL;
+	if (p[1] < 0x80) {
+		hl = 2;
+		cl = p[1];
+	} else if (p[1] == 0x81 && len >= 3) {
+		hl = 3;
+		cl = p[2];
+	} else {
+		return NULL;
+	}
+	if (hl + cl != len || cl != want)
+		return NULL;
+	return p + hl;
+}
+
+static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
+static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
+                                      'd',  's',  '2', '5', '5', '1', '9'};
+
+#define BYTES_EQ(p, n, lit) ((n) == sizeof(lit) && memcmp((p), (lit), sizeof(lit)) == 0)
+
+static int pub_ec(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, bool edwards,
+                  const char *name, EVP_PKEY **ret)
+{
+	uint8_t *par = NULL, *pt = NULL;
+	size_t par_len = 0, pt_len = 0, field = 0;
+	const char *group = NULL;
+	const uint8_t *q;
+	OSSL_PARAM_BLD *bld = NULL;
+	int r;
+
+	r = attr_get(ctx, s, o, CKA_EC_PARAMS, 64, &par, &par_len);
+	if (r == 0)
+		r = attr_get(ctx, s, o, CKA_EC_POINT, 256, &pt, &pt_len);
+	if (r < 0)
+		goto out;
+	if (par == NULL || pt == NULL) {
+		r = P11J_E_NOT_FOUND;
+		goto out;
+	}
+	if (edwards) {
+		if (!BYTES_EQ(par, par_len, oid_ed25519) && !BYTES_EQ(par, par_len, str_ed25519)) {
+			r = err_set(P11J_E_UNSUPPORTED_ALG,
+			            "key '%s' is an Edwards curve other than "
+			            "Ed25519",
+			            name);
+			goto out;
+		}
+		q = point_unwrap(pt, pt_len, 32);
+		if (q == NULL) {
+			r = err_set(P11J_E_PKCS11, "key '%s' has a malformed CKA_EC_POINT", name);
+			goto out;
+		}
+		*ret = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, q, 32);
+		if (*ret == NULL)
+			r = err_set_ossl(P11J_E_CRYPTO, "Ed25519 public key");
+		goto out;
+	}
+	if (BYTES_EQ(par, par_len, oid_p256)) {
+		group = "P-256";
+		field = 32;
+	} else if (BYTES_EQ(par, par_len, oid_p384)) {
+		group = "P-384";
+		field = 48;
+	} else if (BYTES_EQ(par, par_len, oid_p521)) {
+		group = "P-521";
+		field = 66;
+	} else {
+		r = err_set(P11J_E_UNSUPPORTED_ALG,
+		            "key '%s' is on a curve other than P-256, "
+		            "P-384, P-521",
+		            name);
+		goto out;
+	}
+	q = point_unwrap(pt, pt_len, 1 + 2 * field);
+	if (q == NULL || q[0] != 0x04) {
+		r = err_set(P11J_E_PKCS11, "key '%s' has a malformed or compressed CKA_EC_POINT",
+		            name);
+		goto out;
+	}
+	bld = OSSL_PARAM_BLD_new();
+	if (bld == NULL ||
+	    !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
+	    !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q, 1 + 2 * field)) {
+		r = err_set_ossl(P11J_E_CRYPTO, "EC public key");
+		goto out;
+	}
+	r = pkey_fromdata("EC", bld, ret);
+out:
+	OSSL_PARAM_BLD_free(bld);
+	free(par);
+	free(pt);
+	return r;
+}
+
+static int pub_from_object(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_KEY_TYPE kt,
+                           const char *name, EVP_PKEY **ret)
+{
+	switch (kt) {
+	case CKK_RSA:
+		return pub_rsa(ctx, s, o, ret);
+	case CKK_EC:
+		return pub_ec(ctx, s, o, false, name, ret);
+	case CKK_EC_EDWARDS:
+		return pub_ec(ctx, s, o, true, name, ret);
+	default:
+		return err_set(P11J_E_UNSUPPORTED_ALG,
+		               "key '%s' has unsupported CKA_KEY_TYPE 0x%lx", name,
+		               (unsigned long)kt);
+	}
+}
+
+static int cert_read(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, uint8_t **ret_der,
+                     size_t *ret_len, EVP_PKEY **ret_pub)
+{
+	uint8_t *der = NULL;
+	size_t len = 0;
+	const unsigned char *p;
+	X509 *x = NULL;
+	EVP_PKEY *pk;
+	int r;
+
+	r = attr_get(ctx, s, o, CKA_VALUE, TOK_CERT_MAX, &der, &len);
+	if (r < 0)
+		return r;
+	if (der == NULL)
+		return P11J_E_NOT_FOUND;
+	p = der;
+	x = d2i_X509(NULL, &p, (long)len);
+	if (x == NULL || p != der + len || (pk = X509_get0_pubkey(x)) == NULL) {
+		r = err_set_ossl(P11J_E_CRYPTO, "parsing a certificate on the token");
+		goto out;
+	}
+	EVP_PKEY_up_ref(pk);
+	*ret_pub = pk;
+	*ret_der = der;
+	*ret_len = len;
+	der = NULL;
+out:
+	X509_free(x);
+	free(der);
+	return r;
+}
+
+/* ---- key enumeration ------------------------------------------------- */
+
+static void key_free(tok_key *k)
+{
+	if (k == NULL)
+		return;
+	free(k->name);
+	free(k->uri);
+	free(k->id);
+	free(k->cert);
+	EVP_PKEY_free(k->pub);
+	free(k);
+}
+
+static unsigned algs_supported(const tok_ctx *ctx, jwa_keykind kind)
+{
+	unsigned mask = jwa_algs_for_kind(kind), out = 0;
+	int a;
+
+	for (a = JWA_NONE + 1; a < JWA__COUNT; a++) {
+		bool ok = false;
+		int h = hash_idx((jwa_alg)a);
+
+		if (!(mask & JWA_BIT(a)))
+			continue;
+		if (a >= JWA_RS256 && a <= JWA_RS512)
+			ok = ctx->mech_sha_rsa[h] || ctx->mech_rsa_pkcs;
+		else if (a >= JWA_PS256 && a <= JWA_PS512)
+			ok = ctx->mech_pss[h];
+		else if (a >= JWA_ES256 && a <= JWA_ES512)
+			ok = ctx->mech_ecdsa;
+		else if (a == JWA_EDDSA)
+			ok = ctx->mech_eddsa;
+		if (ok)
+			out |= JWA_BIT(a);
+	}
+	return out;
+}
+
+static int key_uri(tok_ctx *ctx, tok_key *k, const uint8_t *label, size_t label_len)
+{
+	P11KitUri *u = p11_kit_uri_new();
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_ATTRIBUTE a;
+	CK_TOKEN_INFO *ti;
+	int r = 0;
+
+	if (u == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	ti = p11_kit_uri_get_token_info(u);
+	memcpy(ti->label, ctx->ti.label, sizeof(ti->label));
+	if (label_len > 0) {
+		a = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, label_len};
+		p11_kit_uri_set_attribute(u, &a);
+	}
+	if (k->id_len > 0) {
+		a = (CK_ATTRIBUTE){CKA_ID, k->id, k->id_len};
+		p11_kit_uri_set_attribute(u, &a);
+	}
+	a = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+	p11_kit_uri_set_attribute(u, &a);
+	if (p11_kit_uri_format(u, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &k->uri) != P11_KIT_URI_OK)
+		r = err_set(P11J_E_NOMEM, "cannot format the key URI");
+	p11_kit_uri_free(u);
+	return r;
+}
+
+/* One key from its anchor object (the private key, or with no_login the
+ * public key or certificate). Returns 0 with *ret NULL when the key is
+ * skipped (a warning has been logged). */
+static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                    CK_OBJECT_CLASS cls, tok_key **ret)
+{
+	tok_key *k = NULL;
+	uint8_t *label = NULL;
+	size_t label_len = 0;
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;
+	CK_OBJECT_HANDLE pubo = CK_INVALID_HANDLE, certo = CK_INVALID_HANDLE;
+	EVP_PKEY *certpub = NULL;
+	int r;
+
+	*ret = NULL;
+	k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	k->priv = CK_INVALID_HANDLE;
+	r = attr_get(ctx, s, o, CKA_LABEL, TOK_ATTR_MAX, &label, &label_len);
+	if (r == 0)
+		r = attr_get(ctx, s, o, CKA_ID, TOK_ATTR_MAX, &k->id, &k->id_len);
+	if (r < 0)
+		goto out;
+	if (label_len > 0 && memchr(label, '\0', label_len) == NULL)
+		k->name = strdup((char *)label);
+	else if (k->id_len > 0)
+		r = util_hex(k->id, k->id_len, &k->name);
+	else if (asprintf(&k->name, "handle-%lu", (unsigned long)o) < 0)
+		k->name = NULL;
+	if (r < 0)
+		goto out;
+	if (k->name == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+
+	if (cls != CKO_CERTIFICATE &&
+	    (r = attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0)
+		goto out;
+
+	if (cls == CKO_PRIVATE_KEY) {
+		k->priv = o;
+		/* Absent flags count against the key: unknown is not safe. */
+		if ((r = attr_fixed(ctx, s, o, CKA_EXTRACTABLE, &extractable, 1)) < 0 ||
+		    (r = attr_fixed(ctx, s, o, CKA_SENSITIVE, &sensitive, 1)) < 0)
+			goto out;
+		k->unsafe = extractable != CK_FALSE || sensitive == CK_FALSE;
+		if (k->unsafe && !cfg->allow_unsafe_keys) {
+			tok_log(ctx, TOK_LOG_WARNING,
+			        "skipping key '%s' on token '%s': the private key is %s "
+			        "(allow with --allow-unsafe-keys)",
+			        k->name, ctx->label,
+			        extractable != CK_FALSE ? "extractable" : "not sensitive");
+			r = 0;
+			goto skip;
+		}
+		if (k->unsafe)
+			tok_log(ctx, TOK_LOG_WARNING,
+			        "serving key '%s' although its private key is %s", k->name,
+			        extractable != CK_FALSE ? "extractable" : "not sensitive");
+		r = object_peer(ctx, s, CKO_PUBLIC_KEY, k->id, k->id_len, k->name, &pubo);
+	} else if (cls == CKO_PUBLIC_KEY) {
+		pubo = o;
+	}
+	if (r < 0)
+		goto out;
+	if (cls == CKO_CERTIFICATE)
+		certo = o;
+	else if ((r = object_peer(ctx, s, CKO_CERTIFICATE, k->id, k->id_len, NULL, &certo)) < 0)
+		goto out;
+
+	if (pubo != CK_INVALID_HANDLE) {
+		r = pub_from_object(ctx, s, pubo, kt, k->name, &k->pub);
+		if (r < 0 && r != P11J_E_NOT_FOUND) {
+			tok_log(ctx, TOK_LOG_WARNING, "skipping key '%s': %s", k->name, err_msg());
+			r = 0;
+			goto skip;
+		}
+	}
+	if (certo != CK_INVALID_HANDLE) {
+		r = cert_read(ctx, s, certo, &k->cert, &k->cert_len, &certpub);
+		if (r == P11J_E_NOMEM)
+			goto out;
+		if (r < 0) {
+			tok_log(ctx, TOK_LOG_WARNING, "ignoring the certificate of key '%s': %s",
+			        k->name, err_msg());
+		} else if (k->pub != NULL && EVP_PKEY_eq(k->pub, certpub) != 1) {
+			tok_log(ctx, TOK_LOG_WARNING,
+			        "ignoring the certificate of key '%s': its "
+			        "public key differs from the token's public key",
+			        k->name);
+			free(k->cert);
+			k->cert = NULL;
+			k->cert_len = 0;
+		} else if (k->pub == NULL) {
+			k->pub = certpub;
+			certpub = NULL;
+		}
+	}
+	/* RSA private key objects carry the (public) modulus and exponent. */
+	if (k->pub == NULL && kt == CKK_RSA && k->priv != CK_INVALID_HANDLE)
+		r = pub_rsa(ctx, s, k->priv, &k->pub);
+	if (k->pub == NULL) {
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "skipping key '%s': no public key object or "
+		        "certificate with the same CKA_ID",
+		        k->name);
+		r = 0;
+		goto skip;
+	}
+	k->kind = jwa_keykind_of(k->pub);
+	if (k->kind == KEYKIND_UNKNOWN ||
+	    (kt != (CK_KEY_TYPE)-1 && (kt == CKK_RSA) != (k->kind == KEYKIND_RSA))) {
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "skipping key '%s': unsupported kind of key "
+		        "(RSA under 2048 bits, or not P-256, P-384, P-521, Ed25519)",
+		        k->name);
+		r = 0;
+		goto skip;
+	}
+	k->algs = algs_supported(ctx, k->kind);
+	if (k->kind == KEYKIND_RSA)
+		k->sig_len = (size_t)EVP_PKEY_get_size(k->pub);
+	else
+		k->sig_len = jwa_sig_len(jwa_default_for_kind(k->kind));
+	if (k->sig_len == 0 || k->sig_len > TOK_SIG_MAX) {
+		tok_log(ctx, TOK_LOG_WARNING, "skipping key '%s': signatures over %d bytes",
+		        k->name, TOK_SIG_MAX);
+		r = 0;
+		goto skip;
+	}
+	r = key_uri(ctx, k, label, label_len);
+	if (r < 0)
+		goto out;
+	*ret = k;
+	k = NULL;
+	goto out;
+skip:
+	r = 0;
+out:
+	EVP_PKEY_free(certpub);
+	free(label);
+	key_free(k);
+	return r;
+}
+
+static int keys_add(tok_ctx *ctx, tok_key *k)
+{
+	tok_key **nv = realloc(ctx->keys, (ctx->nkeys + 1) * sizeof(*nv));
+
+	if (nv == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	ctx->keys = nv;
+	ctx->keys[ctx->nkeys++] = k;
+	return 0;
+}
+
+static bool id_known(const tok_ctx *ctx, const uint8_t *id, size_t id_len)
+{
+	size_t i;
+
+	for (i = 0; i < ctx->nkeys; i++)
+		if (ctx->keys[i]->id_len == id_len && id_len > 0 &&
+		    memcmp(ctx->keys[i]->id, id, id_len) == 0)
+			return true;
+	return false;
+}
+
+static int keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_SESSION_HANDLE s)
+{
+	/* With no_login the private keys are invisible; the public halves
+	 * (then certificates with no public key object) stand in for them. */
+	static const CK_OBJECT_CLASS with_login[] = {CKO_PRIVATE_KEY};
+	static const CK_OBJECT_CLASS without[] = {CKO_PUBLIC_KEY, CKO_CERTIFICATE};
+	const CK_OBJECT_CLASS *classes = ctx->no_login ? without : with_login;
+	size_t nclasses = ctx->no_login ? 2 : 1, c, i;
+	CK_ATTRIBUTE tmpl[4];
+	CK_ATTRIBUTE *ua;
+	CK_BBOOL yes = CK_TRUE;
+	CK_OBJECT_CLASS cls;
+	CK_OBJECT_HANDLE *v = NULL;
+	size_t nv = 0;
+	int r = 0;
+
+	for (c = 0; c < nclasses; c++) {
+		CK_ULONG n = 0;
+
+		cls = classes[c];
+		tmpl[n++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+		if (cls == CKO_PRIVATE_KEY)
+			tmpl[n++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
+		/* The URI's type= is ignored: object=/id= name the key pair. */
+		if ((ua = p11_kit_uri_get_attribute(uri, CKA_LABEL)) != NULL)
+			tmpl[n++] = *ua;
+		if ((ua = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL)
+			tmpl[n++] = *ua;
+		free(v);
+		v = NULL;
+		r = objects_find(ctx, s, tmpl, n, &v, &nv);
+		if (r < 0)
+			goto out;
+		for (i = 0; i < nv; i++) {
+			tok_key *k = NULL;
+
+			r = key_load(ctx, cfg, s, v[i], cls, &k);
+			if (r < 0)
+				goto out;
+			if (k == NULL)
+				continue;
+			if (ctx->no_login && id_known(ctx, k->id, k->id_len)) {
+				key_free(k);
+				continue;
+			}
+			r = keys_add(ctx, k);
+			if (r < 0) {
+				key_free(k);
+				goto out;
+			}
+		}
+	}
+out:
+	free(v);
+	return r;
+}
+
+/* ---- session pool ---------------------------------------------------- */
+
+static int pool_get(tok_ctx *ctx, CK_SESSION_HANDLE *ret)
+{
+	CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+	CK_RV rv;
+
+	pthread_mutex_lock(&ctx->mu);
+	for (;;) {
+		if (ctx->nfree > 0) {
+			*ret = ctx->free_s[--ctx->nfree];
+			pthread_mutex_unlock(&ctx->mu);
+			return 0;
+		}
+		if (ctx->nopen < TOK_POOL_MAX)
+			break;
+		pthread_cond_wait(&ctx->cv, &ctx->mu);
+	}
+	ctx->nopen++;
+	pthread_mutex_unlock(&ctx->mu);
+
+	/* Login state is per token, so this session is logged in already. */
+	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &h);
+	if (rv != CKR_OK) {
+		pthread_mutex_lock(&ctx->mu);
+		ctx->nopen--;
+		pthread_cond_signal(&ctx->cv);
+		pthread_mutex_unlock(&ctx->mu);
+		return tok_ck(ctx, "C_OpenSession", rv);
+	}
+	*ret = h;
+	return 0;
+}
+
+static void pool_put(tok_ctx *ctx, CK_SESSION_HANDLE h)
+{
+	pthread_mutex_lock(&ctx->mu);
+	ctx->free_s[ctx->nfree++] = h;
+	pthread_cond_signal(&ctx->cv);
+	pthread_mutex_unlock(&ctx->mu);
+}
+
+/* A session in an unknown state (broken, or an operation left active) is
+ * closed rather than reused. */
+static void pool_drop(tok_ctx *ctx, CK_SESSION_HANDLE h)
+{
+	pthread_mutex_lock(&ctx->close_mu);
+	ctx->f->C_CloseSession(h);
+	pthread_mutex_unlock(&ctx->close_mu);
+	pthread_mutex_lock(&ctx->mu);
+	ctx->nopen--;
+	pthread_cond_signal(&ctx->cv);
+	pthread_mutex_unlock(&ctx->mu);
+}
+
+/* ---- open / close ---------------------------------------------------- */
+
+int tok_open(const tok_config *cfg, tok_ctx **ret)
+{
+	tok_ctx *ctx = NULL;
+	P11KitUri *uri = NULL;
+	char *uri_pin = NULL, *shown = NULL;
+	const char *ustr;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_RV rv;
+	int r, ur;
+
+	if (cfg == NULL || ret == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_open: no configuration");
+	ustr = cfg->uri != NULL ? cfg->uri : "pkcs11:";
+	ctx = calloc(1, sizeof(*ctx));
+	if (ctx == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	if (pthread_mutex_init(&ctx->mu, NULL) != 0 || pthread_cond_init(&ctx->cv, NULL) != 0 ||
+	    pthread_mutex_init(&ctx->close_mu, NULL) != 0) {
+		free(ctx);
+		return err_set(P11J_E_SYSTEM, "cannot create the session pool locks");
+	}
+	ctx->locks_ok = true;
+	ctx->log = cfg->log;
+	ctx->log_ud = cfg->log_ud;
+	ctx->no_login = cfg->no_login;
+
+	uri = p11_kit_uri_new();
+	if (uri == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+	ur = p11_kit_uri_parse(ustr, P11_KIT_URI_FOR_OBJECT_ON_TOKEN_AND_MODULE, uri);
+	if (ur != P11_KIT_URI_OK) {
+		r = err_set(P11J_E_BAD_REQUEST, "invalid PKCS#11 URI: %s", p11_kit_uri_message(ur));
+		goto out;
+	}
+	if (p11_kit_uri_any_unrecognized(uri)) {
+		r = err_set(P11J_E_BAD_REQUEST,
+		            "the PKCS#11 URI has path attributes p11jwt does "
+		            "not know (RFC 7512: token, manufacturer, serial, model, object, id, "
+		            "type, slot-id, ...)");
+		goto out;
+	}
+	/* Keep pin-value out of anything we format for messages. */
+	if (p11_kit_uri_get_pin_value(uri) != NULL) {
+		uri_pin = strdup(p11_kit_uri_get_pin_value(uri));
+		if (uri_pin == NULL) {
+			r = err_set(P11J_E_NOMEM, "out of memory");
+			goto out;
+		}
+		p11_kit_uri_set_pin_value(uri, NULL);
+	}
+	if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &shown) != P11_KIT_URI_OK) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+
+	r = modules_load(ctx, cfg, uri);
+	if (r < 0)
+		goto out;
+	r = token_find(ctx, uri, shown);
+	if (r < 0)
+		goto out;
+	r = mechs_read(ctx);
+	if (r < 0)
+		goto out;
+	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+	if (rv != CKR_OK) {
+		r = tok_ck(ctx, "C_OpenSession", rv);
+		goto out;
+	}
+	ctx->nopen = 1;
+	if (!ctx->no_login) {
+		r = login(ctx, cfg, uri, uri_pin, s);
+		if (r < 0)
+			goto out;
+	}
+	r = keys_enumerate(ctx, cfg, uri, s);
+	if (r < 0)
+		goto out;
+	if (ctx->nkeys == 0) {
+		r = err_set(P11J_E_NOT_FOUND, "no usable signing key on token '%s' matches '%s'",
+		            ctx->label, shown);
+		goto out;
+	}
+	/* The login session stays open in the pool: closing a token's last
+	 * session logs the user out. */
+	ctx->free_s[ctx->nfree++] = s;
+	s = CK_INVALID_HANDLE;
+	*ret = ctx;
+	ctx = NULL;
+	r = 0;
+out:
+	if (ctx != NULL && s != CK_INVALID_HANDLE) {
+		ctx->f->C_CloseSession(s);
+		ctx->nopen = 0;
+	}
+	tok_close(ctx);
+	freezero_str(uri_pin);
+	free(shown);
+	p11_kit_uri_free(uri);
+	return r;
+}
+
+void tok_close(tok_ctx *ctx)
+{
+	size_t i;
+
+	if (ctx == NULL)
+		return;
+	if (ctx->f != NULL)
+		for (i = 0; i < ctx->nfree; i++)
+			ctx->f->C_CloseSession(ctx->free_s[i]);
+	if (ctx->mods != NULL) {
+		for (i = 0; ctx->mods[i] != NULL; i++)
+			if (ctx->state != NULL && ctx->state[i] == MOD_OURS)
+				ctx->mods[i]->C_Finalize(NULL);
+		if (ctx->mods_from_registry) {
+			p11_kit_modules_release(ctx->mods);
+		} else {
+			if (ctx->mods[0] != NULL)
+				p11_kit_module_release(ctx->mods[0]);
+			free(ctx->mods);
+		}
+	}
+	free(ctx->state);
+	for (i = 0; i < ctx->nkeys; i++)
+		key_free(ctx->keys[i]);
+	free(ctx->keys);
+	if (ctx->locks_ok) {
+		pthread_mutex_destroy(&ctx->mu);
+		pthread_cond_destroy(&ctx->cv);
+		pthread_mutex_destroy(&ctx->close_mu);
+	}
+	free(ctx);
+}
+
+/* ---- accessors ------------------------------------------------------- */
+
+const char *tok_label(const tok_ctx *ctx)
+{
+	return ctx->label;
+}
+size_t tok_key_count(const tok_ctx *ctx)
+{
+	return ctx->nkeys;
+}
+
+const tok_key *tok_key_at(const tok_ctx *ctx, size_t i)
+{
+	return i < ctx->nkeys ? ctx->keys[i] : NULL;
+}
+
+const tok_key *tok_key_find(const tok_ctx *ctx, const char *name)
+{
+	size_t i;
+
+	if (name == NULL)
+		return NULL;
+	for (i = 0; i < ctx->nkeys; i++)
+		if (strcmp(ctx->keys[i]->name, name) == 0)
+			return ctx->keys[i];
+	return NULL;
+}
+
+const char *tok_key_name(const tok_key *k)
+{
+	return k->name;
+}
+const char *tok_key_uri(const tok_key *k)
+{
+	return k->uri;
+}
+EVP_PKEY *tok_key_pubkey(const tok_key *k)
+{
+	return k->pub;
+}
+jwa_keykind tok_key_kind(const tok_key *k)
+{
+	return k->kind;
+}
+bool tok_key_unsafe(const tok_key *k)
+{
+	return k->unsafe;
+}
+unsigned tok_key_algs(const tok_key *k)
+{
+	return k->algs;
+}
+
+const uint8_t *tok_key_id(const tok_key *k, size_t *ret_len)
+{
+	if (ret_len != NULL)
+		*ret_len = k->id_len;
+	return k->id;
+}
+
+const uint8_t *tok_key_cert(const tok_key *k, size_t *ret_len)
+{
+	if (ret_len != NULL)
+		*ret_len = k->cert_len;
+	return k->cert;
+}
+
+void tok_test_force_raw_rsa(tok_ctx *ctx, bool on)
+{
+	ctx->force_raw_rsa = on;
+}
+
+size_t tok_test_open_sessions(tok_ctx *ctx)
+{
+	size_t n;
+
+	pthread_mutex_lock(&ctx->mu);
+	n = ctx->nopen;
+	pthread_mutex_unlock(&ctx->mu);
+	return n;
+}
+
+/* ---- signing --------------------------------------------------------- */
+
+/* DER DigestInfo prefixes (RFC 8017, 9.2 note 1) for the CKM_RSA_PKCS
+ * fallback. */
+static const uint8_t di_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+static const uint8_t di_sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
+static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
+
+static bool session_broken(CK_RV rv)
+{
+	return tok_ckr_to_err(rv) == P11J_E_TOKEN_UNAVAILABLE || rv == CKR_OPERATION_ACTIVE ||
+	       rv == CKR_BUFFER_TOO_SMALL;
+}
+
+int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
+             uint8_t *sig, size_t *siglen)
+{
+	static const CK_MECHANISM_TYPE sha_rsa[3] = {CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS,
+	                                             CKM_SHA512_RSA_PKCS};
+	static const CK_MECHANISM_TYPE sha_pss[3] = {
+	    CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512_RSA_PKCS_PSS};
+	static const CK_MECHANISM_TYPE sha[3] = {CKM_SHA256, CKM_SHA384, CKM_SHA512};
+	static const CK_RSA_PKCS_MGF_TYPE mgf[3] = {CKG_MGF1_SHA256, CKG_MGF1_SHA384,
+	                                            CKG_MGF1_SHA512};
+	static const uint8_t *const di[3] = {di_sha256, di_sha384, di_sha512};
+	CK_MECHANISM mech = {0, NULL, 0};
+	CK_RSA_PKCS_PSS_PARAMS pss;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	uint8_t dbuf[sizeof(di_sha512) + EVP_MAX_MD_SIZE];
+	uint8_t out[TOK_SIG_MAX];
+	const uint8_t *data = in;
+	CK_ULONG dlen = inlen, outlen = sizeof(out);
+	unsigned int mdlen = 0;
+	int h = hash_idx(alg), r = 0;
+	const char *fn = "C_SignInit";
+	CK_RV rv;
+
+	if (ctx == NULL || k == NULL || sig == NULL || siglen == NULL || (in == NULL && inlen > 0))
+		return err_set(P11J_E_BAD_REQUEST, "tok_sign: missing argument");
+	if (alg <= JWA_NONE || alg >= JWA__COUNT)
+		return err_set(P11J_E_UNSUPPORTED_ALG, "unknown JWS algorithm");
+	if (!(jwa_algs_for_kind(k->kind) & JWA_BIT(alg)))
+		return err_set(P11J_E_UNSUPPORTED_ALG, "%s does not fit key '%s' (%s); use %s",
+		               jwa_name(alg), k->name, kind_name(k->kind),
+		               jwa_name(jwa_default_for_kind(k->kind)));
+	if (!(k->algs & JWA_BIT(alg)))
+		return err_set(P11J_E_UNSUPPORTED_ALG,
+		               "token '%s' has no mechanism for %s with key '%s'", ctx->label,
+		               jwa_name(alg), k->name);
+	if (k->priv == CK_INVALID_HANDLE)
+		return err_set(P11J_E_PIN_REQUIRED,
+		               "token '%s' was opened without login; "
+		               "cannot sign with key '%s'",
+		               ctx->label, k->name);
+	if (*siglen < k->sig_len)
+		return err_set(P11J_E_INTERNAL,
+		               "signature buffer of %zu bytes is under the %zu "
+		               "that key '%s' needs",
+		               *siglen, k->sig_len, k->name);
+	if (inlen > ULONG_MAX)
+		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to sign");
+
+	if (alg >= JWA_RS256 && alg <= JWA_RS512) {
+		if (ctx->mech_sha_rsa[h] && !ctx->force_raw_rsa) {
+			mech.mechanism = sha_rsa[h];
+		} else {
+			/* Token without hash-and-sign: the DigestInfo is built
+			 * here and the token only does the RSA operation. */
+			memcpy(dbuf, di[h], sizeof(di_sha256));
+			if (!EVP_Digest(in, inlen, dbuf + sizeof(di_sha256), &mdlen, jwa_md(alg),
+			                NULL))
+				return err_set_ossl(P11J_E_CRYPTO, "hashing for RSA");
+			mech.mechanism = CKM_RSA_PKCS;
+			data = dbuf;
+			dlen = sizeof(di_sha256) + mdlen;
+		}
+	} else if (alg >= JWA_PS256 && alg <= JWA_PS512) {
+		pss.hashAlg = sha[h];
+		pss.mgf = mgf[h];
+		pss.sLen = (CK_ULONG)EVP_MD_get_size(jwa_md(alg));
+		mech.mechanism = sha_pss[h];
+		mech.pParameter = &pss;
+		mech.ulParameterLen = sizeof(pss);
+	} else if (alg >= JWA_ES256 && alg <= JWA_ES512) {
+		/* No CKM_ECDSA_SHA* on SoftHSM: hash here, sign the digest. */
+		if (!EVP_Digest(in, inlen, dbuf, &mdlen, jwa_md(alg), NULL))
+			return err_set_ossl(P11J_E_CRYPTO, "hashing for ECDSA");
+		mech.mechanism = CKM_ECDSA;
+		data = dbuf;
+		dlen = mdlen;
+	} else {
+		mech.mechanism = CKM_EDDSA;
+	}
+
+	r = pool_get(ctx, &s);
+	if (r < 0)
+		return r;
+	rv = ctx->f->C_SignInit(s, &mech, k->priv);
+	if (rv == CKR_OK) {
+		fn = "C_Sign";
+		rv = ctx->f->C_Sign(s, (CK_BYTE *)data, dlen, out, &outlen);
+	}
+	if (rv != CKR_OK) {
+		r = tok_ck(ctx, fn, rv);
+		if (session_broken(rv))
+			pool_drop(ctx, s);
+		else
+			pool_put(ctx, s);
+		goto out;
+	}
+	pool_put(ctx, s);
+
+	if (outlen == k->sig_len) {
+		memcpy(sig, out, outlen);
+	} else if (jwa_is_ec(alg) && outlen > 0 && out[0] == 0x30) {
+		/* A module that returns DER for CKM_ECDSA. */
+		r = jws_ecdsa_der_to_raw(out, outlen, k->sig_len / 2, sig);
+		if (r < 0)
+			goto out;
+	} else {
+		r = err_set(P11J_E_PKCS11,
+		            "C_Sign on token '%s' returned %lu bytes for %s, "
+		            "expected %zu",
+		            ctx->label, (unsigned long)outlen, jwa_name(alg), k->sig_len);
+		goto out;
+	}
+	*siglen = k->sig_len;
+out:
+	OPENSSL_cleanse(dbuf, sizeof(dbuf));
+	return r;
+}
+
+int tok_signer_fn(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen, uint8_t *sig,
+                  size_t *siglen)
+{
+	tok_signer *ts = signer;
+
+	if (ts == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_signer_fn: no signer");
+	return tok_sign(ts->ctx, ts->key, alg, in, inlen, sig, siglen);
+}
