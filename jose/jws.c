@@ -317,8 +317,12 @@ int jws_verify_jwks(const char *jwt, const json_t *jwks, int64_t now, int64_t le
 	if ((r = claim_time(p.claims, "exp", &have, &t)) < 0)
 		goto out;
 	if (have && now - leeway >= t) {
-		r = err_set(P11J_E_EXPIRED, "JWT expired %lld seconds ago",
-			    (long long)(now - t));
+		int64_t ago;
+
+		/* exp may be any int64: do not let the message overflow */
+		if (__builtin_sub_overflow(now, t, &ago))
+			ago = INT64_MAX;
+		r = err_set(P11J_E_EXPIRED, "JWT expired %lld seconds ago", (long long)ago);
 		goto out;
 	}
 	if ((r = claim_time(p.claims, "nbf", &have, &t)) < 0)
