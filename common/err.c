@@ -36,6 +36,7 @@ static const struct {
 	{ P11J_E_AGENT_UNAVAILABLE, "agent_unavailable", "cannot reach the agent" },
 	{ P11J_E_PROTOCOL, "protocol_error", "protocol error" },
 	{ P11J_E_KEY_UNSAFE, "key_unsafe", "private key is extractable or not sensitive" },
+	{ P11J_E_BUSY, "busy", "too busy, try again later" },
 };
 
 static _Thread_local char err_buf[512];

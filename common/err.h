@@ -40,7 +40,8 @@ enum {
 	P11J_E_AGENT_UNAVAILABLE = -23,/* cannot connect to the agent */
 	P11J_E_PROTOCOL = -24,         /* the peer broke the protocol */
 	P11J_E_KEY_UNSAFE = -25,       /* private key extractable or not sensitive */
-	P11J_E__LAST = -26
+	P11J_E_BUSY = -26,             /* too many connections or requests */
+	P11J_E__LAST = -27
 };
 
 /* Stable machine name of a code, as used on the wire ("bad_request").

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+#include "agent/keyring.h"
+#include "common/err.h"
+#include "jose/jwk.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/core_names.h>
+
+static void kr_key_free(kr_key *k)
+{
+	if (k == NULL)
+		return;
+	free(k->name);
+	free(k->uri);
+	free(k->kid);
+	EVP_PKEY_free(k->pub);
+	free(k->cert);
+	json_decref(k->jwk);
+	json_decref(k->info);
+	free(k->x5t);
+	free(k->x5t_s256);
+	free(k->x5c);
+	free(k);
+}
+
+static int kr_key_info(kr_key *k)
+{
+	json_t *algs = json_array(), *o;
+	const char *kty = k->kind == KEYKIND_RSA ? "RSA" : k->kind == KEYKIND_ED25519 ? "OKP" : "EC";
+
+	if (algs == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
+		if (k->algs & JWA_BIT(a))
+			json_array_append_new(algs, json_string(jwa_name((jwa_alg)a)));
+	o = json_pack("{s:s,s:s,s:o,s:s,s:s}", "name", k->name, "alg", jwa_name(k->default_alg),
+		      "algs", algs, "kid", k->kid, "kty", kty);
+	if (o == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	if (k->kind == KEYKIND_RSA)
+		json_object_set_new(o, "bits", json_integer(EVP_PKEY_get_bits(k->pub)));
+	else
+		json_object_set(o, "crv", json_object_get(k->jwk, "crv"));
+	json_object_set_new(o, "uri", json_string(k->uri ? k->uri : ""));
+	json_object_set_new(o, "has_cert", json_boolean(k->cert != NULL));
+	k->info = o;
+	return 0;
+}
+
+int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const uint8_t *cert,
+	   size_t cert_len, unsigned algs, jws_sign_fn sign, void *sign_ctx)
+{
+	kr_key *k = NULL, **nk;
+	int r;
+
+	if (kr_find(kr, name) != NULL)
+		return err_set(P11J_E_BAD_REQUEST, "two keys are named '%s'; names must be unique",
+			       name);
+	k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	k->kind = jwa_keykind_of(pub);
+	if (k->kind == KEYKIND_UNKNOWN) {
+		r = err_set(P11J_E_UNSUPPORTED_ALG, "key '%s' is of an unsupported type", name);
+		goto fail;
+	}
+	k->algs = jwa_algs_for_kind(k->kind) & (algs ? algs : ~0u);
+	k->default_alg = jwa_default_for_kind(k->kind);
+	if (!(k->algs & JWA_BIT(k->default_alg))) {
+		for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
+			if (k->algs & JWA_BIT(a)) {
+				k->default_alg = (jwa_alg)a;
+				break;
+			}
+	}
+	if (k->algs == 0) {
+		r = err_set(P11J_E_UNSUPPORTED_ALG, "key '%s': the token offers no usable mechanism",
+			    name);
+		goto fail;
+	}
+	k->name = strdup(name);
+	k->uri = uri ? strdup(uri) : NULL;
+	if (k->name == NULL || (uri && k->uri == NULL)) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto fail;
+	}
+	EVP_PKEY_up_ref(pub);
+	k->pub = pub;
+	k->sigmax = jwa_max_sig_len(pub);
+	k->sign = sign;
+	k->sign_ctx = sign_ctx;
+	if (cert != NULL && cert_len > 0) {
+		k->cert = malloc(cert_len);
+		if (k->cert == NULL) {
+			r = err_set(P11J_E_NOMEM, "out of memory");
+			goto fail;
+		}
+		memcpy(k->cert, cert, cert_len);
+		k->cert_len = cert_len;
+		if ((r = jwk_x5t(cert, cert_len, &k->x5t)) < 0 ||
+		    (r = jwk_x5t_s256(cert, cert_len, &k->x5t_s256)) < 0 ||
+		    (r = jwk_x5c_entry(cert, cert_len, &k->x5c)) < 0)
+			goto fail;
+	}
+	if ((r = jwk_from_pkey(pub, &k->jwk)) < 0 || (r = jwk_thumbprint(k->jwk, &k->kid)) < 0)
+		goto fail;
+	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
+	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
+	    json_object_set_new(k->jwk, "use", json_string("sig")) < 0) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto fail;
+	}
+	if ((r = kr_key_info(k)) < 0)
+		goto fail;
+	nk = realloc(kr->keys, (kr->n + 1) * sizeof(*nk));
+	if (nk == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto fail;
+	}
+	kr->keys = nk;
+	kr->keys[kr->n++] = k;
+	return 0;
+fail:
+	kr_key_free(k);
+	return r;
+}
+
+int kr_add_from_tok(keyring *kr, tok_ctx *tok)
+{
+	for (size_t i = 0; i < tok_key_count(tok); i++) {
+		const tok_key *tk = tok_key_at(tok, i);
+		const uint8_t *cert;
+		size_t cert_len = 0;
+		int r;
+
+		cert = tok_key_cert(tk, &cert_len);
+		r = kr_add(kr, tok_key_name(tk), tok_key_uri(tk), tok_key_pubkey(tk), cert, cert_len,
+			   tok_key_algs(tk), tok_signer_fn, NULL);
+		if (r < 0)
+			return r;
+		/* the signer lives inside the key so that its address is stable */
+		kr->keys[kr->n - 1]->tsigner.ctx = tok;
+		kr->keys[kr->n - 1]->tsigner.key = tk;
+		kr->keys[kr->n - 1]->sign_ctx = &kr->keys[kr->n - 1]->tsigner;
+	}
+	return 0;
+}
+
+const kr_key *kr_find(const keyring *kr, const char *name)
+{
+	if (name == NULL)
+		return NULL;
+	for (size_t i = 0; i < kr->n; i++)
+		if (strcmp(kr->keys[i]->name, name) == 0)
+			return kr->keys[i];
+	return NULL;
+}
+
+void kr_free(keyring *kr)
+{
+	if (kr == NULL)
+		return;
+	for (size_t i = 0; i < kr->n; i++)
+		kr_key_free(kr->keys[i]);
+	free(kr->keys);
+	kr->keys = NULL;
+	kr->n = 0;
+}

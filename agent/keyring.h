@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The keys an agent serves: for each, what clients see (name, kid, JWK,
+ * certificate thumbprints, precomputed once) and how to sign (a jws_sign_fn,
+ * the token layer's in production, a software signer in tests and fuzzing).
+ */
+#ifndef P11J_KEYRING_H
+#define P11J_KEYRING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include "jose/jwa.h"
+#include "jose/jws.h"
+#include "pkcs11/tok.h"
+
+typedef struct kr_key {
+	char *name;
+	char *uri;
+	char *kid;             /* RFC 7638 thumbprint of the public JWK */
+	jwa_keykind kind;
+	unsigned algs;         /* JWA_BIT mask the key can sign */
+	jwa_alg default_alg;
+	EVP_PKEY *pub;         /* owned reference */
+	uint8_t *cert;         /* DER or NULL */
+	size_t cert_len;
+	size_t sigmax;
+	jws_sign_fn sign;
+	void *sign_ctx;
+	tok_signer tsigner;    /* storage for sign_ctx of token keys */
+	json_t *jwk;           /* public JWK + kid, alg (default), use */
+	json_t *info;          /* entry of the "keys" op */
+	char *x5t, *x5t_s256, *x5c; /* NULL without a certificate */
+} kr_key;
+
+typedef struct {
+	kr_key **keys;
+	size_t n;
+} keyring;
+
+/* Add a key. pub is up-referenced; cert copied; algs is masked with what the
+ * key kind can do (0: everything the kind can do). */
+int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const uint8_t *cert,
+	   size_t cert_len, unsigned algs, jws_sign_fn sign, void *sign_ctx);
+
+/* Add every key the token layer found. */
+int kr_add_from_tok(keyring *kr, tok_ctx *tok);
+
+const kr_key *kr_find(const keyring *kr, const char *name);
+void kr_free(keyring *kr);
+
+#endif

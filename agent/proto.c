@@ -1,0 +1,443 @@
+/* SPDX-License-Identifier: MIT */
+#include "agent/proto.h"
+#include "common/err.h"
+#include "common/util.h"
+#include "jose/jws.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int proto_finish(json_t *resp, char **ret_resp, size_t *ret_len)
+{
+	char *s = json_dumps(resp, JSON_COMPACT);
+	size_t n;
+	char *line;
+
+	json_decref(resp);
+	if (s == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory serialising a response");
+	n = strlen(s);
+	line = realloc(s, n + 2);
+	if (line == NULL) {
+		free(s);
+		return err_set(P11J_E_NOMEM, "out of memory");
+	}
+	line[n] = '\n';
+	line[n + 1] = '\0';
+	*ret_resp = line;
+	*ret_len = n + 1;
+	return 0;
+}
+
+int proto_error_line(const json_t *id, int code, const char *msg, char **ret_resp,
+		     size_t *ret_len)
+{
+	json_t *resp = json_pack("{s:O?,s:b,s:{s:s,s:s}}", "id", id, "ok", 0, "error", "code",
+				 err_code_name(code), "message", msg ? msg : err_strerror(code));
+
+	if (resp == NULL) /* msg not UTF-8 would fail too: fall back to the code text */
+		resp = json_pack("{s:O?,s:b,s:{s:s,s:s}}", "id", id, "ok", 0, "error", "code",
+				 err_code_name(code), "message", err_strerror(code));
+	if (resp == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return proto_finish(resp, ret_resp, ret_len);
+}
+
+/* Fields a request may carry, by op; anything else is a bad request, so a
+ * misspelt option ("lifetme") is reported instead of silently ignored. */
+static int check_fields(const json_t *req, const char *const *allowed)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach((json_t *)req, k, v) {
+		const char *const *a;
+
+		if (strcmp(k, "id") == 0 || strcmp(k, "op") == 0)
+			continue;
+		for (a = allowed; *a != NULL; a++)
+			if (strcmp(*a, k) == 0)
+				break;
+		if (*a == NULL)
+			return err_set(P11J_E_BAD_REQUEST, "unknown field '%.64s' for this op", k);
+	}
+	return 0;
+}
+
+static int op_hello(const proto_env *env, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { NULL };
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0)
+		return r;
+	if (json_object_set_new(resp, "protocol", json_integer(PROTO_VERSION)) < 0 ||
+	    json_object_set_new(resp, "version", json_string(env->version ? env->version : "")) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+static int op_keys(const proto_env *env, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { NULL };
+	json_t *a;
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0)
+		return r;
+	a = json_array();
+	if (a == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	for (size_t i = 0; i < env->kr->n; i++)
+		json_array_append(a, env->kr->keys[i]->info);
+	if (json_object_set_new(resp, "keys", a) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+static int get_key(const proto_env *env, const json_t *req, bool required, const kr_key **ret)
+{
+	const json_t *v = json_object_get(req, "key");
+	const kr_key *k;
+
+	*ret = NULL;
+	if (v == NULL) {
+		if (required)
+			return err_set(P11J_E_BAD_REQUEST, "missing field 'key' (a key name)");
+		return 0;
+	}
+	if (!json_is_string(v))
+		return err_set(P11J_E_BAD_REQUEST, "field 'key' must be a string");
+	k = kr_find(env->kr, json_string_value(v));
+	if (k == NULL)
+		return err_set(P11J_E_UNKNOWN_KEY, "no key named '%.128s'", json_string_value(v));
+	*ret = k;
+	return 0;
+}
+
+static int op_jwks(const proto_env *env, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { "key", NULL };
+	const kr_key *k = NULL;
+	json_t *a;
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, req, false, &k)) < 0)
+		return r;
+	a = json_array();
+	if (a == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	for (size_t i = 0; i < env->kr->n; i++)
+		if (k == NULL || env->kr->keys[i] == k)
+			json_array_append(a, env->kr->keys[i]->jwk);
+	if (json_object_set_new(resp, "keys", a) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+static int algs_text(const kr_key *k, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
+		if (k->algs & JWA_BIT(a))
+			o += (size_t)snprintf(buf + o, o < len ? len - o : 0, "%s%s", o ? ", " : "",
+					      jwa_name((jwa_alg)a));
+	return 0;
+}
+
+static int pick_alg(const kr_key *k, const json_t *req, const json_t *header, jwa_alg *ret)
+{
+	const json_t *ra = json_object_get(req, "alg");
+	const json_t *ha = header ? json_object_get(header, "alg") : NULL;
+	const char *name;
+	char algs[128];
+	jwa_alg alg;
+
+	if (ra != NULL && !json_is_string(ra))
+		return err_set(P11J_E_BAD_REQUEST, "field 'alg' must be a string");
+	if (ha != NULL && !json_is_string(ha))
+		return err_set(P11J_E_BAD_REQUEST, "header 'alg' must be a string");
+	if (ra != NULL && ha != NULL && strcmp(json_string_value(ra), json_string_value(ha)) != 0)
+		return err_set(P11J_E_BAD_REQUEST, "'alg' (%.16s) and header 'alg' (%.16s) differ",
+			       json_string_value(ra), json_string_value(ha));
+	if (ra == NULL)
+		ra = ha;
+	if (ra == NULL) {
+		*ret = k->default_alg;
+		return 0;
+	}
+	name = json_string_value(ra);
+	alg = jwa_from_name(name);
+	algs_text(k, algs, sizeof(algs));
+	if (alg == JWA_NONE)
+		return err_set(P11J_E_UNSUPPORTED_ALG, "alg '%.32s' is not supported; key '%s' signs %s",
+			       name, k->name, algs);
+	if (!(k->algs & JWA_BIT(alg)))
+		return err_set(P11J_E_UNSUPPORTED_ALG, "%s does not fit key '%s', which signs %s",
+			       name, k->name, algs);
+	*ret = alg;
+	return 0;
+}
+
+enum { INC_X5T = 1, INC_X5T_S256 = 2, INC_X5C = 4 };
+
+static int parse_include(const kr_key *k, const json_t *req, unsigned *ret)
+{
+	const json_t *inc = json_object_get(req, "include"), *v;
+	unsigned mask = 0;
+	size_t i;
+
+	*ret = 0;
+	if (inc == NULL)
+		return 0;
+	if (!json_is_array(inc))
+		return err_set(P11J_E_BAD_REQUEST,
+			       "field 'include' must be an array of \"x5t\", \"x5t#S256\", \"x5c\"");
+	if (json_array_size(inc) > 3)
+		return err_set(P11J_E_BAD_REQUEST, "field 'include' has %zu entries; at most 3",
+			       json_array_size(inc));
+	json_array_foreach(inc, i, v) {
+		const char *s = json_string_value(v);
+		unsigned bit;
+
+		if (s == NULL)
+			return err_set(P11J_E_BAD_REQUEST, "'include' entries must be strings");
+		if (strcmp(s, "x5t") == 0)
+			bit = INC_X5T;
+		else if (strcmp(s, "x5t#S256") == 0)
+			bit = INC_X5T_S256;
+		else if (strcmp(s, "x5c") == 0)
+			bit = INC_X5C;
+		else
+			return err_set(P11J_E_BAD_REQUEST,
+				       "unknown 'include' entry '%.32s' (x5t, x5t#S256, x5c)", s);
+		if (mask & bit)
+			return err_set(P11J_E_BAD_REQUEST, "'include' names '%s' twice", s);
+		mask |= bit;
+	}
+	if (mask != 0 && k->cert == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "key '%s' has no certificate for %s", k->name,
+			       (mask & INC_X5T) ? "x5t" : (mask & INC_X5T_S256) ? "x5t#S256" : "x5c");
+	*ret = mask;
+	return 0;
+}
+
+static int parse_lifetime(const json_t *req, int64_t *ret)
+{
+	const json_t *v = json_object_get(req, "lifetime");
+	json_int_t n;
+
+	*ret = PROTO_DEFAULT_LIFETIME;
+	if (v == NULL)
+		return 0;
+	if (!json_is_integer(v))
+		return err_set(P11J_E_BAD_REQUEST,
+			       "field 'lifetime' must be an integer number of seconds");
+	n = json_integer_value(v);
+	if (n < 1 || n > PROTO_MAX_LIFETIME)
+		return err_set(P11J_E_BAD_REQUEST, "field 'lifetime' must be 1 to %d seconds, not %lld",
+			       PROTO_MAX_LIFETIME, (long long)n);
+	*ret = n;
+	return 0;
+}
+
+static int set(json_t *o, const char *k, json_t *v_new)
+{
+	if (v_new == NULL || json_object_set_new(o, k, v_new) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+static int build_header(const kr_key *k, jwa_alg alg, const json_t *caller, unsigned inc,
+			json_t **ret)
+{
+	json_t *h = json_object(), *v;
+	const char *name;
+	int r;
+
+	if (h == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	/* alg, typ, kid first, then the caller's members in their order */
+	if ((r = set(h, "alg", json_string(jwa_name(alg)))) < 0)
+		goto fail;
+	v = caller ? json_object_get(caller, "typ") : NULL;
+	if ((r = set(h, "typ", v ? json_incref(v) : json_string("JWT"))) < 0)
+		goto fail;
+	v = caller ? json_object_get(caller, "kid") : NULL;
+	if ((r = set(h, "kid", v ? json_incref(v) : json_string(k->kid))) < 0)
+		goto fail;
+	if (caller != NULL)
+		json_object_foreach((json_t *)caller, name, v)
+			if (json_object_get(h, name) == NULL && (r = set(h, name, json_incref(v))) < 0)
+				goto fail;
+	if ((inc & INC_X5T) && (r = set(h, "x5t", json_string(k->x5t))) < 0)
+		goto fail;
+	if ((inc & INC_X5T_S256) && (r = set(h, "x5t#S256", json_string(k->x5t_s256))) < 0)
+		goto fail;
+	if ((inc & INC_X5C) && (r = set(h, "x5c", json_pack("[s]", k->x5c))) < 0)
+		goto fail;
+	*ret = h;
+	return 0;
+fail:
+	json_decref(h);
+	return r;
+}
+
+static int build_claims(const json_t *caller, int64_t lifetime, json_t **ret)
+{
+	json_t *c = caller ? json_copy((json_t *)caller) : json_object();
+	const json_t *iat;
+	int64_t now = util_now(), base = now;
+	char jti[37];
+	int r;
+
+	if (c == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	iat = json_object_get(c, "iat");
+	if (iat == NULL) {
+		if ((r = set(c, "iat", json_integer(now))) < 0)
+			goto fail;
+	} else if (json_is_integer(iat)) {
+		base = json_integer_value(iat);
+	}
+	if (json_object_get(c, "exp") == NULL) {
+		int64_t exp;
+
+		if (__builtin_add_overflow(base, lifetime, &exp)) {
+			r = err_set(P11J_E_BAD_REQUEST, "claim 'iat' is too large");
+			goto fail;
+		}
+		if ((r = set(c, "exp", json_integer(exp))) < 0)
+			goto fail;
+	}
+	if (json_object_get(c, "jti") == NULL) {
+		if ((r = util_uuid4(jti)) < 0 || (r = set(c, "jti", json_string(jti))) < 0)
+			goto fail;
+	}
+	*ret = c;
+	return 0;
+fail:
+	json_decref(c);
+	return r;
+}
+
+static int op_sign(const proto_env *env, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { "key", "alg", "header", "claims", "lifetime",
+					       "include", NULL };
+	const json_t *caller_h = json_object_get(req, "header");
+	const json_t *caller_c = json_object_get(req, "claims");
+	const kr_key *k = NULL;
+	json_t *h = NULL, *c = NULL, *v;
+	char *jwt = NULL;
+	int64_t lifetime;
+	unsigned inc = 0;
+	jwa_alg alg = JWA_NONE;
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, req, true, &k)) < 0)
+		return r;
+	if (caller_h != NULL && !json_is_object(caller_h))
+		return err_set(P11J_E_BAD_REQUEST, "field 'header' must be a JSON object");
+	if (caller_c != NULL && !json_is_object(caller_c))
+		return err_set(P11J_E_BAD_REQUEST, "field 'claims' must be a JSON object");
+	if ((r = pick_alg(k, req, caller_h, &alg)) < 0 || (r = parse_lifetime(req, &lifetime)) < 0 ||
+	    (r = parse_include(k, req, &inc)) < 0)
+		return r;
+	if ((r = build_header(k, alg, caller_h, inc, &h)) < 0 ||
+	    (r = build_claims(caller_c, lifetime, &c)) < 0)
+		goto out;
+	r = jws_sign_compact(h, c, alg, k->sign, k->sign_ctx, k->sigmax, &jwt);
+	if (r < 0)
+		goto out;
+	if ((r = set(resp, "jwt", json_string(jwt))) < 0 ||
+	    (r = set(resp, "alg", json_string(jwa_name(alg)))) < 0)
+		goto out;
+	v = json_object_get(h, "kid");
+	if ((r = set(resp, "kid", json_incref(v))) < 0)
+		goto out;
+	if ((r = set(resp, "iat", json_incref(json_object_get(c, "iat")))) < 0 ||
+	    (r = set(resp, "exp", json_incref(json_object_get(c, "exp")))) < 0 ||
+	    (r = set(resp, "jti", json_incref(json_object_get(c, "jti")))) < 0)
+		goto out;
+	r = 0;
+out:
+	free(jwt);
+	json_decref(h);
+	json_decref(c);
+	return r;
+}
+
+int proto_handle(const proto_env *env, const proto_peer *peer, const char *line, size_t len,
+		 char **ret_resp, size_t *ret_len)
+{
+	json_t *req = NULL, *resp = NULL;
+	const json_t *id = NULL, *op;
+	json_error_t jerr;
+	const char *opname;
+	bool forbidden;
+	int r;
+
+	err_clear();
+	/* Who asks is checked first: a stranger learns nothing but "forbidden". */
+	forbidden = peer != NULL && peer->uid != env->owner_uid && peer->uid != 0;
+	if (len > PROTO_MAX_LINE) {
+		r = err_set(P11J_E_REQUEST_TOO_LARGE, "request line over %d bytes", PROTO_MAX_LINE);
+		goto error;
+	}
+	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (json_is_object(req))
+		id = json_object_get(req, "id");
+	if (forbidden) {
+		r = err_set(P11J_E_FORBIDDEN, "uid %u may not use this agent (it serves uid %u)",
+			    (unsigned)peer->uid, (unsigned)env->owner_uid);
+		goto error;
+	}
+	if (req == NULL) {
+		r = err_set(P11J_E_BAD_REQUEST, "request is not valid JSON: %s (column %d)",
+			    jerr.text, jerr.column);
+		goto error;
+	}
+	if (!json_is_object(req)) {
+		r = err_set(P11J_E_BAD_REQUEST, "request must be a JSON object");
+		goto error;
+	}
+	op = json_object_get(req, "op");
+	if (op == NULL) {
+		r = err_set(P11J_E_BAD_REQUEST, "missing field 'op'");
+		goto error;
+	}
+	if (!json_is_string(op)) {
+		r = err_set(P11J_E_BAD_REQUEST, "field 'op' must be a string");
+		goto error;
+	}
+	opname = json_string_value(op);
+	resp = json_pack("{s:O?,s:b}", "id", id, "ok", 1);
+	if (resp == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto error;
+	}
+	if (strcmp(opname, "hello") == 0)
+		r = op_hello(env, req, resp);
+	else if (strcmp(opname, "keys") == 0)
+		r = op_keys(env, req, resp);
+	else if (strcmp(opname, "jwks") == 0)
+		r = op_jwks(env, req, resp);
+	else if (strcmp(opname, "sign") == 0)
+		r = op_sign(env, req, resp);
+	else
+		r = err_set(P11J_E_UNKNOWN_OP, "unknown op '%.32s' (hello, keys, jwks, sign)",
+			    opname);
+	if (r < 0)
+		goto error;
+	json_decref(req);
+	return proto_finish(resp, ret_resp, ret_len);
+error:
+	json_decref(resp);
+	r = proto_error_line(id, r, err_msg(), ret_resp, ret_len);
+	json_decref(req);
+	return r;
+}
