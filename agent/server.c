@@ -172,6 +172,25 @@ static int send_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
+/* Closing a socket with unread input makes the kernel send a reset, and the
+ * client may then lose the error we just sent. Half-close, and discard what
+ * the client still sends for a moment, so it reads our answer, then EOF. */
+static void linger_close(int fd, char *scratch, size_t len)
+{
+	struct timeval tv = { .tv_sec = 1 };
+	size_t total = 0;
+
+	shutdown(fd, SHUT_WR);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	while (total < 4 * 1024 * 1024) {
+		ssize_t n = recv(fd, scratch, len, 0);
+
+		if (n <= 0)
+			break;
+		total += (size_t)n;
+	}
+}
+
 static void conn_unlink(struct conn *c)
 {
 	srv *s = c->s;
@@ -227,6 +246,7 @@ static void *conn_main(void *arg)
 					     &rlen) == 0)
 				send_all(c->fd, resp, rlen);
 			free(resp);
+			linger_close(c->fd, buf, cap);
 			srv_log(c->s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
 				(unsigned)c->peer.uid, (int)c->peer.pid);
 			goto out;

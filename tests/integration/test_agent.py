@@ -1,0 +1,538 @@
+#!/usr/bin/python3
+"""Integration tests: the real agent on a SoftHSM token, driven through the CLI
+and the raw socket, with every signature checked by tools we did not write:
+the OpenSSL command line, PyJWT (python3-jwt) and latchset's `jose` CLI.
+
+Environment (set by tests/integration/meson.build): P11JWT_SRCDIR,
+P11JWT_BUILDDIR. Prints TAP.
+"""
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tap import Tap  # noqa: E402
+
+import jwt as pyjwt  # noqa: E402  (Debian python3-jwt, independent verifier)
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography import x509  # noqa: E402
+
+SRC = os.environ.get('P11JWT_SRCDIR') or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), '..', '..'))
+BUILD = os.environ.get('P11JWT_BUILDDIR') or os.path.join(SRC, 'build')
+AGENT = os.path.join(BUILD, 'agent', 'p11jwt-agent')
+CLI = os.path.join(BUILD, 'cli', 'p11jwt')
+MKTOKEN = os.path.join(SRC, 'softhsm-conf', 'mktoken')
+OSSL_VERIFY = os.path.join(SRC, 'tests', 'tools', 'jwt-openssl-verify')
+MODULE = '/usr/lib/softhsm/libsofthsm2.so'
+TOKEN_URI = 'pkcs11:token=p11jwt-test'
+
+PAIRS = [('rsa-2048', a) for a in ('RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512')] + [
+    ('ec-p256', 'ES256'), ('ec-p384', 'ES384'), ('ec-p521', 'ES512'), ('ed25519', 'EdDSA')]
+DEFAULT_ALG = {'rsa-2048': 'RS256', 'ec-p256': 'ES256', 'ec-p384': 'ES384',
+               'ec-p521': 'ES512', 'ed25519': 'EdDSA'}
+
+t = Tap()
+
+
+def b64u_dec(s):
+    return base64.urlsafe_b64decode(s + '=' * (-len(s) % 4))
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b'=').decode()
+
+
+def jwt_parts(token):
+    h, p, _ = token.split('.')
+    return json.loads(b64u_dec(h)), json.loads(b64u_dec(p))
+
+
+def run(args, env=None, input=None, timeout=60):
+    return subprocess.run(args, env=env, input=input, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Agent:
+    """An agent in --foreground, read until it prints its environment."""
+
+    def __init__(self, tokdir, sock, extra=(), env=None):
+        self.sock = sock
+        args = [AGENT, '--foreground', '--print-env', '--module', MODULE, '--token', TOKEN_URI,
+                '--socket', sock, *extra]
+        if not any(a.startswith('--pin-file') for a in extra) and env is None:
+            args += ['--pin-file', os.path.join(tokdir, 'pin')]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.env_lines = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.env_lines.append(line)
+            if line.startswith('P11JWT_AGENT_SOCK='):
+                break
+        self.ready = os.path.exists(sock) and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stderr(self):
+        """Everything the agent wrote to stderr; only once it has exited."""
+        if self.proc.poll() is None:
+            return '(agent still running)'
+        try:
+            return self.proc.stderr.read()
+        except Exception:  # noqa: BLE001
+            return ''
+
+
+def cli(*args, sock=None, input=None, env=None):
+    base = [CLI]
+    if sock:
+        base += ['--socket', sock]
+    return run(base + list(args), input=input, env=env)
+
+
+class Conn:
+    """A raw protocol connection."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(10)
+        self.s.connect(path)
+        self.buf = b''
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def line(self):
+        while b'\n' not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError('connection closed')
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b'\n')
+        return json.loads(line)
+
+    def req(self, obj):
+        self.send(json.dumps(obj, separators=(',', ':')).encode() + b'\n')
+        return self.line()
+
+    def at_eof(self):
+        try:
+            while True:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def main():
+    work = tempfile.mkdtemp(prefix='itest-', dir=os.path.join(BUILD, 'tests'))
+    tokdir = os.path.join(work, 'token')
+    r = run([MKTOKEN, tokdir], timeout=180)
+    if not t.ok(r.returncode == 0, 'mktoken makes the test token', r.stdout + r.stderr):
+        t.done()
+    last = r.stdout.strip().splitlines()[-1]
+    t.eq(last, f'export SOFTHSM2_CONF={tokdir}/softhsm2.conf', 'mktoken ends with the export line')
+    os.environ['SOFTHSM2_CONF'] = os.path.join(tokdir, 'softhsm2.conf')
+    pin = open(os.path.join(tokdir, 'pin')).read().strip()
+    t.eq(stat.S_IMODE(os.stat(os.path.join(tokdir, 'pin')).st_mode), 0o600, 'pin file is 0600')
+
+    r = run([MKTOKEN, tokdir])
+    t.ok(r.returncode != 0 and 'force' in (r.stderr + r.stdout),
+         'mktoken refuses to overwrite an existing token dir without --force', r.stderr)
+
+    rundir = os.path.join(work, 'run')
+    sock = os.path.join(rundir, 'agent.sock')
+    agent = Agent(tokdir, sock)
+    if not t.ok(agent.ready, 'agent starts in the foreground and listens',
+                None if agent.ready else agent.stderr()):
+        t.done()
+    try:
+        test_with_agent(agent, tokdir, sock, pin, work)
+    finally:
+        rc = agent.stop()
+        t.eq(rc, 0, 'agent exits 0 on SIGTERM')
+        t.ok(not os.path.exists(sock), 'agent removes its socket on exit')
+
+    test_startup_errors(tokdir, work, pin)
+    test_detached(tokdir, work)
+    shutil.rmtree(work, ignore_errors=True)
+    t.done()
+
+
+def test_with_agent(agent, tokdir, sock, pin, work):
+    env_text = ''.join(agent.env_lines)
+    t.ok(f'P11JWT_AGENT_SOCK={sock}; export P11JWT_AGENT_SOCK;' in env_text,
+         '--print-env prints the socket in ssh-agent style', env_text)
+
+    st = os.stat(sock)
+    t.eq(stat.S_IMODE(st.st_mode), 0o600, 'socket is mode 0600')
+    t.eq(stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode), 0o700,
+         'socket directory is mode 0700')
+
+    # keys
+    r = cli('keys', '--json', sock=sock)
+    keys = {}
+    if t.ok(r.returncode == 0, 'p11jwt keys --json succeeds', r.stderr):
+        for k in json.loads(r.stdout):
+            keys[k['name']] = k
+    t.eq(sorted(keys), sorted(DEFAULT_ALG), 'keys lists exactly the five token keys')
+    for name, alg in DEFAULT_ALG.items():
+        t.eq(keys.get(name, {}).get('alg'), alg, f'default alg of {name} is {alg}')
+    t.eq(keys.get('rsa-2048', {}).get('has_cert'), True, 'rsa-2048 has its certificate')
+    t.eq(keys.get('rsa-2048', {}).get('bits'), 2048, 'rsa-2048 reports 2048 bits')
+    t.ok(all(k.get('uri', '').startswith('pkcs11:') for k in keys.values()),
+         'each key has a PKCS#11 URI')
+    r = cli('keys', sock=sock)
+    t.ok(r.returncode == 0 and all(n in r.stdout for n in DEFAULT_ALG),
+         'p11jwt keys prints a table naming every key', r.stdout + r.stderr)
+
+    # jwks and thumbprints, checked by the jose CLI and by hand
+    r = cli('jwks', sock=sock)
+    jwks = json.loads(r.stdout) if r.returncode == 0 else {'keys': []}
+    t.eq(len(jwks['keys']), 5, 'jwks has five keys')
+    by_kid = {j['kid']: j for j in jwks['keys']}
+    for name, k in keys.items():
+        jwk = by_kid.get(k['kid'])
+        if not t.ok(jwk is not None, f'jwks has the kid of {name}'):
+            continue
+        t.ok(jwk.get('use') == 'sig' and jwk.get('alg') == k['alg'],
+             f'jwk of {name} has use=sig and alg={k["alg"]}', jwk)
+        t.ok(not any(m in jwk for m in ('d', 'p', 'q', 'dp', 'dq', 'qi')),
+             f'jwk of {name} holds no private member')
+        req = {'RSA': ('e', 'kty', 'n'), 'EC': ('crv', 'kty', 'x', 'y'),
+               'OKP': ('crv', 'kty', 'x')}[jwk['kty']]
+        canon = json.dumps({m: jwk[m] for m in req}, separators=(',', ':'), sort_keys=True)
+        t.eq(jwk['kid'], b64u(hashlib.sha256(canon.encode()).digest()),
+             f'kid of {name} is its RFC 7638 thumbprint')
+        # Debian's jose 11 has no EdDSA/OKP support.
+        if shutil.which('jose') and jwk['kty'] != 'OKP':
+            jr = run(['jose', 'jwk', 'thp', '-i', '-'], input=json.dumps(jwk))
+            t.eq(jr.stdout.strip(), jwk['kid'], f'jose jwk thp agrees on the kid of {name}')
+    r = cli('jwks', '--key', 'ec-p256', sock=sock)
+    t.ok(r.returncode == 0 and len(json.loads(r.stdout)['keys']) == 1,
+         'jwks --key selects one key', r.stderr)
+
+    # every (key, alg) signed through the CLI, verified by three verifiers
+    for name, alg in PAIRS:
+        jwk = by_kid.get(keys.get(name, {}).get('kid'), {})
+        check_pair(sock, name, alg, jwk, work)
+
+    # header/claims control
+    r = cli('sign', '--key', 'ec-p256', '--header', 'kid=custom', '--header', 'typ=at+jwt',
+            '--claim', 'iat:=1700000000', '--claim', 'exp:=4102444800', '--claim', 'jti=fixed',
+            '--claim', 'aud:=["a","b"]', '--claim', 'nested:={"x":[1,2]}', sock=sock)
+    if t.ok(r.returncode == 0, 'sign with caller header and claims', r.stderr):
+        h, c = jwt_parts(r.stdout.strip())
+        t.eq((h['kid'], h['typ'], h['alg']), ('custom', 'at+jwt', 'ES256'),
+             "caller's kid and typ are kept, alg is set")
+        t.eq((c['iat'], c['exp'], c['jti'], c['aud'], c['nested']),
+             (1700000000, 4102444800, 'fixed', ['a', 'b'], {'x': [1, 2]}),
+             "caller's iat, exp, jti and JSON claims are kept as sent")
+
+    claims_file = os.path.join(work, 'claims.json')
+    with open(claims_file, 'w') as f:
+        json.dump({'iss': 'from-file', 'sub': 'file-sub', 'scope': 'a b'}, f)
+    r = cli('sign', '--key', 'ed25519', '--claims-file', claims_file, '--claim', 'sub=cli-sub',
+            '--lifetime', '120', sock=sock)
+    if t.ok(r.returncode == 0, 'sign with --claims-file and --lifetime', r.stderr):
+        h, c = jwt_parts(r.stdout.strip())
+        t.eq((c['iss'], c['sub'], c['scope']), ('from-file', 'cli-sub', 'a b'),
+             'command-line claims override the file')
+        t.eq(c['exp'] - c['iat'], 120, 'lifetime sets exp = iat + 120')
+        t.ok(abs(c['iat'] - time.time()) < 30, 'iat is now')
+        t.ok(len(c['jti']) == 36 and c['jti'][14] == '4', 'jti is a UUID v4', c['jti'])
+
+    # certificate thumbprints in the header
+    check_x5(sock, tokdir, pin, by_kid.get(keys.get('rsa-2048', {}).get('kid'), {}), work)
+
+    # errors through the CLI
+    r = cli('sign', '--key', 'ec-p384', '--alg', 'ES256', sock=sock)
+    t.ok(r.returncode == 4 and 'unsupported_alg' in r.stderr,
+         'ES256 with a P-384 key is refused with unsupported_alg (exit 4)', r.stderr)
+    r = cli('sign', '--key', 'no-such-key', sock=sock)
+    t.ok(r.returncode == 4 and 'p11jwt: unknown_key:' in r.stderr,
+         'unknown key is refused with unknown_key (exit 4)', r.stderr)
+    r = cli('sign', '--key', 'ec-p256', '--claim', 'bad:=[1,', sock=sock)
+    t.ok(r.returncode == 2 and 'bad' in r.stderr, 'invalid k:=JSON is a usage error (exit 2)',
+         r.stderr)
+    r = cli('sign', '--key', 'ec-p256', '--x5t', sock=sock)
+    t.ok(r.returncode == 4 and 'bad_request' in r.stderr,
+         '--x5t on a key without certificate is refused', r.stderr)
+    r = cli('keys', sock=os.path.join(work, 'nothing-here.sock'))
+    t.ok(r.returncode == 3 and 'nothing-here.sock' in r.stderr,
+         'unreachable agent: exit 3 naming the socket', r.stderr)
+
+    # decode / verify
+    jwks_file = os.path.join(work, 'jwks.json')
+    with open(jwks_file, 'w') as f:
+        json.dump(jwks, f)
+    r = cli('sign', '--key', 'ec-p256', '--claim', 'sub=alice', sock=sock)
+    token = r.stdout.strip()
+    r = cli('verify', token, '--jwks', jwks_file)
+    t.ok(r.returncode == 0, 'p11jwt verify accepts a fresh JWT', r.stdout + r.stderr)
+    h, p, s = token.split('.')
+    forged = '.'.join([h, b64u(json.dumps({'sub': 'mallory'}).encode()), s])
+    r = cli('verify', forged, '--jwks', jwks_file)
+    t.ok(r.returncode == 1 and 'verify' in r.stderr,
+         'p11jwt verify rejects a changed payload (exit 1)', r.stderr)
+    r = cli('sign', '--key', 'ec-p256', '--claim', 'iat:=1000000000', '--claim',
+            'exp:=1000000300', sock=sock)
+    r = cli('verify', r.stdout.strip(), '--jwks', jwks_file)
+    t.ok(r.returncode == 1 and 'expired' in r.stderr.lower(),
+         'p11jwt verify rejects an expired JWT', r.stderr)
+    r = cli('decode', token)
+    t.ok(r.returncode == 0 and 'alice' in r.stdout and 'UTC' in r.stdout,
+         'p11jwt decode prints claims and UTC times', r.stdout + r.stderr)
+
+    # the raw protocol
+    check_protocol(sock)
+    check_other_uid(sock)
+
+
+def check_pair(sock, name, alg, jwk, work):
+    aud = 'https://auth.example.test/oauth2/token'
+    r = cli('sign', '--key', name, '--alg', alg, '--claim', 'iss=client-1',
+            '--claim', 'sub=client-1', '--claim', f'aud={aud}', sock=sock)
+    if not t.ok(r.returncode == 0 and r.stdout.count('.') == 2,
+                f'{name}/{alg}: p11jwt sign prints a compact JWT', r.stderr):
+        return
+    token = r.stdout.strip()
+    h, c = jwt_parts(token)
+    t.ok(h.get('alg') == alg and h.get('typ') == 'JWT' and h.get('kid') == jwk.get('kid'),
+         f'{name}/{alg}: header has alg, typ=JWT and the key kid', h)
+    t.ok(c.get('exp', 0) - c.get('iat', 0) == 300 and 'jti' in c,
+         f'{name}/{alg}: claims get iat, exp=iat+300, jti', c)
+
+    key = pyjwt.PyJWK(jwk, algorithm=alg).key
+    pem = key.public_bytes(serialization.Encoding.PEM,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem_file = os.path.join(work, f'{name}.pem')
+    with open(pem_file, 'wb') as f:
+        f.write(pem)
+    rr = run([OSSL_VERIFY, token, pem_file])
+    t.ok(rr.returncode == 0, f'{name}/{alg}: OpenSSL verifies the signature', rr.stderr)
+    bad = token[:-6] + ('AAAAAA' if not token.endswith('AAAAAA') else 'BBBBBB')
+    rr = run([OSSL_VERIFY, bad, pem_file])
+    t.ok(rr.returncode != 0, f'{name}/{alg}: OpenSSL rejects a damaged signature')
+    try:
+        claims = pyjwt.decode(token, key=key, algorithms=[alg], audience=aud)
+        t.eq(claims['sub'], 'client-1', f'{name}/{alg}: PyJWT verifies the JWT')
+    except Exception as e:  # noqa: BLE001
+        t.ok(False, f'{name}/{alg}: PyJWT verifies the JWT', repr(e))
+    sig = b64u_dec(token.split('.')[2])
+    want = {'ES256': 64, 'ES384': 96, 'ES512': 132, 'EdDSA': 64}.get(alg, 256)
+    t.eq(len(sig), want, f'{name}/{alg}: signature is {want} bytes (raw, never DER)')
+    if shutil.which('jose') and alg != 'EdDSA':  # Debian's jose 11 has no EdDSA
+        jf = os.path.join(work, f'{name}.jwk')
+        with open(jf, 'w') as f:
+            # jose enforces a JWK's alg; the JWKS names the key's default alg
+            json.dump({k: v for k, v in jwk.items() if k != 'alg'}, f)
+        rr = run(['jose', 'jws', 'ver', '-i', '-', '-k', jf], input=token)
+        t.ok(rr.returncode == 0, f'{name}/{alg}: jose jws ver verifies the JWT', rr.stderr)
+
+
+def read_cert_der(tokdir, pin):
+    r = subprocess.run(['pkcs11-tool', '--module', MODULE, '--token-label', 'p11jwt-test',
+                        '--read-object', '--type', 'cert', '--id', '01'],
+                       capture_output=True, timeout=60)
+    return r.stdout if r.returncode == 0 else b''
+
+
+def check_x5(sock, tokdir, pin, jwk, work):
+    der = read_cert_der(tokdir, pin)
+    if not t.ok(len(der) > 100, 'certificate of rsa-2048 is readable from the token'):
+        return
+    cert = x509.load_der_x509_certificate(der)
+    pub = cert.public_key().public_numbers()
+    t.eq(b64u(pub.n.to_bytes((pub.n.bit_length() + 7) // 8, 'big')), jwk.get('n'),
+         'the certificate holds the public key of rsa-2048')
+    r = cli('sign', '--key', 'rsa-2048', '--x5t', '--x5t-s256', '--x5c', sock=sock)
+    if not t.ok(r.returncode == 0, 'sign with --x5t --x5t-s256 --x5c', r.stderr):
+        return
+    h, _ = jwt_parts(r.stdout.strip())
+    t.eq(h.get('x5t'), b64u(hashlib.sha1(der).digest()), 'x5t is base64url(SHA-1(cert DER))')
+    t.eq(h.get('x5t#S256'), b64u(hashlib.sha256(der).digest()),
+         'x5t#S256 is base64url(SHA-256(cert DER))')
+    t.eq(h.get('x5c'), [base64.b64encode(der).decode()], 'x5c is [standard base64(cert DER)]')
+    r = subprocess.run(['pkcs11-tool', '--module', MODULE, '--token-label', 'p11jwt-test',
+                        '--login', '--pin', pin, '--list-objects', '--type', 'privkey'],
+                       capture_output=True, text=True, timeout=60)
+    blocks = [b for b in r.stdout.split('Private Key Object') if b.strip()]
+    t.eq(len(blocks), 5, 'the token holds five private keys')
+    for b in blocks:
+        label = next((l.split(':', 1)[1].strip() for l in b.splitlines()
+                      if l.strip().startswith('label:')), '?')
+        access = next((l for l in b.splitlines() if 'Access:' in l), '')
+        t.ok('never extractable' in access and 'sensitive' in access,
+             f'private key {label} is sensitive and never extractable', access)
+
+
+def check_protocol(sock):
+    c = Conn(sock)
+    r = c.req({'id': 1, 'op': 'hello'})
+    t.ok(r.get('ok') is True and r.get('protocol') == 1 and r.get('id') == 1, 'hello', r)
+    c.send(b'this is not json\n')
+    r = c.line()
+    t.ok(r.get('ok') is False and r['error']['code'] == 'bad_request' and r['id'] is None,
+         'not JSON: bad_request with id null', r)
+    r = c.req({'id': 'x', 'op': 'fly'})
+    t.ok(r['error']['code'] == 'unknown_op' and r['id'] == 'x', 'unknown op: unknown_op', r)
+    r = c.req({'id': {'k': [1]}, 'op': 'sign', 'key': 'ec-p256', 'lifetime': -5})
+    t.ok(r['error']['code'] == 'bad_request' and r['id'] == {'k': [1]},
+         'negative lifetime: bad_request, id echoed', r)
+    r = c.req({'id': 2, 'op': 'sign', 'key': 'ec-p256', 'include': ['x5t'] * 10000})
+    t.ok(r['error']['code'] == 'bad_request', '10,000 include entries: bad_request', r)
+    r = c.req({'id': 3, 'op': 'hello'})
+    t.ok(r.get('ok') is True and r['id'] == 3, 'connection still usable after bad requests', r)
+
+    # pipelined: three requests in one write, answers in order
+    c.send(b''.join(json.dumps({'id': i, 'op': op, 'key': 'ec-p256'} if op == 'sign' else
+                               {'id': i, 'op': op}).encode() + b'\n'
+                    for i, op in ((10, 'sign'), (11, 'hello'), (12, 'sign'))))
+    ids = [c.line().get('id') for _ in range(3)]
+    t.eq(ids, [10, 11, 12], 'pipelined requests are answered in order')
+
+    # a silent client with half a line does not delay another client
+    slow = Conn(sock)
+    slow.send(b'{"id": 1, "op": "hel')
+    t0 = time.time()
+    fast = Conn(sock)
+    r = fast.req({'id': 7, 'op': 'sign', 'key': 'ed25519'})
+    t.ok(r.get('ok') is True and time.time() - t0 < 5,
+         'a stalled client does not delay another one', r)
+    fast.close()
+    slow.send(b'lo"}\n')
+    t.eq(slow.line().get('ok'), True, 'the stalled client can finish its line later')
+    slow.close()
+
+    # oversized line: request_too_large, then the agent closes
+    big = Conn(sock)
+    try:
+        big.send(b'{"id":1,"op":"hello","pad":"' + b'a' * 70000 + b'"}\n')
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        r = big.line()
+        t.eq(r['error']['code'], 'request_too_large', 'line over 64 KiB: request_too_large')
+        t.ok(big.at_eof(), 'the agent closes the connection after request_too_large')
+    except (EOFError, ConnectionResetError) as e:
+        t.ok(False, 'line over 64 KiB: request_too_large', repr(e))
+        t.ok(False, 'the agent closes the connection after request_too_large')
+    big.close()
+    r = c.req({'id': 4, 'op': 'keys'})
+    t.ok(r.get('ok') is True and len(r['keys']) == 5, 'other connections unaffected', r)
+    c.close()
+
+
+def check_other_uid(sock):
+    if os.geteuid() != 0 or not shutil.which('setpriv'):
+        t.skip('a client of another uid is refused', 'needs root and setpriv')
+        return
+    d = os.path.dirname(sock)
+    w = os.path.dirname(d)
+    old_w, old_d, old_s = os.stat(w).st_mode, os.stat(d).st_mode, os.stat(sock).st_mode
+    # Open the file permissions so that only SO_PEERCRED stands in the way.
+    os.chmod(w, 0o711)
+    os.chmod(d, 0o711)
+    os.chmod(sock, 0o666)
+    try:
+        r = run(['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups',
+                 CLI, '--socket', sock, 'keys'])
+        t.ok(r.returncode == 4 and 'forbidden' in r.stderr,
+             'a client of another uid (nobody) gets forbidden', r.stdout + r.stderr)
+    finally:
+        os.chmod(w, stat.S_IMODE(old_w))
+        os.chmod(d, stat.S_IMODE(old_d))
+        os.chmod(sock, stat.S_IMODE(old_s))
+
+
+def test_startup_errors(tokdir, work, pin):
+    sock = os.path.join(work, 'err', 'agent.sock')
+    bad = os.path.join(work, 'badpin')
+    with open(bad, 'w') as f:
+        f.write('000000\n')
+    os.chmod(bad, 0o600)
+    a = Agent(tokdir, sock, extra=['--pin-file', bad])
+    rc = a.proc.wait(timeout=30)
+    err = a.stderr()
+    t.ok(rc != 0 and ('pin_incorrect' in err or 'PIN_INCORRECT' in err or 'PIN incorrect' in err),
+         'wrong PIN: agent refuses to start and says so', err)
+
+    os.chmod(bad, 0o644)
+    a = Agent(tokdir, sock, extra=['--pin-file', bad])
+    rc = a.proc.wait(timeout=30)
+    err = a.stderr()
+    t.ok(rc != 0 and '600' in err, 'PIN file readable by others is refused', err)
+
+    env = dict(os.environ, P11JWT_PIN=pin)
+    a = Agent(tokdir, sock, env=env)
+    ok = a.ready
+    r = cli('keys', '--json', sock=sock) if ok else None
+    t.ok(ok and r.returncode == 0 and len(json.loads(r.stdout)) == 5,
+         'PIN from P11JWT_PIN works', a.stderr() if not ok else r.stderr)
+    a.stop()
+
+    outside = os.path.join(work, 'libsofthsm2-copy.so')
+    shutil.copy(MODULE, outside)
+    a = subprocess.run([AGENT, '--foreground', '--module', outside, '--token', TOKEN_URI,
+                        '--pin-file', os.path.join(tokdir, 'pin'), '--socket', sock],
+                       capture_output=True, text=True, timeout=30)
+    t.ok(a.returncode != 0 and 'module-allow' in a.stderr,
+         'a module outside /usr/lib* is refused, with the option to allow it', a.stderr)
+
+
+def test_detached(tokdir, work):
+    sock = os.path.join(work, 'detached', 'agent.sock')
+    script = f'''
+set -e
+eval "$({AGENT} --print-env --module {MODULE} --token {TOKEN_URI} \
+        --pin-file {tokdir}/pin --socket {sock})" >/dev/null
+test "$P11JWT_AGENT_SOCK" = "{sock}"
+{CLI} keys --json | /usr/bin/python3 -c 'import json,sys; assert len(json.load(sys.stdin)) == 5'
+echo "pid=$P11JWT_AGENT_PID"
+{AGENT} --kill
+'''
+    r = run(['bash', '-c', script], timeout=60)
+    t.ok(r.returncode == 0, 'detached agent: eval --print-env, use it, --kill', r.stdout + r.stderr)
+    pid = next((int(l[4:]) for l in r.stdout.splitlines() if l.startswith('pid=')), None)
+    gone = False
+    for _ in range(50):
+        if pid is None:
+            break
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone = True
+            break
+        time.sleep(0.1)
+    t.ok(gone, 'the detached agent is gone after --kill')
+
+
+if __name__ == '__main__':
+    main()
