@@ -116,21 +116,52 @@ static int get_key(const proto_env *env, const json_t *req, bool required, const
 	return 0;
 }
 
+/* A JWK's "alg" binds the key to one algorithm at the verifier, so the
+ * caller may export it for the alg it will sign with (NHS wants RS512). */
 static int op_jwks(const proto_env *env, const json_t *req, json_t *resp)
 {
-	static const char *const allowed[] = { "key", NULL };
+	static const char *const allowed[] = { "key", "alg", NULL };
+	const json_t *algv = json_object_get(req, "alg");
+	jwa_alg alg = JWA_NONE;
 	const kr_key *k = NULL;
 	json_t *a;
 	int r;
 
 	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, req, false, &k)) < 0)
 		return r;
+	if (algv != NULL) {
+		if (!json_is_string(algv))
+			return err_set(P11J_E_BAD_REQUEST, "field 'alg' must be a string");
+		alg = jwa_from_name(json_string_value(algv));
+		if (alg == JWA_NONE)
+			return err_set(P11J_E_UNSUPPORTED_ALG, "alg '%.32s' is not supported",
+				       json_string_value(algv));
+	}
 	a = json_array();
 	if (a == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	for (size_t i = 0; i < env->kr->n; i++)
-		if (k == NULL || env->kr->keys[i] == k)
-			json_array_append(a, env->kr->keys[i]->jwk);
+	for (size_t i = 0; i < env->kr->n; i++) {
+		const kr_key *ki = env->kr->keys[i];
+		json_t *jwk;
+
+		if (k != NULL && ki != k)
+			continue;
+		if (alg == JWA_NONE) {
+			json_array_append(a, ki->jwk);
+			continue;
+		}
+		if (!(ki->algs & JWA_BIT(alg))) {
+			json_decref(a);
+			return err_set(P11J_E_UNSUPPORTED_ALG, "%s does not fit key '%s'%s",
+				       jwa_name(alg), ki->name, k ? "" : "; name one key with 'key'");
+		}
+		jwk = json_copy(ki->jwk);
+		if (jwk == NULL || json_object_set_new(jwk, "alg", json_string(jwa_name(alg))) < 0 ||
+		    json_array_append_new(a, jwk) < 0) {
+			json_decref(a);
+			return err_set(P11J_E_NOMEM, "out of memory");
+		}
+	}
 	if (json_object_set_new(resp, "keys", a) < 0)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	return 0;

@@ -1,0 +1,446 @@
+/* SPDX-License-Identifier: MIT */
+/* The agent's protocol handler, driven directly with software keys. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "agent/keyring.h"
+#include "agent/proto.h"
+#include "common/err.h"
+#include "common/util.h"
+#include "jose/b64url.h"
+#include "jose/jwk.h"
+#include "jose/jws.h"
+#include "softsign.h"
+
+static keyring kr;
+static EVP_PKEY *pk[5];
+static uint8_t *cert_der;
+static int cert_len;
+static proto_env env;
+static const proto_peer me = { .uid = 1000, .gid = 1000, .pid = 42 };
+
+static int64_t fixed_now(void)
+{
+	return 1700000000;
+}
+
+static int make_cert(EVP_PKEY *key)
+{
+	X509 *x = X509_new();
+	X509_NAME *n;
+
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), 0);
+	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+	X509_set_pubkey(x, key);
+	n = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"t", -1, -1, 0);
+	X509_set_issuer_name(x, n);
+	if (X509_sign(x, key, EVP_sha256()) <= 0)
+		return -1;
+	cert_len = i2d_X509(x, &cert_der);
+	X509_free(x);
+	return cert_len > 0 ? 0 : -1;
+}
+
+static int setup(void **state)
+{
+	static const char *const names[] = { "rsa", "p256", "p384", "p521", "ed" };
+
+	(void)state;
+	pk[0] = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+	pk[1] = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	pk[2] = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+	pk[3] = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-521");
+	pk[4] = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	if (make_cert(pk[0]) < 0)
+		return -1;
+	for (int i = 0; i < 5; i++)
+		if (pk[i] == NULL ||
+		    kr_add(&kr, names[i], "pkcs11:object=x", pk[i], i == 0 ? cert_der : NULL,
+			   i == 0 ? (size_t)cert_len : 0, 0, softsign_fn, pk[i]) < 0)
+			return -1;
+	env.kr = &kr;
+	env.owner_uid = 1000;
+	env.version = "test";
+	util_set_clock(fixed_now);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	kr_free(&kr);
+	for (int i = 0; i < 5; i++)
+		EVP_PKEY_free(pk[i]);
+	OPENSSL_free(cert_der);
+	util_set_clock(NULL);
+	return 0;
+}
+
+/* Send a request line, return the parsed response (one line, ends in \n). */
+static json_t *call_raw(const proto_peer *peer, const char *line, size_t len)
+{
+	char *resp = NULL;
+	size_t rlen = 0;
+	json_t *v;
+
+	assert_int_equal(proto_handle(&env, peer, line, len, &resp, &rlen), 0);
+	assert_true(rlen > 0 && resp[rlen - 1] == '\n');
+	assert_null(memchr(resp, '\n', rlen - 1)); /* exactly one line */
+	v = json_loadb(resp, rlen, 0, NULL);
+	assert_non_null(v);
+	free(resp);
+	return v;
+}
+
+static json_t *call(const char *line)
+{
+	return call_raw(&me, line, strlen(line));
+}
+
+static void expect_error(json_t *v, const char *code, const char *msg_part)
+{
+	json_t *e = json_object_get(v, "error");
+
+	assert_true(json_is_false(json_object_get(v, "ok")));
+	assert_string_equal(json_string_value(json_object_get(e, "code")), code);
+	assert_true(strlen(json_string_value(json_object_get(e, "message"))) > 0);
+	if (msg_part != NULL && strstr(json_string_value(json_object_get(e, "message")), msg_part) == NULL)
+		fail_msg("message '%s' lacks '%s'", json_string_value(json_object_get(e, "message")),
+			 msg_part);
+}
+
+static void err_case(const char *line, const char *code, const char *msg_part)
+{
+	json_t *v = call(line);
+
+	expect_error(v, code, msg_part);
+	json_decref(v);
+}
+
+static void test_hello(void **state)
+{
+	json_t *v = call("{\"id\":7,\"op\":\"hello\"}");
+
+	(void)state;
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(v, "id")), 7);
+	assert_int_equal(json_integer_value(json_object_get(v, "protocol")), 1);
+	assert_string_equal(json_string_value(json_object_get(v, "version")), "test");
+	json_decref(v);
+}
+
+static void test_keys_and_jwks(void **state)
+{
+	json_t *v = call("{\"op\":\"keys\"}"), *k, *j;
+	char *thp = NULL;
+	size_t i;
+
+	(void)state;
+	assert_true(json_is_null(json_object_get(v, "id")));
+	assert_int_equal(json_array_size(json_object_get(v, "keys")), 5);
+	k = json_array_get(json_object_get(v, "keys"), 0);
+	assert_string_equal(json_string_value(json_object_get(k, "name")), "rsa");
+	assert_string_equal(json_string_value(json_object_get(k, "alg")), "RS256");
+	assert_int_equal(json_array_size(json_object_get(k, "algs")), 6);
+	assert_int_equal(json_integer_value(json_object_get(k, "bits")), 2048);
+	assert_true(json_is_true(json_object_get(k, "has_cert")));
+	k = json_array_get(json_object_get(v, "keys"), 2);
+	assert_string_equal(json_string_value(json_object_get(k, "crv")), "P-384");
+	assert_string_equal(json_string_value(json_object_get(k, "alg")), "ES384");
+	json_decref(v);
+
+	v = call("{\"op\":\"jwks\"}");
+	json_array_foreach(json_object_get(v, "keys"), i, j) {
+		assert_int_equal(jwk_thumbprint(j, &thp), 0);
+		assert_string_equal(thp, json_string_value(json_object_get(j, "kid")));
+		assert_string_equal(json_string_value(json_object_get(j, "use")), "sig");
+		assert_null(json_object_get(j, "d"));
+		free(thp);
+	}
+	assert_int_equal(i, 5);
+	json_decref(v);
+	v = call("{\"op\":\"jwks\",\"key\":\"ed\"}");
+	assert_int_equal(json_array_size(json_object_get(v, "keys")), 1);
+	json_decref(v);
+	err_case("{\"op\":\"jwks\",\"key\":\"nope\"}", "unknown_key", "nope");
+	err_case("{\"op\":\"jwks\",\"key\":5}", "bad_request", "'key'");
+	err_case("{\"op\":\"keys\",\"key\":\"rsa\"}", "bad_request", "unknown field 'key'");
+}
+
+/* Sign, then verify with the op's own JWKS and with a second, independent
+ * path: OpenSSL directly on the signing input. */
+static void test_sign_every_pair(void **state)
+{
+	static const struct {
+		const char *key, *alg;
+		int pki;
+	} pairs[] = {
+		{ "rsa", "RS256", 0 }, { "rsa", "RS384", 0 }, { "rsa", "RS512", 0 },
+		{ "rsa", "PS256", 0 }, { "rsa", "PS384", 0 }, { "rsa", "PS512", 0 },
+		{ "p256", "ES256", 1 }, { "p384", "ES384", 2 }, { "p521", "ES512", 3 },
+		{ "ed", "EdDSA", 4 },
+	};
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(pairs); i++) {
+		char req[256];
+		json_t *v, *jwks;
+		jws_parsed p = { 0 };
+		const char *jwt;
+
+		snprintf(req, sizeof(req),
+			 "{\"id\":%zu,\"op\":\"sign\",\"key\":\"%s\",\"alg\":\"%s\","
+			 "\"claims\":{\"sub\":\"s\"}}", i, pairs[i].key, pairs[i].alg);
+		v = call(req);
+		assert_true(json_is_true(json_object_get(v, "ok")));
+		/* the JWKS exported for this alg, as a provider would hold it */
+		snprintf(req, sizeof(req), "{\"op\":\"jwks\",\"key\":\"%s\",\"alg\":\"%s\"}",
+			 pairs[i].key, pairs[i].alg);
+		jwks = call(req);
+		assert_string_equal(json_string_value(json_object_get(
+					    json_array_get(json_object_get(jwks, "keys"), 0), "alg")),
+				    pairs[i].alg);
+		jwt = json_string_value(json_object_get(v, "jwt"));
+		assert_int_equal(jws_verify_jwks(jwt, jwks, fixed_now(), 0, &p), 0);
+		assert_string_equal(json_string_value(json_object_get(p.header, "alg")), pairs[i].alg);
+		assert_int_equal(jws_verify_sig(jwa_from_name(pairs[i].alg), pk[pairs[i].pki],
+						(const uint8_t *)jwt, p.signing_input_len, p.sig,
+						p.sig_len), 0);
+		assert_string_equal(json_string_value(json_object_get(v, "alg")), pairs[i].alg);
+		jws_parsed_clear(&p);
+		json_decref(v);
+		json_decref(jwks);
+	}
+	err_case("{\"op\":\"jwks\",\"alg\":\"RS512\"}", "unsupported_alg", "name one key");
+	err_case("{\"op\":\"jwks\",\"key\":\"p256\",\"alg\":\"ES384\"}", "unsupported_alg",
+		 "p256");
+	err_case("{\"op\":\"jwks\",\"key\":\"p256\",\"alg\":3}", "bad_request", "'alg'");
+}
+
+static void test_claim_defaults_and_control(void **state)
+{
+	json_t *v = call("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":120}");
+	jws_parsed p = { 0 };
+	const char *jti;
+
+	(void)state;
+	assert_int_equal(jws_parse(json_string_value(json_object_get(v, "jwt")), &p), 0);
+	assert_int_equal(json_integer_value(json_object_get(p.claims, "iat")), 1700000000);
+	assert_int_equal(json_integer_value(json_object_get(p.claims, "exp")), 1700000120);
+	jti = json_string_value(json_object_get(p.claims, "jti"));
+	assert_non_null(jti);
+	assert_int_equal(strlen(jti), 36);
+	assert_string_equal(jti, json_string_value(json_object_get(v, "jti")));
+	assert_int_equal(json_integer_value(json_object_get(v, "exp")), 1700000120);
+	assert_string_equal(json_string_value(json_object_get(p.header, "typ")), "JWT");
+	assert_string_equal(json_string_value(json_object_get(p.header, "kid")),
+			    json_string_value(json_object_get(v, "kid")));
+	jws_parsed_clear(&p);
+	json_decref(v);
+
+	/* default lifetime 300; caller's iat, jti, typ, kid and extra members kept */
+	v = call("{\"op\":\"sign\",\"key\":\"p256\",\"header\":{\"typ\":\"at+jwt\",\"kid\":\"k\","
+		 "\"x\":[1]},\"claims\":{\"iat\":1600000000,\"jti\":\"j\",\"aud\":[\"a\",\"b\"]}}");
+	assert_int_equal(jws_parse(json_string_value(json_object_get(v, "jwt")), &p), 0);
+	assert_int_equal(json_integer_value(json_object_get(p.claims, "exp")), 1600000300);
+	assert_string_equal(json_string_value(json_object_get(p.claims, "jti")), "j");
+	assert_int_equal(json_array_size(json_object_get(p.claims, "aud")), 2);
+	assert_string_equal(json_string_value(json_object_get(p.header, "typ")), "at+jwt");
+	assert_string_equal(json_string_value(json_object_get(p.header, "kid")), "k");
+	assert_string_equal(json_string_value(json_object_get(p.header, "alg")), "ES256");
+	assert_true(json_is_array(json_object_get(p.header, "x")));
+	assert_string_equal(json_string_value(json_object_get(v, "kid")), "k");
+	jws_parsed_clear(&p);
+	json_decref(v);
+
+	/* caller's exp kept; alg taken from the header when the request has none */
+	v = call("{\"op\":\"sign\",\"key\":\"rsa\",\"header\":{\"alg\":\"PS384\"},"
+		 "\"claims\":{\"exp\":5}}");
+	assert_string_equal(json_string_value(json_object_get(v, "alg")), "PS384");
+	assert_int_equal(json_integer_value(json_object_get(v, "exp")), 5);
+	json_decref(v);
+}
+
+static void test_include_certificate(void **state)
+{
+	json_t *v = call("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[\"x5t\",\"x5t#S256\",\"x5c\"]}");
+	jws_parsed p = { 0 };
+	uint8_t md[32];
+	char want[64], *x5c = NULL;
+
+	(void)state;
+	assert_int_equal(jws_parse(json_string_value(json_object_get(v, "jwt")), &p), 0);
+	EVP_Digest(cert_der, (size_t)cert_len, md, NULL, EVP_sha1(), NULL);
+	b64u_encode_to(md, 20, want);
+	assert_string_equal(json_string_value(json_object_get(p.header, "x5t")), want);
+	EVP_Digest(cert_der, (size_t)cert_len, md, NULL, EVP_sha256(), NULL);
+	b64u_encode_to(md, 32, want);
+	assert_string_equal(json_string_value(json_object_get(p.header, "x5t#S256")), want);
+	x5c = malloc((size_t)cert_len * 2);
+	EVP_EncodeBlock((unsigned char *)x5c, cert_der, cert_len);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(p.header, "x5c"), 0)),
+			    x5c);
+	free(x5c);
+	jws_parsed_clear(&p);
+	json_decref(v);
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"include\":[\"x5t\"]}", "bad_request",
+		 "no certificate");
+}
+
+static void test_bad_requests(void **state)
+{
+	char *deep, *big;
+
+	(void)state;
+	err_case("this is not json", "bad_request", "not valid JSON");
+	err_case("", "bad_request", "not valid JSON");
+	err_case("[1,2]", "bad_request", "JSON object");
+	err_case("\"hello\"", "bad_request", "not valid JSON");
+	err_case("{\"id\":1}", "bad_request", "missing field 'op'");
+	err_case("{\"op\":5}", "bad_request", "'op' must be a string");
+	err_case("{\"op\":\"fly\"}", "unknown_op", "fly");
+	err_case("{\"op\":\"hello\",\"op\":\"keys\"}", "bad_request", "not valid JSON");
+	err_case("{\"op\":\"sign\"}", "bad_request", "missing field 'key'");
+	err_case("{\"op\":\"sign\",\"key\":[]}", "bad_request", "'key' must be a string");
+	err_case("{\"op\":\"sign\",\"key\":\"nope\"}", "unknown_key", "nope");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetme\":5}", "bad_request", "lifetme");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"alg\":\"HS256\"}", "unsupported_alg", "HS256");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"alg\":\"none\"}", "unsupported_alg", "none");
+	err_case("{\"op\":\"sign\",\"key\":\"p384\",\"alg\":\"ES256\"}", "unsupported_alg", "ES384");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"alg\":1}", "bad_request", "'alg'");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"alg\":\"ES256\",\"header\":{\"alg\":\"ES384\"}}",
+		 "bad_request", "differ");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"header\":{\"alg\":7}}", "bad_request", "alg");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"header\":[]}", "bad_request", "'header'");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"claims\":\"x\"}", "bad_request", "'claims'");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":-5}", "bad_request", "lifetime");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":0}", "bad_request", "lifetime");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":1e300}", "bad_request", "integer");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":9007199254740993}", "bad_request",
+		 "lifetime");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":1.5}", "bad_request", "integer");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":\"300\"}", "bad_request", "integer");
+	/* beyond int64: Jansson refuses to parse it */
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"lifetime\":99999999999999999999999}",
+		 "bad_request", "not valid JSON");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":\"x5t\"}", "bad_request", "array");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[\"x5u\"]}", "bad_request", "x5u");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[\"x5t\",\"x5t\"]}", "bad_request",
+		 "twice");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[1]}", "bad_request", "strings");
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"claims\":{\"iat\":9223372036854775807}}",
+		 "bad_request", "iat");
+
+	/* 10,000 include entries */
+	big = malloc(10000 * 6 + 64);
+	strcpy(big, "{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[");
+	for (int i = 0; i < 10000; i++)
+		strcat(big, i ? ",\"x5t\"" : "\"x5t\"");
+	strcat(big, "]}");
+	err_case(big, "bad_request", "at most 3");
+	free(big);
+
+	/* deep nesting */
+	deep = malloc(20001);
+	memset(deep, '[', 10000);
+	memset(deep + 10000, ']', 10000);
+	deep[20000] = '\0';
+	err_case(deep, "bad_request", "not valid JSON");
+	free(deep);
+}
+
+static void test_nul_utf8_and_size(void **state)
+{
+	static const char raw_nul[] = "{\"op\":\"he\0llo\"}";
+	static const char bad_utf8[] = "{\"op\":\"h\xff\xfello\"}";
+	json_t *v;
+	char *big;
+
+	(void)state;
+	err_case("{\"op\":\"hel\\u0000lo\"}", "bad_request", "not valid JSON");
+	v = call_raw(&me, raw_nul, sizeof(raw_nul) - 1);
+	expect_error(v, "bad_request", "not valid JSON");
+	json_decref(v);
+	v = call_raw(&me, bad_utf8, sizeof(bad_utf8) - 1);
+	expect_error(v, "bad_request", "not valid JSON");
+	json_decref(v);
+	big = malloc(PROTO_MAX_LINE + 2);
+	memset(big, ' ', PROTO_MAX_LINE + 1);
+	v = call_raw(&me, big, PROTO_MAX_LINE + 1);
+	expect_error(v, "request_too_large", NULL);
+	json_decref(v);
+	free(big);
+}
+
+static void test_id_echoed_on_errors(void **state)
+{
+	json_t *v = call("{\"id\":{\"a\":[1,\"x\"]},\"op\":\"sign\",\"key\":\"zz\"}");
+	json_t *want = json_loads("{\"a\":[1,\"x\"]}", 0, NULL);
+
+	(void)state;
+	expect_error(v, "unknown_key", NULL);
+	assert_true(json_equal(json_object_get(v, "id"), want));
+	json_decref(v);
+	v = call("{\"id\":\"s\",\"op\":\"nope\"}");
+	assert_string_equal(json_string_value(json_object_get(v, "id")), "s");
+	json_decref(v);
+	json_decref(want);
+}
+
+static void test_forbidden_peer(void **state)
+{
+	const proto_peer other = { .uid = 65534, .gid = 65534, .pid = 9 };
+	const proto_peer root = { .uid = 0 };
+	json_t *v;
+
+	(void)state;
+	v = call_raw(&other, "{\"id\":3,\"op\":\"keys\"}", 20);
+	expect_error(v, "forbidden", "65534");
+	assert_int_equal(json_integer_value(json_object_get(v, "id")), 3);
+	json_decref(v);
+	v = call_raw(&other, "garbage", 7);
+	expect_error(v, "forbidden", NULL);
+	json_decref(v);
+	v = call_raw(&root, "{\"op\":\"hello\"}", 14);
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	json_decref(v);
+}
+
+static void test_error_line_helper(void **state)
+{
+	char *line = NULL;
+	size_t len = 0;
+
+	(void)state;
+	assert_int_equal(proto_error_line(NULL, P11J_E_BUSY, "too many", &line, &len), 0);
+	assert_string_equal(line,
+			    "{\"id\":null,\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"too many\"}}\n");
+	free(line);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_hello),
+		cmocka_unit_test(test_keys_and_jwks),
+		cmocka_unit_test(test_sign_every_pair),
+		cmocka_unit_test(test_claim_defaults_and_control),
+		cmocka_unit_test(test_include_certificate),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_nul_utf8_and_size),
+		cmocka_unit_test(test_id_echoed_on_errors),
+		cmocka_unit_test(test_forbidden_peer),
+		cmocka_unit_test(test_error_line_helper),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
