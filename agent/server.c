@@ -119,9 +119,11 @@ int srv_listen(const char *path, int *ret_fd)
 		r = err_set(P11J_E_SYSTEM, "cannot bind '%s': %s", path, strerror(errno));
 		goto fail;
 	}
-	if (chmod(path, 0600) < 0 || listen(fd, 128) < 0) {
-		r = err_set(P11J_E_SYSTEM, "cannot listen on '%s': %s", path, strerror(errno));
-		unlink(path);
+	if (chmod(sa.sun_path, 0600) < 0 || listen(fd, 128) < 0) {
+		int e = errno;
+
+		unlink(sa.sun_path);
+		r = err_set(P11J_E_SYSTEM, "cannot listen on '%s': %s", sa.sun_path, strerror(e));
 		goto fail;
 	}
 	*ret_fd = fd;

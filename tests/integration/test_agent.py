@@ -237,6 +237,14 @@ def test_with_agent(agent, tokdir, sock, pin, work):
     r = cli('jwks', '--key', 'ec-p256', sock=sock)
     t.ok(r.returncode == 0 and len(json.loads(r.stdout)['keys']) == 1,
          'jwks --key selects one key', r.stderr)
+    r = cli('jwks', '--key', 'rsa-2048', '--pem', sock=sock)
+    want = pyjwt.PyJWK(by_kid.get(keys.get('rsa-2048', {}).get('kid'), {}), algorithm='RS256') \
+        .key.public_bytes(serialization.Encoding.PEM,
+                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    t.eq(r.stdout, want, 'jwks --pem prints the same public key as PEM')
+    r = cli('jwks', '--key', 'ec-p384', '--alg', 'ES256', sock=sock)
+    t.ok(r.returncode == 4 and 'unsupported_alg' in r.stderr,
+         'jwks --alg that does not fit the key is refused', r.stderr)
 
     # every (key, alg) signed through the CLI, verified by three verifiers
     for name, alg in PAIRS:
@@ -306,6 +314,18 @@ def test_with_agent(agent, tokdir, sock, pin, work):
     r = cli('verify', r.stdout.strip(), '--jwks', jwks_file)
     t.ok(r.returncode == 1 and 'expired' in r.stderr.lower(),
          'p11jwt verify rejects an expired JWT', r.stderr)
+    # a JWT signed with a non-default alg verifies against the JWKS exported
+    # for that alg, and not against the default one (the JWK's alg binds)
+    r = cli('sign', '--key', 'rsa-2048', '--alg', 'PS512', sock=sock)
+    ps = r.stdout.strip()
+    ps_jwks = os.path.join(work, 'jwks-ps512.json')
+    with open(ps_jwks, 'w') as f:
+        f.write(cli('jwks', '--key', 'rsa-2048', '--alg', 'PS512', sock=sock).stdout)
+    r = cli('verify', ps, '--jwks', ps_jwks)
+    t.ok(r.returncode == 0, 'PS512 JWT verifies against jwks --alg PS512', r.stderr)
+    r = cli('verify', ps, '--jwks', jwks_file)
+    t.ok(r.returncode == 1 and 'RS256' in r.stderr,
+         'PS512 JWT is refused by a JWKS that binds the key to RS256', r.stderr)
     r = cli('decode', token)
     t.ok(r.returncode == 0 and 'alice' in r.stdout and 'UTC' in r.stdout,
          'p11jwt decode prints claims and UTC times', r.stdout + r.stderr)

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared by the p11jwt program's files (main.c, help.c, cmd_*.c); not part
+ * of cli_core. Only these files print and choose exit codes. */
+#ifndef P11J_CLI_H
+#define P11J_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <unistd.h> /* optind, optarg */
+#include <jansson.h>
+
+/* Exit status, documented in `p11jwt --help`. */
+enum {
+	CLI_EXIT_OK = 0,
+	CLI_EXIT_VERIFY = 1,  /* verify: signature, exp or nbf do not hold */
+	CLI_EXIT_USAGE = 2,   /* bad option, bad k=v pair, bad file or JWT input */
+	CLI_EXIT_AGENT = 3,   /* agent unreachable */
+	CLI_EXIT_REFUSED = 4, /* the agent refused the request */
+	CLI_EXIT_OTHER = 5,
+};
+
+typedef struct {
+	const char *socket; /* --socket, or NULL for the default */
+} cli_ctx;
+
+/* help.c: the option table and everything printed or parsed from it. */
+void cli_usage(FILE *f, const char *cmd);
+void cli_usage_all(FILE *f);
+/* "p11jwt: usage: ... (see 'p11jwt CMD --help')" on stderr; CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* True when cmd is a known command. */
+bool cli_is_command(const char *cmd);
+
+enum { CLI_OPT_END = 0, CLI_OPT_NEXT = 1, CLI_OPT_EXIT = 2 };
+/* The next option of cmd on its command line (getopt_long over the option
+ * table, so every documented option is parsed and nothing else):
+ * CLI_OPT_NEXT with its long name in *ret_name (and optarg); CLI_OPT_END
+ * when only operands are left (from optind); CLI_OPT_EXIT with *ret_exit
+ * after printing the help (0) or a usage error (CLI_EXIT_USAGE).
+ * "--socket" is handled here (ctx->socket). Reset optind = 0 before the
+ * first call. */
+int cli_next_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv, const char **ret_name,
+		 int *ret_exit);
+
+/* common.c */
+/* Print "p11jwt: CODE: message" once and return the exit status for a local
+ * failure: input problems (bad_request, not_found, ...) are CLI_EXIT_USAGE. */
+int cli_fail(int code);
+/* Send req (consumed) to the agent; on failure print and return the exit
+ * status (3 unreachable, 4 refused, 5 other), else 0 and *ret_resp. */
+int cli_call(const cli_ctx *ctx, json_t *req, json_t **ret_resp);
+/* Pretty JSON (2 spaces, member order kept) and a newline on stdout. */
+int cli_print_json(const json_t *v);
+/* The JWT given on the command line, or all of standard input for "-"
+ * (bounded, surrounding whitespace dropped). */
+int cli_read_jwt(const char *arg, char **ret_jwt);
+/* A decimal integer in [min, max], else P11J_E_BAD_REQUEST naming opt. */
+int cli_parse_int(const char *opt, const char *s, long long min, long long max,
+		  long long *ret);
+
+int cmd_keys(cli_ctx *ctx, int argc, char **argv);
+int cmd_jwks(cli_ctx *ctx, int argc, char **argv);
+int cmd_sign(cli_ctx *ctx, int argc, char **argv);
+int cmd_decode(cli_ctx *ctx, int argc, char **argv);
+int cmd_verify(cli_ctx *ctx, int argc, char **argv);
+
+#endif

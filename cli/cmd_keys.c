@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/* p11jwt keys, p11jwt jwks: what the agent offers. */
+#include "cli/cli.h"
+#include "common/err.h"
+#include "jose/jwk.h"
+
+#include <string.h>
+#include <openssl/pem.h>
+
+static const char *str(const json_t *o, const char *k)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+
+	return s ? s : "-";
+}
+
+int cmd_keys(cli_ctx *ctx, int argc, char **argv)
+{
+	json_t *resp = NULL, *keys, *k;
+	const char *name = NULL;
+	bool as_json = false;
+	size_t i;
+	int r, st = 0;
+
+	while ((r = cli_next_opt(ctx, "keys", argc, argv, &name, &st)) == CLI_OPT_NEXT)
+		if (strcmp(name, "json") == 0)
+			as_json = true;
+	if (r == CLI_OPT_EXIT)
+		return st;
+	if (optind != argc)
+		return cli_usage_error("keys", "unexpected argument '%s'", argv[optind]);
+	if ((r = cli_call(ctx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return r;
+	keys = json_object_get(resp, "keys");
+	if (!json_is_array(keys)) {
+		r = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
+		goto out;
+	}
+	if (as_json) {
+		r = cli_print_json(keys);
+		goto out;
+	}
+	printf("%-16s %-6s %-43s %-3s %-9s %s\n", "NAME", "ALG", "KID", "KTY", "SIZE/CRV",
+	       "CERT");
+	json_array_foreach(keys, i, k) {
+		const json_t *bits = json_object_get(k, "bits");
+		char size[32];
+
+		if (json_is_integer(bits))
+			snprintf(size, sizeof(size), "%lld", (long long)json_integer_value(bits));
+		else
+			snprintf(size, sizeof(size), "%s", str(k, "crv"));
+		printf("%-16s %-6s %-43s %-3s %-9s %s\n", str(k, "name"), str(k, "alg"),
+		       str(k, "kid"), str(k, "kty"), size,
+		       json_is_true(json_object_get(k, "has_cert")) ? "yes" : "no");
+	}
+	r = 0;
+out:
+	json_decref(resp);
+	return r;
+}
+
+int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
+{
+	json_t *req = NULL, *resp = NULL, *jwks = NULL, *keys, *jwk;
+	const char *name = NULL, *key = NULL, *alg = NULL;
+	bool pem = false;
+	size_t i;
+	int r, st = 0;
+
+	while ((r = cli_next_opt(ctx, "jwks", argc, argv, &name, &st)) == CLI_OPT_NEXT) {
+		if (strcmp(name, "key") == 0)
+			key = optarg;
+		else if (strcmp(name, "alg") == 0)
+			alg = optarg;
+		else if (strcmp(name, "pem") == 0)
+			pem = true;
+	}
+	if (r == CLI_OPT_EXIT)
+		return st;
+	if (optind != argc)
+		return cli_usage_error("jwks", "unexpected argument '%s'", argv[optind]);
+	req = json_pack("{s:s}", "op", "jwks");
+	if (req == NULL)
+		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+	if ((key && json_object_set_new(req, "key", json_string(key)) < 0) ||
+	    (alg && json_object_set_new(req, "alg", json_string(alg)) < 0)) {
+		json_decref(req);
+		return cli_fail(err_set(P11J_E_BAD_REQUEST, "--key or --alg is not valid UTF-8"));
+	}
+	if ((r = cli_call(ctx, req, &resp)) != 0)
+		return r;
+	keys = json_object_get(resp, "keys");
+	if (!json_is_array(keys)) {
+		r = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
+		goto out;
+	}
+	if (pem) {
+		json_array_foreach(keys, i, jwk) {
+			EVP_PKEY *pk = NULL;
+
+			if ((r = jwk_to_pkey(jwk, &pk)) < 0) {
+				r = cli_fail(r);
+				goto out;
+			}
+			r = PEM_write_PUBKEY(stdout, pk) == 1 ? 0 : cli_fail(err_set_ossl(
+									 P11J_E_CRYPTO, "PEM_write_PUBKEY"));
+			EVP_PKEY_free(pk);
+			if (r != 0)
+				goto out;
+		}
+		r = 0;
+		goto out;
+	}
+	jwks = json_pack("{s:O}", "keys", keys);
+	r = jwks ? cli_print_json(jwks) : cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+out:
+	json_decref(jwks);
+	json_decref(resp);
+	return r;
+}

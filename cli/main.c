@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * p11jwt: the command-line companion of p11jwt-agent. Lists keys, exports
+ * the JWKS, asks the agent for JWTs, decodes and verifies them. The JWT is
+ * printed on stdout only; nothing here logs it.
+ */
+#include "cli/cli.h"
+
+#include <string.h>
+
+static const struct {
+	const char *name;
+	int (*fn)(cli_ctx *ctx, int argc, char **argv);
+} cmds[] = {
+	{ "keys", cmd_keys },	  { "jwks", cmd_jwks },	    { "sign", cmd_sign },
+	{ "decode", cmd_decode }, { "verify", cmd_verify },
+};
+
+int main(int argc, char **argv)
+{
+	cli_ctx ctx = { 0 };
+	int i;
+
+	/* global options come before the command; stop at the first operand */
+	for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
+		if (strcmp(argv[i], "--socket") == 0) {
+			if (++i == argc)
+				return cli_usage_error(NULL, "option '--socket' needs an argument");
+			ctx.socket = argv[i];
+		} else if (strncmp(argv[i], "--socket=", 9) == 0) {
+			ctx.socket = argv[i] + 9;
+		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			cli_usage(stdout, NULL);
+			return 0;
+		} else if (strcmp(argv[i], "--help-all") == 0) {
+			cli_usage_all(stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--version") == 0) {
+			printf("p11jwt %s\n", P11JWT_VERSION);
+			return 0;
+		} else if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else {
+			return cli_usage_error(NULL, "unknown option '%s'", argv[i]);
+		}
+	}
+	if (i == argc) {
+		cli_usage(stderr, NULL);
+		return CLI_EXIT_USAGE;
+	}
+	for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++) {
+		if (strcmp(argv[i], cmds[k].name) == 0) {
+			optind = 0; /* full getopt reset for the command's own argv */
+			return cmds[k].fn(&ctx, argc - i, argv + i);
+		}
+	}
+	return cli_usage_error(NULL, "unknown command '%s'", argv[i]);
+}
