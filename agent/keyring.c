@@ -126,6 +126,11 @@ fail:
 	return r;
 }
 
+static int kr_cmp_name(const void *a, const void *b)
+{
+	return strcmp((*(kr_key *const *)a)->name, (*(kr_key *const *)b)->name);
+}
+
 int kr_add_from_tok(keyring *kr, tok_ctx *tok)
 {
 	for (size_t i = 0; i < tok_key_count(tok); i++) {
@@ -144,6 +149,8 @@ int kr_add_from_tok(keyring *kr, tok_ctx *tok)
 		kr->keys[kr->n - 1]->tsigner.key = tk;
 		kr->keys[kr->n - 1]->sign_ctx = &kr->keys[kr->n - 1]->tsigner;
 	}
+	/* token order is arbitrary; clients see keys sorted by name */
+	qsort(kr->keys, kr->n, sizeof(*kr->keys), kr_cmp_name);
 	return 0;
 }
 
