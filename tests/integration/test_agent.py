@@ -400,9 +400,12 @@ def check_x5(sock, tokdir, pin, jwk, work):
     t.eq(h.get('x5t#S256'), b64u(hashlib.sha256(der).digest()),
          'x5t#S256 is base64url(SHA-256(cert DER))')
     t.eq(h.get('x5c'), [base64.b64encode(der).decode()], 'x5c is [standard base64(cert DER)]')
+    # the PIN goes through the environment, never argv (pkcs11-tool's env:)
     r = subprocess.run(['pkcs11-tool', '--module', MODULE, '--token-label', 'p11jwt-test',
-                        '--login', '--pin', pin, '--list-objects', '--type', 'privkey'],
-                       capture_output=True, text=True, timeout=60)
+                        '--login', '--pin', 'env:P11JWT_TEST_PIN', '--list-objects',
+                        '--type', 'privkey'],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, P11JWT_TEST_PIN=pin))
     blocks = [b for b in r.stdout.split('Private Key Object') if b.strip()]
     t.eq(len(blocks), 5, 'the token holds five private keys')
     for b in blocks:
