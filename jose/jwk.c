@@ -198,12 +198,65 @@ out:
 	return r;
 }
 
+int jwk_pkey_rsa(const uint8_t *n, size_t nlen, const uint8_t *e, size_t elen, EVP_PKEY **ret)
+{
+	BIGNUM *bn = NULL, *be = NULL;
+	OSSL_PARAM_BLD *bld = NULL;
+	int r;
+
+	if (nlen == 0 || elen == 0 || nlen > 2048 || elen > 2048)
+		return err_set(P11J_E_BAD_REQUEST, "RSA modulus or exponent has a bad length");
+	bn = BN_bin2bn(n, (int)nlen, NULL);
+	be = BN_bin2bn(e, (int)elen, NULL);
+	bld = OSSL_PARAM_BLD_new();
+	if (bn == NULL || be == NULL || bld == NULL ||
+	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) != 1 ||
+	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) != 1) {
+		r = err_set_ossl(P11J_E_NOMEM, "building RSA parameters");
+		goto out;
+	}
+	r = jwk_fromdata("RSA", bld, ret);
+out:
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(bn);
+	BN_free(be);
+	return r;
+}
+
+int jwk_pkey_ec(const char *crv, const uint8_t *pt, size_t ptlen, EVP_PKEY **ret)
+{
+	const char *group = NULL;
+	OSSL_PARAM_BLD *bld = NULL;
+	size_t w = 0;
+	int r;
+
+	for (size_t i = 0; i < sizeof(jwk_curves) / sizeof(jwk_curves[0]); i++)
+		if (strcmp(jwk_curves[i].crv, crv) == 0) {
+			w = jwk_curves[i].width;
+			group = jwk_curves[i].group;
+		}
+	if (group == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "curve '%s' is not supported", crv);
+	if (ptlen != 1 + 2 * w || pt[0] != 0x04)
+		return err_set(P11J_E_BAD_REQUEST, "%s point must be uncompressed, %zu bytes", crv,
+			       1 + 2 * w);
+	bld = OSSL_PARAM_BLD_new();
+	if (bld == NULL ||
+	    OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, ptlen) != 1) {
+		r = err_set_ossl(P11J_E_NOMEM, "building EC parameters");
+		goto out;
+	}
+	r = jwk_fromdata("EC", bld, ret);
+out:
+	OSSL_PARAM_BLD_free(bld);
+	return r;
+}
+
 static int jwk_rsa_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk)
 {
 	uint8_t *n = NULL, *e = NULL;
 	size_t nlen = 0, elen = 0;
-	BIGNUM *bn = NULL, *be = NULL;
-	OSSL_PARAM_BLD *bld = NULL;
 	EVP_PKEY *pk = NULL;
 	int r;
 
@@ -217,16 +270,7 @@ static int jwk_rsa_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk)
 			    n[0] == 0 ? "n" : "e");
 		goto out;
 	}
-	bn = BN_bin2bn(n, (int)nlen, NULL);
-	be = BN_bin2bn(e, (int)elen, NULL);
-	bld = OSSL_PARAM_BLD_new();
-	if (bn == NULL || be == NULL || bld == NULL ||
-	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) != 1 ||
-	    OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be) != 1) {
-		r = err_set_ossl(P11J_E_NOMEM, "building RSA parameters");
-		goto out;
-	}
-	r = jwk_fromdata("RSA", bld, &pk);
+	r = jwk_pkey_rsa(n, nlen, e, elen, &pk);
 	if (r < 0)
 		goto out;
 	if (jwa_keykind_of(pk) != KEYKIND_RSA) {
@@ -237,9 +281,6 @@ static int jwk_rsa_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk)
 	pk = NULL;
 out:
 	EVP_PKEY_free(pk);
-	OSSL_PARAM_BLD_free(bld);
-	BN_free(bn);
-	BN_free(be);
 	free(n);
 	free(e);
 	return r;
@@ -251,7 +292,6 @@ static int jwk_ec_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk)
 	uint8_t *x = NULL, *y = NULL, pt[1 + 2 * 66];
 	size_t xlen = 0, ylen = 0, i, w = 0;
 	const char *group = NULL;
-	OSSL_PARAM_BLD *bld = NULL;
 	int r;
 
 	if (crv == NULL)
@@ -271,16 +311,8 @@ static int jwk_ec_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk)
 	pt[0] = 0x04;
 	memcpy(pt + 1, x, w);
 	memcpy(pt + 1 + w, y, w);
-	bld = OSSL_PARAM_BLD_new();
-	if (bld == NULL ||
-	    OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
-	    OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, 1 + 2 * w) != 1) {
-		r = err_set_ossl(P11J_E_NOMEM, "building EC parameters");
-		goto out;
-	}
-	r = jwk_fromdata("EC", bld, ret_pk);
+	r = jwk_pkey_ec(crv, pt, 1 + 2 * w, ret_pk);
 out:
-	OSSL_PARAM_BLD_free(bld);
 	free(x);
 	free(y);
 	return r;

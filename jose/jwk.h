@@ -16,6 +16,14 @@ int jwk_from_pkey(const EVP_PKEY *pk, json_t **ret_jwk);
  * are ignored. P11J_E_BAD_REQUEST for a malformed JWK. */
 int jwk_to_pkey(const json_t *jwk, EVP_PKEY **ret_pk);
 
+/* OpenSSL public keys from raw components, shared by the JWK importer and
+ * the token layer (which reads them from PKCS#11 attributes).
+ * RSA: big-endian modulus and exponent. EC: an uncompressed point
+ * (0x04 || X || Y) on "P-256", "P-384" or "P-521". P11J_E_BAD_REQUEST when
+ * OpenSSL does not accept the key (e.g. a point not on the curve). */
+int jwk_pkey_rsa(const uint8_t *n, size_t nlen, const uint8_t *e, size_t elen, EVP_PKEY **ret);
+int jwk_pkey_ec(const char *crv, const uint8_t *pt, size_t ptlen, EVP_PKEY **ret);
+
 /* RFC 7638 thumbprint: base64url(SHA-256(canonical required members)). */
 int jwk_thumbprint(const json_t *jwk, char **ret_b64u);
 

@@ -9,6 +9,7 @@
 #include "pkcs11/tok-internal.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/jwk.h"
 #include "jose/jws.h"
 
 #include <errno.h>
@@ -844,33 +845,10 @@ static int object_peer(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, c
 
 /* ---- public keys ----------------------------------------------------- */
 
-static int pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld, EVP_PKEY **ret)
-{
-	OSSL_PARAM *params = NULL;
-	EVP_PKEY_CTX *pc = NULL;
-	EVP_PKEY *pk = NULL;
-	int r = 0;
-
-	params = OSSL_PARAM_BLD_to_param(bld);
-	pc = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
-	if (params == NULL || pc == NULL || EVP_PKEY_fromdata_init(pc) <= 0 ||
-	    EVP_PKEY_fromdata(pc, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
-		r = err_set_ossl(P11J_E_CRYPTO, "building a public key");
-		goto out;
-	}
-	*ret = pk;
-out:
-	EVP_PKEY_CTX_free(pc);
-	OSSL_PARAM_free(params);
-	return r;
-}
-
 static int pub_rsa(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, EVP_PKEY **ret)
 {
 	uint8_t *mod = NULL, *exp = NULL;
 	size_t mod_len = 0, exp_len = 0;
-	BIGNUM *n = NULL, *e = NULL;
-	OSSL_PARAM_BLD *bld = NULL;
 	int r;
 
 	r = attr_get(ctx, s, o, CKA_MODULUS, TOK_SIG_MAX, &mod, &mod_len);
@@ -882,20 +860,8 @@ static int pub_rsa(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, EVP_PK
 		r = P11J_E_NOT_FOUND;
 		goto out;
 	}
-	n = BN_bin2bn(mod, (int)mod_len, NULL);
-	e = BN_bin2bn(exp, (int)exp_len, NULL);
-	bld = OSSL_PARAM_BLD_new();
-	if (n == NULL || e == NULL || bld == NULL ||
-	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
-	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e)) {
-		r = err_set_ossl(P11J_E_CRYPTO, "RSA public key");
-		goto out;
-	}
-	r = pkey_fromdata("RSA", bld, ret);
+	r = jwk_pkey_rsa(mod, mod_len, exp, exp_len, ret);
 out:
-	OSSL_PARAM_BLD_free(bld);
-	BN_free(n);
-	BN_free(e);
 	free(mod);
 	free(exp);
 	return r;
@@ -941,7 +907,6 @@ static int pub_ec(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, bool ed
 	size_t par_len = 0, pt_len = 0, field = 0;
 	const char *group = NULL;
 	const uint8_t *q;
-	OSSL_PARAM_BLD *bld = NULL;
 	int r;
 
 	r = attr_get(ctx, s, o, CKA_EC_PARAMS, 64, &par, &par_len);
@@ -993,16 +958,8 @@ static int pub_ec(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, bool ed
 		            name);
 		goto out;
 	}
-	bld = OSSL_PARAM_BLD_new();
-	if (bld == NULL ||
-	    !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
-	    !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, q, 1 + 2 * field)) {
-		r = err_set_ossl(P11J_E_CRYPTO, "EC public key");
-		goto out;
-	}
-	r = pkey_fromdata("EC", bld, ret);
+	r = jwk_pkey_ec(group, q, 1 + 2 * field, ret);
 out:
-	OSSL_PARAM_BLD_free(bld);
 	free(par);
 	free(pt);
 	return r;

@@ -317,9 +317,39 @@ static void test_jwk_find(void **state)
 	json_decref(bad);
 }
 
+/* The raw-component builders shared with the token layer. */
+static void test_pkey_builders_reject_bad_components(void **state)
+{
+	EVP_PKEY *pk = NULL, *good = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	uint8_t pt[65], comp[33], e[] = { 1, 0, 1 };
+	size_t n = sizeof(pt);
+
+	(void)state;
+	assert_non_null(good);
+	assert_int_equal(EVP_PKEY_get_octet_string_param(good, "encoded-pub-key", pt, sizeof(pt), &n), 1);
+	assert_int_equal(n, 65);
+	assert_int_equal(jwk_pkey_ec("P-256", pt, n, &pk), 0);
+	assert_int_equal(EVP_PKEY_eq(pk, good), 1);
+	EVP_PKEY_free(pk);
+	pk = NULL;
+	comp[0] = 0x02;
+	memcpy(comp + 1, pt + 1, 32);
+	assert_int_equal(jwk_pkey_ec("P-256", comp, sizeof(comp), &pk), P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(err_msg(), "uncompressed"));
+	assert_int_equal(jwk_pkey_ec("P-384", pt, n, &pk), P11J_E_BAD_REQUEST);
+	assert_int_equal(jwk_pkey_ec("P-192", pt, n, &pk), P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(err_msg(), "P-192"));
+	pt[64] ^= 1; /* no longer on the curve */
+	assert_int_equal(jwk_pkey_ec("P-256", pt, n, &pk), P11J_E_BAD_REQUEST);
+	assert_int_equal(jwk_pkey_rsa(pt, 0, e, sizeof(e), &pk), P11J_E_BAD_REQUEST);
+	assert_null(pk);
+	EVP_PKEY_free(good);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pkey_builders_reject_bad_components),
 		cmocka_unit_test(test_rfc7638_thumbprint),
 		cmocka_unit_test(test_thumbprint_member_order_irrelevant),
 		cmocka_unit_test(test_jwk_every_kind),
