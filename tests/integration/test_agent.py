@@ -180,6 +180,7 @@ def main():
         t.ok(not os.path.exists(sock), 'agent removes its socket on exit')
 
     test_startup_errors(tokdir, work, pin)
+    test_connection_cap(tokdir, work)
     test_detached(tokdir, work)
     shutil.rmtree(work, ignore_errors=True)
     t.done()
@@ -528,6 +529,33 @@ def test_startup_errors(tokdir, work, pin):
                        capture_output=True, text=True, timeout=30)
     t.ok(a.returncode != 0 and 'module-allow' in a.stderr,
          'a module outside /usr/lib* is refused, with the option to allow it', a.stderr)
+
+
+def test_connection_cap(tokdir, work):
+    sock = os.path.join(work, 'cap', 'agent.sock')
+    a = Agent(tokdir, sock, extra=['--max-connections', '1',
+                                   '--pin-file', os.path.join(tokdir, 'pin')])
+    if not t.ok(a.ready, 'agent with --max-connections 1 starts'):
+        a.stop()
+        return
+    first = Conn(sock)
+    t.eq(first.req({'id': 1, 'op': 'hello'}).get('ok'), True, 'first client is served')
+    second = Conn(sock)
+    try:
+        r = second.line()
+        t.ok(r['error']['code'] == 'busy' and second.at_eof(),
+             'a client over the connection cap gets busy and is closed', r)
+    except (EOFError, ConnectionResetError) as e:
+        t.ok(False, 'a client over the connection cap gets busy and is closed', repr(e))
+    second.close()
+    t.eq(first.req({'id': 2, 'op': 'hello'}).get('ok'), True, 'the first client is unaffected')
+    first.close()
+    time.sleep(0.2)
+    third = Conn(sock)
+    t.eq(third.req({'id': 3, 'op': 'hello'}).get('ok'), True,
+         'a slot frees when a client leaves')
+    third.close()
+    a.stop()
 
 
 def test_detached(tokdir, work):
