@@ -166,8 +166,11 @@ def main():
     t.ok(r.returncode != 0 and 'force' in (r.stderr + r.stdout),
          'mktoken refuses to overwrite an existing token dir without --force', r.stderr)
 
-    rundir = os.path.join(work, 'run')
-    sock = os.path.join(rundir, 'agent.sock')
+    # Sockets live under /tmp: short paths (sun_path holds 108 bytes), and a
+    # parent any uid can traverse, which the other-uid test needs wherever
+    # the build tree is.
+    sockdir = tempfile.mkdtemp(prefix='p11jwt-it-', dir='/tmp')
+    sock = os.path.join(sockdir, 'run', 'agent.sock')
     agent = Agent(tokdir, sock)
     if not t.ok(agent.ready, 'agent starts in the foreground and listens',
                 None if agent.ready else agent.stderr()):
@@ -183,6 +186,7 @@ def main():
     test_connection_cap(tokdir, work)
     test_detached(tokdir, work)
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(sockdir, ignore_errors=True)
     t.done()
 
 
@@ -485,9 +489,14 @@ def check_other_uid(sock):
     os.chmod(w, 0o711)
     os.chmod(d, 0o711)
     os.chmod(sock, 0o666)
+    # nobody may not be able to reach the build tree (a clone under /root):
+    # run a copy of the CLI from the world-traversable socket area
+    cli_copy = os.path.join(w, 'p11jwt-copy')
+    shutil.copy(CLI, cli_copy)
+    os.chmod(cli_copy, 0o755)
     try:
         r = run(['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups',
-                 CLI, '--socket', sock, 'keys'])
+                 cli_copy, '--socket', sock, 'keys'])
         t.ok(r.returncode == 4 and 'forbidden' in r.stderr,
              'a client of another uid (nobody) gets forbidden', r.stdout + r.stderr)
     finally:
