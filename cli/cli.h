@@ -63,5 +63,8 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv);
 int cmd_sign(cli_ctx *ctx, int argc, char **argv);
 int cmd_decode(cli_ctx *ctx, int argc, char **argv);
 int cmd_verify(cli_ctx *ctx, int argc, char **argv);
+int cmd_token(cli_ctx *ctx, int argc, char **argv);
+int cmd_call(cli_ctx *ctx, int argc, char **argv);
+int cmd_cache(cli_ctx *ctx, int argc, char **argv);
 
 #endif

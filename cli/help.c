@@ -43,43 +43,115 @@ static const struct cli_cmd_doc {
 	  "Check the signature with the key of the JWKS whose kid matches the\n"
 	  "header (or its only key), then exp and nbf. Exit status 1 when they\n"
 	  "do not hold. FILE may also hold a single JWK." },
+	{ "token", "token [--profile NAME|FILE] [--preset NAME] --key NAME [options]",
+	  "get an OAuth access token with a signed assertion",
+	  "Get an access token from an OAuth token endpoint, authenticating with a JWT\n"
+	  "the agent signs (client assertion, private_key_jwt) or presenting one as\n"
+	  "a JWT-bearer grant, and print it. Tokens are cached under\n"
+	  "$XDG_RUNTIME_DIR/p11jwt/cache and reused until 60 s before expires_in,\n"
+	  "then refreshed with the refresh token if one was given, else obtained\n"
+	  "anew. Values come from the preset, then the profile, then the options\n"
+	  "(later wins). Presets: nhs, smart, entra, okta, docusign, adobe, google,\n"
+	  "salesforce, oracle (prints the signed JWT itself), client-assertion\n"
+	  "(the default) and jwt-bearer; see docs/providers/. The client secret is\n"
+	  "read from --client-secret-file or $P11JWT_CLIENT_SECRET, never from\n"
+	  "the command line." },
+	{ "call", "call [token options] [-X METHOD] [-H 'Name: value']... [-d DATA|@FILE] URL",
+	  "call a REST API with a (cached) access token",
+	  "Get a token as `p11jwt token` does, send the request with\n"
+	  "'Authorization: Bearer TOKEN' and print the response body. Exit 0 for a\n"
+	  "2xx status; otherwise the status and body go to standard error (exit 11).\n"
+	  "On a 401 with a cached token, the token is dropped, a new one obtained\n"
+	  "and the request sent once more. -d sends DATA (or the contents of FILE)\n"
+	  "with POST unless -X says otherwise, as application/json when it parses\n"
+	  "as JSON, else as a form, unless -H sets Content-Type. Plain http:// is\n"
+	  "allowed only to loopback hosts." },
+	{ "cache", "cache list|clear [--json]",
+	  "list or clear cached access tokens",
+	  "list: one line per cached token (token URL, client id, key, subject,\n"
+	  "scope, time left, whether a refresh token is kept); no token is shown.\n"
+	  "clear: remove every cached token." },
 };
 
 /* cmd NULL: global, given before the command (--socket also after it). */
 static const struct cli_opt_doc {
-	const char *cmd;
+	const char *cmd; /* one command, or several separated by spaces */
 	const char *opt; /* long name without "--" */
+	char shrt;       /* short option letter, or 0 */
 	const char *arg; /* NULL for a flag */
 	const char *help;
 } opt_docs[] = {
-	{ NULL, "socket", "PATH", "agent socket (default: $P11JWT_AGENT_SOCK, else\n"
+	{ NULL, "socket", 0, "PATH", "agent socket (default: $P11JWT_AGENT_SOCK, else\n"
 				  "$XDG_RUNTIME_DIR/p11jwt/agent.sock, else\n"
 				  "/tmp/p11jwt-UID/agent.sock)" },
-	{ NULL, "help", NULL, "print help; `p11jwt COMMAND --help` for one command (also -h)" },
-	{ NULL, "help-all", NULL, "print every option of every command" },
-	{ NULL, "version", NULL, "print the version" },
-	{ "keys", "json", NULL, "print the agent's key list as a JSON array" },
-	{ "jwks", "key", "NAME", "only this key" },
-	{ "jwks", "alg", "ALG", "set each JWK's alg to the algorithm you will sign\n"
+	{ NULL, "help", 0, NULL, "print help; `p11jwt COMMAND --help` for one command (also -h)" },
+	{ NULL, "help-all", 0, NULL, "print every option of every command" },
+	{ NULL, "version", 0, NULL, "print the version" },
+	{ "keys", "json", 0, NULL, "print the agent's key list as a JSON array" },
+	{ "jwks", "key", 0, "NAME", "only this key" },
+	{ "jwks", "alg", 0, "ALG", "set each JWK's alg to the algorithm you will sign\n"
 				"with: verifiers hold the key to it (default: the\n"
 				"key's default alg, see `p11jwt keys`)" },
-	{ "jwks", "pem", NULL, "print the public keys as PEM (SubjectPublicKeyInfo)\n"
+	{ "jwks", "pem", 0, NULL, "print the public keys as PEM (SubjectPublicKeyInfo)\n"
 			       "instead of a JWKS" },
-	{ "sign", "key", "NAME", "key to sign with (required; see `p11jwt keys`)" },
-	{ "sign", "alg", "ALG", "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,\n"
+	{ "sign", "key", 0, "NAME", "key to sign with (required; see `p11jwt keys`)" },
+	{ "sign", "alg", 0, "ALG", "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,\n"
 				"ES512 or EdDSA (default: the key's, see `p11jwt keys`)" },
-	{ "sign", "header-file", "FILE", "JSON object of header members (at most 1 MiB)" },
-	{ "sign", "claims-file", "FILE", "JSON object of claims (at most 1 MiB)" },
-	{ "sign", "header", "NAME=VALUE|NAME:=JSON", "set a header member (repeatable)" },
-	{ "sign", "claim", "NAME=VALUE|NAME:=JSON", "set a claim (repeatable), e.g.\n"
+	{ "sign", "header-file", 0, "FILE", "JSON object of header members (at most 1 MiB)" },
+	{ "sign", "claims-file", 0, "FILE", "JSON object of claims (at most 1 MiB)" },
+	{ "sign", "header", 0, "NAME=VALUE|NAME:=JSON", "set a header member (repeatable)" },
+	{ "sign", "claim", 0, "NAME=VALUE|NAME:=JSON", "set a claim (repeatable), e.g.\n"
 						    "--claim iss=me --claim 'scope=a b'" },
-	{ "sign", "lifetime", "SEC", "exp = iat + SEC unless exp is given (positive;\n"
+	{ "sign", "lifetime", 0, "SEC", "exp = iat + SEC unless exp is given (positive;\n"
 				     "default: the agent's, 300)" },
-	{ "sign", "x5t", NULL, "add the certificate's SHA-1 thumbprint (x5t) to the header" },
-	{ "sign", "x5t-s256", NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
-	{ "sign", "x5c", NULL, "add the certificate itself (x5c)" },
-	{ "verify", "jwks", "FILE", "JWKS (or one JWK) to verify with (required)" },
-	{ "verify", "leeway", "SEC", "accept exp and nbf off by up to SEC seconds\n"
+	{ "sign", "x5t", 0, NULL, "add the certificate's SHA-1 thumbprint (x5t) to the header" },
+	{ "sign", "x5t-s256", 0, NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
+	{ "sign", "x5c", 0, NULL, "add the certificate itself (x5c)" },
+	{ "token call", "profile", 0, "NAME|FILE", "profile: $XDG_CONFIG_HOME/p11jwt/profiles/NAME.json,\n"
+					      "or a path (p11jwt-profile(5))" },
+	{ "token call", "preset", 0, "NAME", "provider preset (default: client-assertion)" },
+	{ "token call", "key", 0, "NAME", "agent key to sign the assertion with (required)" },
+	{ "token call", "alg", 0, "ALG", "signature algorithm (default: the preset's, else\n"
+				      "the key's)" },
+	{ "token call", "client-id", 0, "ID", "client id; iss and sub of a client assertion" },
+	{ "token call", "token-url", 0, "URL", "token endpoint (https, or http to loopback only)" },
+	{ "token call", "aud", 0, "AUD", "aud claim (default: the token URL, or what the\n"
+				     "preset says)" },
+	{ "token call", "iss", 0, "ISS", "iss claim (default: the client id)" },
+	{ "token call", "sub", 0, "SUB", "sub claim: the user of a JWT-bearer grant\n"
+				     "(default for client assertions: the client id)" },
+	{ "token call", "scope", 0, "SCOPE", "scope, space-separated (form field or claim,\n"
+					 "as the preset says)" },
+	{ "token call", "lifetime", 0, "SEC", "assertion lifetime, 1 to 86400 (default: the\n"
+					  "preset's, else 300)" },
+	{ "token call", "header", 0, "NAME=VALUE|NAME:=JSON", "set an assertion header member (repeatable)" },
+	{ "token call", "claim", 0, "NAME=VALUE|NAME:=JSON", "set an assertion claim (repeatable)" },
+	{ "token call", "header-file", 0, "FILE", "JSON object of assertion header members" },
+	{ "token call", "claims-file", 0, "FILE", "JSON object of assertion claims" },
+	{ "token call", "form", 0, "NAME=VALUE|NAME", "add or replace a form field; NAME alone\n"
+						  "removes it (repeatable)" },
+	{ "token call", "assertion-field", 0, "NAME", "form field carrying the JWT (default:\n"
+						  "client_assertion or assertion)" },
+	{ "token call", "grant", 0, "GRANT", "client_credentials (client assertion) or\n"
+					"jwt-bearer (the JWT is the grant)" },
+	{ "token call", "client-secret-file", 0, "FILE", "file holding a client secret sent with the\n"
+						     "assertion (mode 0600; or $P11JWT_CLIENT_SECRET)" },
+	{ "token call", "x5t", 0, NULL, "add the certificate's SHA-1 thumbprint (x5t)" },
+	{ "token call", "x5t-s256", 0, NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
+	{ "token call", "x5c", 0, NULL, "add the certificate itself (x5c)" },
+	{ "token call", "no-cache", 0, NULL, "neither read nor write the token cache" },
+	{ "token call", "dry-run", 0, NULL, "print the assertion's header and claims and the\n"
+					 "form (secrets redacted); send nothing" },
+	{ "token call", "cacert", 0, "FILE", "also trust the CA certificates in FILE (PEM)" },
+	{ "token call", "timeout", 0, "SEC", "per HTTP attempt, 1 to 600 (default 30); up to\n"
+					 "3 attempts on connection errors, 429 and 5xx" },
+	{ "token", "json", 0, NULL, "print the token endpoint's whole JSON answer" },
+	{ "call", "request", 'X', "METHOD", "HTTP method (default GET, or POST with -d)" },
+	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
+	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },
+	{ "cache", "json", 0, NULL, "list as JSON" },
+	{ "verify", "jwks", 0, "FILE", "JWKS (or one JWK) to verify with (required)" },
+	{ "verify", "leeway", 0, "SEC", "accept exp and nbf off by up to SEC seconds\n"
 				     "(0 to 86400, default 0)" },
 };
 
@@ -91,7 +163,14 @@ static const char exit_doc[] =
 	"  2  usage error: bad option, NAME=VALUE pair, file or JWT input\n"
 	"  3  the agent cannot be reached (or does not answer in time)\n"
 	"  4  the agent refused the request (its error code is shown)\n"
-	"  5  any other failure\n";
+	"  5  any other failure\n"
+	"  6  the token endpoint answered with an OAuth error (shown with a hint)\n"
+	"  7  cannot connect to the server\n"
+	"  8  the server did not answer in time\n"
+	"  9  TLS failure (certificate not trusted, handshake)\n"
+	" 10  the server's answer is unusable (not JSON, incomplete, too large,\n"
+	"     unexpected HTTP status)\n"
+	" 11  call: the API answered with a status other than 2xx\n";
 
 static const struct cli_cmd_doc *find_cmd(const char *cmd)
 {
@@ -117,16 +196,35 @@ static void put_indented(FILE *f, const char *s, int col)
 	fputc('\n', f);
 }
 
+/* Whether a row's command list names cmd. */
+static bool row_for(const struct cli_opt_doc *o, const char *cmd)
+{
+	size_t n = strlen(cmd);
+
+	for (const char *p = o->cmd; p;) {
+		const char *e = strchr(p, ' ');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+
+		if (l == n && strncmp(p, cmd, n) == 0)
+			return true;
+		p = e ? e + 1 : NULL;
+	}
+	return false;
+}
+
 static void print_opts(FILE *f, const char *cmd)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(opt_docs); i++) {
 		const struct cli_opt_doc *o = &opt_docs[i];
 		char left[64];
 
-		if ((cmd == NULL) != (o->cmd == NULL) || (cmd && strcmp(cmd, o->cmd) != 0))
+		if ((cmd == NULL) != (o->cmd == NULL) || (cmd && !row_for(o, cmd)))
 			continue;
-		snprintf(left, sizeof(left), "--%s%s%s", o->opt, o->arg ? " " : "",
+		snprintf(left, sizeof(left), "%s%c%s--%s%s%s", o->shrt ? "-" : "",
+			 o->shrt ? o->shrt : ' ', o->shrt ? ", " : "", o->opt, o->arg ? " " : "",
 			 o->arg ? o->arg : "");
+		if (!o->shrt)
+			memmove(left, left + 1, strlen(left)); /* drop the ' ' */
 		if (strlen(left) > 24) {
 			fprintf(f, "  %s\n%29s", left, "");
 		} else {
@@ -203,17 +301,29 @@ int cli_next_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv, const cha
 {
 	/* this command's rows, --socket, --help and the terminator */
 	static struct option lo[ARRAY_SIZE(opt_docs) + 2];
-	size_t n = 0;
+	static char shorts[32];
+	static int short_row[256];
+	size_t n = 0, ns = 2;
 	int c;
 
+	memcpy(shorts, ":h", 3);
+	for (size_t i = 0; i < ARRAY_SIZE(short_row); i++)
+		short_row[i] = -1;
+	n = 0;
 	for (size_t i = 0; i < ARRAY_SIZE(opt_docs); i++) {
 		const struct cli_opt_doc *o = &opt_docs[i];
 
-		if (o->cmd ? strcmp(o->cmd, cmd) != 0
+		if (o->cmd ? !row_for(o, cmd)
 			   : strcmp(o->opt, "socket") != 0 && strcmp(o->opt, "help") != 0)
 			continue;
 		lo[n++] = (struct option){ o->opt, o->arg ? required_argument : no_argument, NULL,
 					   OPT_BASE + (int)i };
+		if (o->shrt && ns + 3 < sizeof(shorts)) {
+			shorts[ns++] = o->shrt;
+			shorts[ns++] = ':';
+			shorts[ns] = '\0';
+			short_row[(unsigned char)o->shrt] = (int)i;
+		}
 	}
 	lo[n] = (struct option){ 0 };
 
@@ -221,7 +331,7 @@ int cli_next_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv, const cha
 	for (;;) {
 		const struct cli_opt_doc *o;
 
-		c = getopt_long(argc, argv, ":h", lo, NULL);
+		c = getopt_long(argc, argv, shorts, lo, NULL);
 		if (c == -1)
 			return CLI_OPT_END;
 		if (c == 'h') {
@@ -234,6 +344,8 @@ int cli_next_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv, const cha
 						    argv[optind - 1]);
 			return CLI_OPT_EXIT;
 		}
+		if (c > 0 && c < 256 && short_row[c] >= 0)
+			c = OPT_BASE + short_row[c];
 		if (c < OPT_BASE || c >= OPT_BASE + (int)ARRAY_SIZE(opt_docs)) {
 			if (optopt != 0)
 				*ret_exit = cli_usage_error(cmd, "unknown option '-%c'", optopt);

@@ -5,6 +5,7 @@
  * printed on stdout only; nothing here logs it.
  */
 #include "cli/cli.h"
+#include "cli/http.h"
 
 #include <string.h>
 
@@ -13,7 +14,8 @@ static const struct {
 	int (*fn)(cli_ctx *ctx, int argc, char **argv);
 } cmds[] = {
 	{ "keys", cmd_keys },	  { "jwks", cmd_jwks },	    { "sign", cmd_sign },
-	{ "decode", cmd_decode }, { "verify", cmd_verify },
+	{ "decode", cmd_decode }, { "verify", cmd_verify }, { "token", cmd_token },
+	{ "call", cmd_call },	  { "cache", cmd_cache },
 };
 
 int main(int argc, char **argv)
@@ -51,8 +53,14 @@ int main(int argc, char **argv)
 	}
 	for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++) {
 		if (strcmp(argv[i], cmds[k].name) == 0) {
+			int st;
+
 			optind = 0; /* full getopt reset for the command's own argv */
-			return cmds[k].fn(&ctx, argc - i, argv + i);
+			if (http_global_init() < 0)
+				return 5;
+			st = cmds[k].fn(&ctx, argc - i, argv + i);
+			http_global_cleanup();
+			return st;
 		}
 	}
 	return cli_usage_error(NULL, "unknown command '%s'", argv[i]);

@@ -37,6 +37,12 @@ static const struct {
 	{ P11J_E_PROTOCOL, "protocol_error", "protocol error" },
 	{ P11J_E_KEY_UNSAFE, "key_unsafe", "private key is extractable or not sensitive" },
 	{ P11J_E_BUSY, "busy", "too busy, try again later" },
+	{ P11J_E_OAUTH, "oauth_error", "the token endpoint returned an error" },
+	{ P11J_E_CONNECT, "connect_failed", "cannot connect to the server" },
+	{ P11J_E_TIMEOUT, "timeout", "the server did not answer in time" },
+	{ P11J_E_TLS, "tls_error", "TLS failure" },
+	{ P11J_E_BAD_RESPONSE, "bad_response", "the server's answer is unusable" },
+	{ P11J_E_HTTP_STATUS, "http_status", "the server answered with an error status" },
 };
 
 static _Thread_local char err_buf[512];
@@ -72,7 +78,11 @@ int err_code_from_name(const char *name)
 
 int err_setv(int code, const char *fmt, va_list ap)
 {
-	vsnprintf(err_buf, sizeof(err_buf), fmt, ap);
+	/* format into a copy first: the arguments may include err_msg() */
+	char tmp[sizeof(err_buf)];
+
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	memcpy(err_buf, tmp, sizeof(err_buf));
 	err_have = 1;
 	return code;
 }

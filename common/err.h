@@ -41,7 +41,13 @@ enum {
 	P11J_E_PROTOCOL = -24,         /* the peer broke the protocol */
 	P11J_E_KEY_UNSAFE = -25,       /* private key extractable or not sensitive */
 	P11J_E_BUSY = -26,             /* too many connections or requests */
-	P11J_E__LAST = -27
+	P11J_E_OAUTH = -27,            /* an OAuth server answered with an error */
+	P11J_E_CONNECT = -28,          /* cannot connect to a server (DNS, refused) */
+	P11J_E_TIMEOUT = -29,          /* a server did not answer in time */
+	P11J_E_TLS = -30,              /* TLS handshake or certificate check failed */
+	P11J_E_BAD_RESPONSE = -31,     /* a server's answer is unusable */
+	P11J_E_HTTP_STATUS = -32,      /* an API answered with a non-2xx status */
+	P11J_E__LAST = -33
 };
 
 /* Stable machine name of a code, as used on the wire ("bad_request").

@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The token exchange without I/O: options (preset < profile < command
+ * line) resolved into the assertion to ask the agent for and the form to
+ * post; the cache key; the token endpoint's answer parsed; hints for
+ * well-known errors. cmd_token.c does the talking.
+ */
+#ifndef P11J_EXCHANGE_H
+#define P11J_EXCHANGE_H
+
+#include "cli/form.h"
+#include "cli/preset.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#define XCH_DEFAULT_MARGIN 60 /* seconds before expiry a cached token is dropped */
+#define XCH_DEFAULT_TIMEOUT 30
+
+/* Options, as one JSON object whose members are the profile members
+ * (docs/providers/README.md, p11jwt-profile(5)): strings preset, key, alg,
+ * client_id, token_url, aud, iss, sub, scope, header_file, claims_file,
+ * assertion_field, grant, client_secret_file, cacert, socket; integers
+ * lifetime, timeout; objects header, claims, form (a null form value removes
+ * that field). Returns P11J_E_BAD_REQUEST naming `where` and the member for
+ * anything unknown or of the wrong type. */
+int xch_check_options(const json_t *o, const char *where);
+
+/* A profile: NAME (from $XDG_CONFIG_HOME/p11jwt/profiles/NAME.json, else
+ * ~/.config/...) or a path (anything with a '/' or ending in ".json").
+ * Relative *_file members are made relative to the profile's directory and
+ * ${client_id}, ${token_url}, ${env:NAME} are expanded in string values. */
+int xch_load_profile(const char *name_or_path, json_t **ret);
+
+typedef struct {
+	const preset *preset;
+	bool exchange; /* false: the JWT itself is the token (no HTTP) */
+	char *key;
+	char *alg; /* NULL: the key's default */
+	char *client_id, *token_url, *iss, *sub, *aud, *scope;
+	char *cacert, *socket;
+	long long lifetime;
+	long timeout;
+	json_t *header, *claims, *include; /* for the agent's sign request */
+	form form;             /* the form; the assertion field is empty */
+	char *assertion_field; /* name of the form field taking the JWT */
+	char *secret_field;    /* name of the field holding the secret, or NULL */
+	char *client_secret;   /* wiped by xch_req_clear */
+	json_t *warnings;      /* array of strings: what the provider will reject */
+} xch_req;
+
+/* Resolve profile (may be NULL) and cli (options given on the command line,
+ * same members) into req. client_secret is the secret read by the caller
+ * (from --client-secret-file, the profile's file or P11JWT_CLIENT_SECRET),
+ * or NULL; it is copied. now is the clock for nbf. */
+int xch_resolve(const json_t *profile, const json_t *cli, const char *client_secret,
+		int64_t now, xch_req *req);
+void xch_req_clear(xch_req *req);
+
+/* The agent request for the assertion ({"op":"sign",...}). */
+int xch_sign_request(const xch_req *req, json_t **ret);
+
+/* The refresh form: grant_type=refresh_token, refresh_token, and the
+ * client authentication fields of req->form (client_id, client_secret,
+ * client_assertion_type and the assertion field for client assertions),
+ * or client_id when there are none. needs_assertion says whether a fresh
+ * assertion goes into *assertion_field. */
+int xch_refresh_form(const xch_req *req, const char *refresh_token, form *ret,
+		     bool *needs_assertion);
+
+/* Cache key: lowercase hex SHA-256 over the token URL, client id, key, alg,
+ * iss, sub, aud, scope and the form without the assertion and the secret,
+ * so that two configurations never share a token. ret holds 65 bytes. */
+int xch_cache_key(const xch_req *req, char ret[65]);
+
+typedef struct {
+	char *access_token;
+	char *token_type;
+	char *refresh_token;
+	int64_t expires_in; /* -1 when the server did not say */
+	json_t *json;       /* the whole answer */
+} xch_token;
+
+/* Parse the token endpoint's answer. 0 with *tok for a 2xx JSON object
+ * holding a string access_token; P11J_E_OAUTH ("token endpoint said CODE:
+ * DESCRIPTION") for an OAuth error object (*ret_error gets the code when
+ * ret_error is not NULL); P11J_E_BAD_RESPONSE for anything else (not JSON,
+ * not an object, no access_token, bad expires_in, another status). */
+int xch_parse_token(long status, const char *body, size_t len, xch_token *tok,
+		    char **ret_error);
+void xch_token_clear(xch_token *tok);
+
+/* A hint for an OAuth error from the token endpoint (NULL when none is
+ * known), naming what the assertion carried: kid, alg, aud, iat/exp, jti
+ * (from the signed JWT's header and claims). The string is static or in
+ * buf. */
+const char *xch_hint(const xch_req *req, const char *error, const char *description,
+		     const json_t *header, const json_t *claims, int64_t now, char *buf,
+		     size_t len);
+
+#endif

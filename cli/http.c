@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: MIT */
+#include "cli/http.h"
+#include "common/err.h"
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+
+int http_global_init(void)
+{
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return err_set(P11J_E_INTERNAL, "libcurl cannot be initialised");
+	return 0;
+}
+
+void http_global_cleanup(void)
+{
+	curl_global_cleanup();
+}
+
+static bool host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	char buf[64];
+	size_t n = strlen(host);
+
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	/* CURLU gives IPv6 hosts in brackets */
+	if (n > 2 && n < sizeof(buf) && host[0] == '[' && host[n - 1] == ']') {
+		struct in6_addr a6;
+
+		memcpy(buf, host + 1, n - 2);
+		buf[n - 2] = '\0';
+		return inet_pton(AF_INET6, buf, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+	}
+	return false;
+}
+
+/* scheme and host of url, as CURLU sees them (what libcurl will use). */
+static int url_parts(const char *url, char **scheme, char **host, char **port)
+{
+	CURLU *u = curl_url();
+	CURLUcode uc;
+	int r = 0;
+
+	*scheme = *host = NULL;
+	if (port)
+		*port = NULL;
+	if (u == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	uc = curl_url_set(u, CURLUPART_URL, url, 0);
+	if (uc == CURLUE_OK)
+		uc = curl_url_get(u, CURLUPART_SCHEME, scheme, 0);
+	if (uc == CURLUE_OK)
+		uc = curl_url_get(u, CURLUPART_HOST, host, 0);
+	if (uc == CURLUE_OK && port && curl_url_get(u, CURLUPART_PORT, port, 0) != CURLUE_OK)
+		*port = NULL;
+	if (uc != CURLUE_OK) {
+		r = err_set(P11J_E_BAD_REQUEST, "'%s' is not a usable URL: %s", url,
+			    curl_url_strerror(uc));
+		curl_free(*scheme);
+		curl_free(*host);
+		*scheme = *host = NULL;
+	}
+	curl_url_cleanup(u);
+	return r;
+}
+
+int http_check_url(const char *what, const char *url)
+{
+	char *scheme, *host;
+	int r;
+
+	if ((r = url_parts(url, &scheme, &host, NULL)) < 0)
+		return err_set(r, "%s: %s", what, err_msg());
+	if (strcmp(scheme, "https") == 0) {
+		r = 0;
+	} else if (strcmp(scheme, "http") == 0) {
+		r = host_is_loopback(host)
+			    ? 0
+			    : err_set(P11J_E_BAD_REQUEST,
+				      "%s '%s': plain http is allowed only to a loopback host "
+				      "(127.0.0.1, ::1, localhost); use https",
+				      what, url);
+	} else {
+		r = err_set(P11J_E_BAD_REQUEST, "%s '%s': scheme must be https", what, url);
+	}
+	curl_free(scheme);
+	curl_free(host);
+	return r;
+}
+
+int http_url_host(const char *url, char **ret)
+{
+	char *scheme, *host;
+	int r;
+
+	if ((r = url_parts(url, &scheme, &host, NULL)) < 0)
+		return r;
+	*ret = strdup(host);
+	curl_free(scheme);
+	curl_free(host);
+	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+}
+
+int http_url_origin(const char *url, char **ret)
+{
+	char *scheme, *host, *port;
+	int r;
+
+	if ((r = url_parts(url, &scheme, &host, &port)) < 0)
+		return r;
+	*ret = NULL;
+	if (asprintf(ret, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "") < 0)
+		*ret = NULL;
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+}
+
+struct sink {
+	http_resp *resp;
+	size_t cap;
+	size_t max;
+	bool too_big;
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+	struct sink *s = ud;
+	size_t len = size * n;
+	http_resp *resp = s->resp;
+
+	if (resp->len + len > s->max) {
+		s->too_big = true;
+		return 0; /* CURLE_WRITE_ERROR */
+	}
+	if (resp->len + len + 1 > s->cap) {
+		size_t cap = s->cap ? s->cap : 4096;
+		char *nb;
+
+		while (cap < resp->len + len + 1)
+			cap *= 2;
+		/* grow by copy so that no unwiped copy of a token is left behind */
+		nb = malloc(cap);
+		if (nb == NULL)
+			return 0;
+		if (resp->body) {
+			memcpy(nb, resp->body, resp->len);
+			freezero_buf(resp->body, s->cap);
+		}
+		resp->body = nb;
+		s->cap = cap;
+	}
+	memcpy(resp->body + resp->len, p, len);
+	resp->len += len;
+	resp->body[resp->len] = '\0';
+	return len;
+}
+
+/* Keep Content-Type and WWW-Authenticate of the final response. */
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+	struct sink *s = ud;
+	size_t len = size * n;
+	static const struct {
+		const char *name;
+		size_t off;
+	} want[] = {
+		{ "content-type:", offsetof(http_resp, content_type) },
+		{ "www-authenticate:", offsetof(http_resp, www_authenticate) },
+	};
+
+	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
+		/* a new response (after 100 Continue): forget the previous headers */
+		free(s->resp->content_type);
+		free(s->resp->www_authenticate);
+		s->resp->content_type = s->resp->www_authenticate = NULL;
+		return len;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+		size_t nl = strlen(want[i].name);
+		char **slot = (char **)((char *)s->resp + want[i].off);
+		const char *v, *e;
+
+		if (len <= nl || strncasecmp(p, want[i].name, nl) != 0)
+			continue;
+		for (v = p + nl; v < p + len && (*v == ' ' || *v == '\t'); v++)
+			;
+		for (e = p + len; e > v && isspace((unsigned char)e[-1]); e--)
+			;
+		free(*slot);
+		*slot = strndup(v, (size_t)(e - v));
+	}
+	return len;
+}
+
+static int map_curl(CURLcode cc, const char *url, const char *ebuf, const struct sink *s,
+		    long timeout_s)
+{
+	const char *why = ebuf[0] ? ebuf : curl_easy_strerror(cc);
+
+	switch (cc) {
+	case CURLE_OK:
+		return 0;
+	case CURLE_WRITE_ERROR:
+		if (s->too_big)
+			return err_set(P11J_E_BAD_RESPONSE,
+				       "%s: the response body is over %zu bytes; not read", url,
+				       s->max);
+		return err_set(P11J_E_NOMEM, "out of memory reading %s", url);
+	case CURLE_FILESIZE_EXCEEDED:
+		return err_set(P11J_E_BAD_RESPONSE,
+			       "%s: the response body is over %zu bytes; not read", url, s->max);
+	case CURLE_OPERATION_TIMEDOUT:
+		return err_set(P11J_E_TIMEOUT, "%s did not answer within %ld s (%s)", url,
+			       timeout_s, why);
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+		return err_set(P11J_E_CONNECT, "cannot talk to %s: %s", url, why);
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CIPHER:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+	case CURLE_SSL_CRL_BADFILE:
+	case CURLE_SSL_ENGINE_INITFAILED:
+	case CURLE_USE_SSL_FAILED:
+		return err_set(P11J_E_TLS, "TLS with %s failed: %s", url, why);
+	case CURLE_UNSUPPORTED_PROTOCOL:
+	case CURLE_URL_MALFORMAT:
+		return err_set(P11J_E_BAD_REQUEST, "'%s' cannot be used: %s", url, why);
+	case CURLE_WEIRD_SERVER_REPLY:
+	case CURLE_BAD_CONTENT_ENCODING:
+	case CURLE_HTTP2:
+		return err_set(P11J_E_BAD_RESPONSE, "%s answered with malformed HTTP: %s", url, why);
+	default:
+		return err_set(P11J_E_CONNECT, "request to %s failed: %s", url, why);
+	}
+}
+
+void http_resp_clear(http_resp *resp)
+{
+	if (resp->body)
+		freezero_buf(resp->body, resp->len + 1);
+	free(resp->content_type);
+	free(resp->www_authenticate);
+	memset(resp, 0, sizeof(*resp));
+	resp->retry_after = -1;
+}
+
+int http_request(const http_opts *o, const char *method, const char *url,
+		 const char *const *headers, const char *body, size_t body_len, http_resp *resp)
+{
+	char ebuf[CURL_ERROR_SIZE] = "";
+	struct curl_slist *hl = NULL;
+	struct sink s = { .resp = resp };
+	long timeout = o->timeout_s > 0 ? o->timeout_s : 30;
+	curl_off_t ra = -1;
+	CURLcode cc;
+	CURL *c;
+	int r;
+
+	memset(resp, 0, sizeof(*resp));
+	resp->retry_after = -1;
+	s.max = o->max_body ? o->max_body : HTTP_MAX_BODY;
+	if ((r = http_check_url("URL", url)) < 0)
+		return r;
+	c = curl_easy_init();
+	if (c == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory (curl_easy_init)");
+	for (size_t i = 0; headers && headers[i]; i++) {
+		struct curl_slist *n = curl_slist_append(hl, headers[i]);
+
+		if (n == NULL) {
+			r = err_set(P11J_E_NOMEM, "out of memory");
+			goto out;
+		}
+		hl = n;
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (o->cacert)
+		curl_easy_setopt(c, CURLOPT_CAINFO, o->cacert);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, timeout < 10 ? timeout : 10L);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "p11jwt/" P11JWT_VERSION);
+	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s.max);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, &s);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+	if (body) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+	}
+	if (method && !(body && strcmp(method, "POST") == 0) &&
+	    !(!body && strcmp(method, "GET") == 0))
+		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	cc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+	if (curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra >= 0 &&
+	    (resp->status == 429 || resp->status == 503))
+		resp->retry_after = (long)ra;
+	r = map_curl(cc, url, ebuf, &s, timeout);
+	if (r == 0 && resp->body == NULL) {
+		resp->body = calloc(1, 1);
+		if (resp->body == NULL)
+			r = err_set(P11J_E_NOMEM, "out of memory");
+	}
+out:
+	curl_slist_free_all(hl);
+	curl_easy_cleanup(c);
+	if (r < 0) {
+		long st = resp->status;
+
+		http_resp_clear(resp);
+		resp->status = st;
+	}
+	return r;
+}
+
+long http_retry_delay_ms(int attempt, int r, const http_resp *resp, bool retry_5xx)
+{
+	bool again;
+
+	if (attempt >= HTTP_MAX_ATTEMPTS)
+		return -1;
+	if (r == P11J_E_CONNECT || r == P11J_E_TIMEOUT)
+		again = true;
+	else if (r < 0)
+		again = false;
+	else
+		again = resp->status == 429 || (retry_5xx && resp->status >= 500 &&
+						resp->status <= 599);
+	if (!again)
+		return -1;
+	if (r == 0 && resp->retry_after >= 0) {
+		if (resp->retry_after > HTTP_MAX_RETRY_AFTER)
+			return -1;
+		return resp->retry_after * 1000;
+	}
+	return 500L << (attempt - 1);
+}
