@@ -131,7 +131,7 @@ int xch_load_profile(const char *name_or_path, json_t **ret)
 {
 	static const char *const file_members[] = { "header_file", "claims_file",
 						    "client_secret_file", "cacert" };
-	char path[PATH_MAX], dir[PATH_MAX];
+	char path[PATH_MAX], dir[PATH_MAX], *base;
 	size_t n = strlen(name_or_path);
 	json_t *o = NULL;
 	int r;
@@ -171,8 +171,9 @@ int xch_load_profile(const char *name_or_path, json_t **ret)
 	if ((r = xch_check_options(o, path)) < 0)
 		goto fail;
 	snprintf(dir, sizeof(dir), "%s", path);
+	base = dirname(dir); /* may modify dir: once only */
 	for (size_t i = 0; i < ARRAY_SIZE(file_members); i++)
-		if ((r = rebase(o, file_members[i], dirname(dir))) < 0)
+		if ((r = rebase(o, file_members[i], base)) < 0)
 			goto fail;
 	*ret = o;
 	return 0;
@@ -546,6 +547,7 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 		} else {
 			r = expand_req("client_id", tmp, &v, p->name, &req->client_id);
 			free(tmp);
+			tmp = NULL;
 			if (r < 0)
 				goto out;
 		}
@@ -565,6 +567,7 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 		} else {
 			r = expand_req("token_url", tmp, &v, p->name, &req->token_url);
 			free(tmp);
+			tmp = NULL;
 			if (r < 0)
 				goto out;
 		}
@@ -602,6 +605,10 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 	    (r = dup_opt(profile, cli, "aud", &req->aud)) < 0 ||
 	    (r = dup_opt(profile, cli, "scope", &req->scope)) < 0)
 		goto out;
+	if (req->iss == NULL && p->iss == NULL) {
+		r = err_set(P11J_E_BAD_REQUEST, "--iss is required by preset '%s'", p->name);
+		goto out;
+	}
 	if (req->iss == NULL && (r = expand_req("iss", p->iss, &v, p->name, &req->iss)) < 0)
 		goto out;
 	if (req->sub == NULL) {

@@ -123,6 +123,7 @@ static const preset presets[] = {
 		.token_url = "https://ims-na1.adobelogin.com/ims/exchange/jwt",
 		.aud = AUD_TEMPLATE,
 		.aud_tmpl = "${origin}/c/${client_id}",
+		.sub_required = true, /* {id}@techacct.adobe.com; iss is {org}@AdobeOrg */
 		.scope = SCOPE_METASCOPE,
 		.metascope_prefix = "https://ims-na1.adobelogin.com/s/",
 		.lifetime = 600,
