@@ -92,6 +92,7 @@ class Bad:
     """State shared with the handler: requests seen per path."""
     hits = {}
     forms = {}
+    agents = []
     jwks = None  # PyJWK for /adobe
     lock = threading.Lock()
 
@@ -120,7 +121,10 @@ class BadHandler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(n).decode() if n else ''
         form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
         path = self.path.split('?')[0]
+        if path.startswith('http://'):  # asked as a proxy
+            path = '/proxied'
         with Bad.lock:
+            Bad.agents.append(self.headers.get('User-Agent'))
             Bad.hits[path] = Bad.hits.get(path, 0) + 1
             Bad.forms.setdefault(path, []).append(form)
             hit = Bad.hits[path]
@@ -168,6 +172,8 @@ class BadHandler(http.server.BaseHTTPRequestHandler):
                 self.reply(200, ok)
             else:
                 self.reply(400, '{"error":"invalid_client"}')
+        elif path == '/proxied':
+            self.reply(200, json.dumps({'access_token': 'via-proxy', 'expires_in': 60}))
         elif path == '/echo-auth':
             self.reply(200, json.dumps({'authorization': self.headers.get('Authorization')}))
         else:
@@ -391,6 +397,15 @@ def test_call(srv, env):
                f'{srv.url}/api/echo', env=env)
     body = json.loads(r.stdout) if r.returncode == 0 else {}
     t.eq(body.get('method'), 'PUT', 'call -X sets the method')
+    datafile = os.path.join(env['XDG_RUNTIME_DIR'], 'body.json')
+    with open(datafile, 'w') as f:
+        f.write('{"from": "file"}')
+    r = p11jwt('call', *args, '-d', f'@{datafile}', f'{srv.url}/api/echo', env=env)
+    body = json.loads(r.stdout) if r.returncode == 0 else {}
+    t.eq(body.get('body'), '{"from": "file"}', 'call -d @FILE sends the file')
+    r = p11jwt('call', *args, '-d', '@/nonexistent/x', f'{srv.url}/api/echo', env=env)
+    t.ok(r.returncode == 2 and '/nonexistent/x' in r.stderr, 'call -d @missing: exit 2',
+         r.stderr)
     # 401 then retry with a new token
     srv.post('/test/reset')
     srv.post('/test/revoke')
@@ -569,6 +584,14 @@ def test_bad_server(bad, env, work):
     r = p11jwt('token', *a[:-3], '--no-cache', env=env)
     t.ok(r.returncode == 2 and 'client secret' in r.stderr, 'adobe without a secret: exit 2',
          r.stderr)
+    t.ok(Bad.agents and all(a == Bad.agents[0] for a in Bad.agents) and
+         Bad.agents[0].startswith('p11jwt/'), 'User-Agent is p11jwt/VERSION', set(Bad.agents))
+    # the proxy environment is honoured
+    r = p11jwt('token', '--key', 'ec-p256', '--client-id', 'c', '--token-url',
+               'http://127.0.0.1:9/token', '--no-cache', '--timeout', '5',
+               env=dict(env, http_proxy=url))
+    t.ok(r.returncode == 0 and r.stdout.strip() == 'via-proxy' and Bad.hits.get('/proxied') == 1,
+         'http_proxy is honoured', r.stderr)
     # nothing listening
     s = __import__('socket').socket()
     s.bind(('127.0.0.1', 0))
