@@ -116,7 +116,8 @@ static int rebase(json_t *o, const char *member, const char *dir)
 	char *full = NULL;
 	int r;
 
-	if (p == NULL || p[0] == '/')
+	/* absolute, or starting with a variable (${env:DIR}/f): left alone */
+	if (p == NULL || p[0] == '/' || (p[0] == '$' && p[1] == '{'))
 		return 0;
 	if (asprintf(&full, "%s/%s", dir, p) < 0)
 		return err_set(P11J_E_NOMEM, "out of memory");
@@ -187,7 +188,7 @@ fail:
 typedef struct {
 	const xch_req *req;
 	const char *origin, *host;
-	const char *unset; /* first known variable that had no value */
+	char unset[128]; /* first known variable that had no value, or "" */
 	bool assertion;    /* ${assertion} seen */
 } vars;
 
@@ -219,8 +220,8 @@ static const char *lookup(const char *name, void *ud)
 	} else
 		return NULL;
 	if (val == NULL) {
-		if (v->unset == NULL)
-			v->unset = name;
+		if (v->unset[0] == '\0')
+			snprintf(v->unset, sizeof(v->unset), "%s", name);
 		return "";
 	}
 	return val;
@@ -243,10 +244,10 @@ static int expand_req(const char *what, const char *tmpl, vars *v, const char *p
 {
 	int r;
 
-	v->unset = NULL;
+	v->unset[0] = '\0';
 	if ((r = tmpl_expand(tmpl, lookup, v, ret)) < 0)
 		return err_set(r, "%s: %s", what, err_msg());
-	if (v->unset) {
+	if (v->unset[0]) {
 		const char *u = v->unset;
 
 		freezero_str(*ret);
@@ -272,10 +273,10 @@ static int expand_json(json_t *j, vars *v, const char *where)
 			if (json_is_string(m)) {
 				char *s;
 
-				v->unset = NULL;
+				v->unset[0] = '\0';
 				if ((r = tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
 					return err_set(r, "%s: '%s': %s", where, k, err_msg());
-				if (v->unset) {
+				if (v->unset[0]) {
 					free(s);
 					return err_set(P11J_E_BAD_REQUEST,
 						       "%s: '%s' uses ${%s}, which has no value here",
@@ -295,7 +296,7 @@ static int expand_json(json_t *j, vars *v, const char *where)
 			if (json_is_string(m)) {
 				char *s;
 
-				v->unset = NULL;
+				v->unset[0] = '\0';
 				if ((r = tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
 					return err_set(r, "%s: %s", where, err_msg());
 				r = json_array_set_new(j, i, json_string(s));
@@ -390,7 +391,7 @@ static int build_form(xch_req *req, const char *const *rows, vars *v)
 		char name[64], *val = NULL;
 
 		snprintf(name, sizeof(name), "%.*s", (int)(eq - rows[i]), rows[i]);
-		v->unset = NULL;
+		v->unset[0] = '\0';
 		v->assertion = false;
 		if ((r = tmpl_expand(eq + 1, lookup, v, &val)) < 0)
 			return r;
@@ -401,14 +402,14 @@ static int build_form(xch_req *req, const char *const *rows, vars *v)
 				return err_set(P11J_E_NOMEM, "out of memory");
 			}
 		}
-		if (strstr(eq + 1, "${client_secret}") && !v->unset) {
+		if (strstr(eq + 1, "${client_secret}") && !v->unset[0]) {
 			free(req->secret_field);
 			if ((req->secret_field = strdup(name)) == NULL) {
 				freezero_str(val);
 				return err_set(P11J_E_NOMEM, "out of memory");
 			}
 		}
-		r = v->unset ? 0 : form_set(&req->form, name, val);
+		r = v->unset[0] ? 0 : form_set(&req->form, name, val);
 		freezero_str(val);
 		if (r < 0)
 			return r;
@@ -1060,13 +1061,15 @@ static const struct {
 } hint_rules[] = {
 	{ NULL, "jti|replay|already used|used once|reuse", H_JTI },
 	{ "consent_required", NULL, H_CONSENT },
-	{ NULL, "consent|approved|not authorized for this|delegation", H_CONSENT },
-	{ NULL, "AADSTS700024|expired|exp |\"exp\"|exp claim|iat|nbf|clock|not yet valid|"
-		"lifetime|in the future|too far|timestamp",
+	{ NULL, "consent|approved|not authorized for this|not authorized for any|"
+		"unauthorized to retrieve|delegation",
+	  H_CONSENT },
+	{ NULL, "AADSTS700024|expired|exp|iat|nbf|clock|not yet valid|lifetime|in the future|"
+		"too far|timestamp",
 	  H_CLOCK },
 	{ NULL, "aud|audience", H_AUD },
 	{ "issuer_not_found", NULL, H_ISS },
-	{ NULL, "issuer|iss ", H_ISS },
+	{ NULL, "issuer|iss", H_ISS },
 	{ NULL, "AADSTS700027|no_valid_keys_or_signatures|kid|signature|key|jwks|thumbprint|"
 		"certificate",
 	  H_KEY },
@@ -1074,6 +1077,26 @@ static const struct {
 	{ "invalid_client", NULL, H_CLIENT },
 	{ "unauthorized_client", NULL, H_CLIENT },
 };
+
+/* w occurs in hay as a word: not inside another word, though a plural 's'
+ * may follow ("key" matches "keys", not "monkey" or "keyboard"). */
+static bool word_at(const char *hay, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (const char *h = strcasestr(hay, w); h; h = strcasestr(h + 1, w)) {
+		const char *after = h + n;
+
+		if (h > hay && isalnum((unsigned char)h[-1]) && isalnum((unsigned char)w[0]))
+			continue;
+		if (*after == 's' || *after == 'S')
+			after++;
+		if (isalnum((unsigned char)*after) && isalnum((unsigned char)w[n - 1]))
+			continue;
+		return true;
+	}
+	return false;
+}
 
 static bool has_word(const char *hay, const char *words)
 {
@@ -1086,7 +1109,7 @@ static bool has_word(const char *hay, const char *words)
 		size_t l = e ? (size_t)(e - p) : strlen(p);
 
 		snprintf(w, sizeof(w), "%.*s", (int)l, p);
-		if (strcasestr(hay, w))
+		if (w[0] && word_at(hay, w))
 			return true;
 		if (!e)
 			break;
