@@ -77,7 +77,7 @@ int xch_check_options(const json_t *o, const char *where)
 				break;
 		if (i == ARRAY_SIZE(opt_members))
 			return err_set(P11J_E_BAD_REQUEST,
-				       "%s: unknown member '%s' (see p11jwt-profile(5))", where, k);
+				       "%s: unknown member '%s' (see docs/providers/README.md)", where, k);
 		if (json_typeof(v) != opt_members[i].type)
 			return err_set(P11J_E_BAD_REQUEST, "%s: '%s' must be %s", where, k,
 				       type_name(opt_members[i].type));

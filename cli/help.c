@@ -108,7 +108,7 @@ static const struct cli_opt_doc {
 	{ "sign", "x5t-s256", 0, NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
 	{ "sign", "x5c", 0, NULL, "add the certificate itself (x5c)" },
 	{ "token call", "profile", 0, "NAME|FILE", "profile: $XDG_CONFIG_HOME/p11jwt/profiles/NAME.json,\n"
-					      "or a path (p11jwt-profile(5))" },
+					      "or a path (docs/providers/README.md)" },
 	{ "token call", "preset", 0, "NAME", "provider preset (default: client-assertion)" },
 	{ "token call", "key", 0, "NAME", "agent key to sign the assertion with (required)" },
 	{ "token call", "alg", 0, "ALG", "signature algorithm (default: the preset's, else\n"
@@ -156,7 +156,8 @@ static const struct cli_opt_doc {
 };
 
 static const char exit_doc[] =
-	"Errors are printed once, as 'p11jwt: CODE: message'.\n"
+	"Errors are printed once, as 'p11jwt: CODE: message'; an OAuth server's\n"
+	"error as 'p11jwt: token endpoint said ERROR: description', then a hint.\n"
 	"Exit status:\n"
 	"  0  success\n"
 	"  1  verify: the signature, exp or nbf do not hold\n"
