@@ -328,6 +328,23 @@ static int dup_opt(const json_t *profile, const json_t *cli, const char *name, c
 	return 0;
 }
 
+/* An option as given on the command line, or from the profile (or dflt)
+ * with its ${...} expanded. */
+static int take_expanded(const json_t *profile, const json_t *cli, const char *name,
+			 const char *dflt, vars *v, const char *pname, char **ret)
+{
+	const char *s = json_string_value(opt(profile, cli, name));
+
+	*ret = NULL;
+	if (cli && json_object_get(cli, name)) {
+		*ret = strdup(s);
+		return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+	}
+	if (s == NULL)
+		s = dflt;
+	return s ? expand_req(name, s, v, pname, ret) : 0;
+}
+
 static int merge_obj(json_t *dst, const json_t *src)
 {
 	if (src && json_object_update((json_t *)dst, (json_t *)src) < 0)
@@ -348,21 +365,6 @@ static int merge_file(json_t *dst, const json_t *o, const char *member)
 	r = merge_obj(dst, f);
 	json_decref(f);
 	return r;
-}
-
-static bool word_in(const char *list, const char *w)
-{
-	size_t n = strlen(w);
-
-	for (const char *p = list; p && *p;) {
-		const char *e = strchr(p, ' ');
-		size_t l = e ? (size_t)(e - p) : strlen(p);
-
-		if (l == n && strncmp(p, w, n) == 0)
-			return true;
-		p = e ? e + 1 : NULL;
-	}
-	return false;
 }
 
 static int warn(xch_req *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -538,42 +540,11 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 
 	/* client_id and token_url first (they may use ${env:...}; the token URL
 	 * may use ${client_id}), then the profile's other strings with them */
-	if ((r = dup_opt(profile_in, cli, "client_id", &tmp)) < 0)
+	if ((r = take_expanded(profile_in, cli, "client_id", NULL, &v, p->name,
+			       &req->client_id)) < 0 ||
+	    (r = take_expanded(profile_in, cli, "token_url", p->token_url, &v, p->name,
+			       &req->token_url)) < 0)
 		goto out;
-	if (tmp) {
-		bool from_cli = cli && json_object_get(cli, "client_id");
-
-		if (from_cli) {
-			req->client_id = tmp;
-		} else {
-			r = expand_req("client_id", tmp, &v, p->name, &req->client_id);
-			free(tmp);
-			tmp = NULL;
-			if (r < 0)
-				goto out;
-		}
-		tmp = NULL;
-	}
-	if ((r = dup_opt(profile_in, cli, "token_url", &tmp)) < 0)
-		goto out;
-	if (tmp == NULL && p->token_url && (tmp = strdup(p->token_url)) == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
-		goto out;
-	}
-	if (tmp) {
-		bool from_cli = cli && json_object_get(cli, "token_url");
-
-		if (from_cli) {
-			req->token_url = tmp;
-		} else {
-			r = expand_req("token_url", tmp, &v, p->name, &req->token_url);
-			free(tmp);
-			tmp = NULL;
-			if (r < 0)
-				goto out;
-		}
-		tmp = NULL;
-	}
 	if (req->exchange && req->token_url == NULL) {
 		r = err_set(P11J_E_BAD_REQUEST, "--token-url URL is required (preset '%s' has no "
 						"default)",
@@ -783,7 +754,7 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 	}
 
 	/* what the provider is known to reject */
-	if (p->algs && req->alg && !word_in(p->algs, req->alg) &&
+	if (p->algs && req->alg && !util_word_in(p->algs, req->alg) &&
 	    (r = warn(req, "preset %s: the provider takes %s; %s will likely be rejected",
 		      p->name, p->algs, req->alg)) < 0)
 		goto out;

@@ -130,22 +130,10 @@ struct sbuf {
 
 static int sb_add(struct sbuf *b, const char *p, size_t n)
 {
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 64;
-		char *ns;
+	int r = util_secret_reserve(&b->s, &b->cap, b->len, n);
 
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		ns = malloc(cap);
-		if (ns == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
-		if (b->s) {
-			memcpy(ns, b->s, b->len);
-			freezero_buf(b->s, b->cap);
-		}
-		b->s = ns;
-		b->cap = cap;
-	}
+	if (r < 0)
+		return r;
 	memcpy(b->s + b->len, p, n);
 	b->len += n;
 	b->s[b->len] = '\0';

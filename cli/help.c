@@ -200,17 +200,7 @@ static void put_indented(FILE *f, const char *s, int col)
 /* Whether a row's command list names cmd. */
 static bool row_for(const struct cli_opt_doc *o, const char *cmd)
 {
-	size_t n = strlen(cmd);
-
-	for (const char *p = o->cmd; p;) {
-		const char *e = strchr(p, ' ');
-		size_t l = e ? (size_t)(e - p) : strlen(p);
-
-		if (l == n && strncmp(p, cmd, n) == 0)
-			return true;
-		p = e ? e + 1 : NULL;
-	}
-	return false;
+	return util_word_in(o->cmd, cmd);
 }
 
 static void print_opts(FILE *f, const char *cmd)

@@ -145,23 +145,9 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 		s->too_big = true;
 		return 0; /* CURLE_WRITE_ERROR */
 	}
-	if (resp->len + len + 1 > s->cap) {
-		size_t cap = s->cap ? s->cap : 4096;
-		char *nb;
-
-		while (cap < resp->len + len + 1)
-			cap *= 2;
-		/* grow by copy so that no unwiped copy of a token is left behind */
-		nb = malloc(cap);
-		if (nb == NULL)
-			return 0;
-		if (resp->body) {
-			memcpy(nb, resp->body, resp->len);
-			freezero_buf(resp->body, s->cap);
-		}
-		resp->body = nb;
-		s->cap = cap;
-	}
+	/* grow by copy so that no unwiped copy of a token is left behind */
+	if (util_secret_reserve(&resp->body, &s->cap, resp->len, len) < 0)
+		return 0;
 	memcpy(resp->body + resp->len, p, len);
 	resp->len += len;
 	resp->body[resp->len] = '\0';

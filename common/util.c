@@ -27,6 +27,45 @@ void freezero_str(char *s)
 	freezero_buf(s, strlen(s));
 }
 
+bool util_word_in(const char *list, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (const char *p = list; p && *p;) {
+		const char *e = strchr(p, ' ');
+		size_t l = e ? (size_t)(e - p) : strlen(p);
+
+		if (l == n && strncmp(p, w, n) == 0)
+			return true;
+		p = e ? e + 1 : NULL;
+	}
+	return false;
+}
+
+int util_secret_reserve(char **buf, size_t *cap, size_t used, size_t need)
+{
+	size_t ncap = *cap ? *cap : 64;
+	char *nb;
+
+	if (used + need + 1 <= *cap)
+		return 0;
+	while (ncap < used + need + 1) {
+		if (ncap > SIZE_MAX / 2)
+			return err_set(P11J_E_NOMEM, "out of memory");
+		ncap *= 2;
+	}
+	nb = malloc(ncap);
+	if (nb == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	if (*buf) {
+		memcpy(nb, *buf, used);
+		freezero_buf(*buf, *cap);
+	}
+	*buf = nb;
+	*cap = ncap;
+	return 0;
+}
+
 void util_chomp(char *s)
 {
 	size_t n = strlen(s);

@@ -20,6 +20,14 @@ void freezero_str(char *s);
  * and the buffer is wiped when it grows. *ret_buf is NUL-terminated. */
 int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, size_t *ret_len);
 
+/* Whether w is one of the space-separated words of list (NULL: none). */
+bool util_word_in(const char *list, const char *w);
+
+/* Make room for need more bytes (plus a NUL) after used in a secret buffer:
+ * a bigger buffer is allocated, the old one copied, wiped and freed, so no
+ * stale copy of a token or secret is left behind (realloc may leave one). */
+int util_secret_reserve(char **buf, size_t *cap, size_t used, size_t need);
+
 /* Strip one trailing "\n" or "\r\n" in place. */
 void util_chomp(char *s);
 
