@@ -257,6 +257,9 @@ int main(int argc, char **argv)
 	};
 	struct opts o = { .token = "pkcs11:", .max_conns = 1024 };
 	char sockbuf[108];
+
+	/* JSON strings carry signed JWTs (bearer credentials): wiped on free */
+	json_set_alloc_funcs(malloc, util_wipe_free);
 	tok_ctx *tok = NULL;
 	keyring kr = { 0 };
 	int c, r, lfd = -1, pipefd[2] = { -1, -1 };

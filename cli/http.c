@@ -14,7 +14,10 @@
 
 int http_global_init(void)
 {
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+	/* libcurl's copies of headers (Authorization: Bearer ...) and bodies
+	 * are wiped when it frees them */
+	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, util_wipe_free, util_wipe_realloc,
+				 strdup, calloc) != CURLE_OK)
 		return err_set(P11J_E_INTERNAL, "libcurl cannot be initialised");
 	return 0;
 }

@@ -6,7 +6,9 @@
  */
 #include "cli/cli.h"
 #include "cli/http.h"
+#include "common/util.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
@@ -23,6 +25,9 @@ int main(int argc, char **argv)
 	cli_ctx ctx = { 0 };
 	int i;
 
+	/* JSON strings hold assertions, access and refresh tokens: wiped when
+	 * Jansson frees them. Before any JSON is made. */
+	json_set_alloc_funcs(malloc, util_wipe_free);
 	/* global options come before the command; stop at the first operand */
 	for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
 		if (strcmp(argv[i], "--socket") == 0) {

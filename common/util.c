@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -64,6 +65,34 @@ int util_secret_reserve(char **buf, size_t *cap, size_t used, size_t need)
 	*buf = nb;
 	*cap = ncap;
 	return 0;
+}
+
+void util_wipe_free(void *p)
+{
+	if (p == NULL)
+		return;
+	OPENSSL_cleanse(p, malloc_usable_size(p));
+	free(p);
+}
+
+void *util_wipe_realloc(void *p, size_t n)
+{
+	size_t old;
+	void *np;
+
+	if (p == NULL)
+		return malloc(n);
+	if (n == 0) {
+		util_wipe_free(p);
+		return NULL;
+	}
+	old = malloc_usable_size(p);
+	np = malloc(n);
+	if (np == NULL)
+		return NULL;
+	memcpy(np, p, old < n ? old : n);
+	util_wipe_free(p);
+	return np;
 }
 
 void util_chomp(char *s)

@@ -28,6 +28,12 @@ bool util_word_in(const char *list, const char *w);
  * stale copy of a token or secret is left behind (realloc may leave one). */
 int util_secret_reserve(char **buf, size_t *cap, size_t used, size_t need);
 
+/* free() and realloc() that wipe what they release (the whole block, by
+ * malloc_usable_size), for libraries that take allocator hooks (Jansson,
+ * libcurl) and hold tokens, assertions and secrets in their strings. */
+void util_wipe_free(void *p);
+void *util_wipe_realloc(void *p, size_t n);
+
 /* Strip one trailing "\n" or "\r\n" in place. */
 void util_chomp(char *s);
 

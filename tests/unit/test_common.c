@@ -119,6 +119,51 @@ static void test_clock_override(void **state)
 	assert_true(util_now() > 1700000000);
 }
 
+static void test_wipe_alloc(void **state)
+{
+	char *p = malloc(16), *q;
+
+	(void)state;
+	assert_non_null(p);
+	memcpy(p, "0123456789abcde", 16);
+	q = util_wipe_realloc(p, 4096);
+	assert_non_null(q);
+	assert_memory_equal(q, "0123456789abcde", 16);
+	q = util_wipe_realloc(q, 8);
+	assert_non_null(q);
+	assert_memory_equal(q, "01234567", 8);
+	util_wipe_free(q);
+	util_wipe_free(NULL);
+	assert_null(util_wipe_realloc(malloc(4), 0));
+}
+
+static void test_word_in(void **state)
+{
+	(void)state;
+	assert_true(util_word_in("RS256 RS384", "RS384"));
+	assert_true(util_word_in("token call", "token"));
+	assert_false(util_word_in("RS256 RS384", "RS38"));
+	assert_false(util_word_in("RS256 RS384", "S256"));
+	assert_false(util_word_in(NULL, "x"));
+	assert_false(util_word_in("", "x"));
+}
+
+static void test_secret_reserve(void **state)
+{
+	char *b = NULL;
+	size_t cap = 0, used = 0;
+
+	(void)state;
+	for (int i = 0; i < 100; i++) {
+		assert_int_equal(util_secret_reserve(&b, &cap, used, 10), 0);
+		assert_true(cap >= used + 11);
+		memcpy(b + used, "abcdefghij", 10);
+		used += 10;
+	}
+	assert_memory_equal(b + 990, "abcdefghij", 10);
+	freezero_buf(b, cap);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -128,6 +173,9 @@ int main(void)
 		cmocka_unit_test(test_read_secret_file_modes),
 		cmocka_unit_test(test_hex),
 		cmocka_unit_test(test_clock_override),
+		cmocka_unit_test(test_wipe_alloc),
+		cmocka_unit_test(test_word_in),
+		cmocka_unit_test(test_secret_reserve),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
