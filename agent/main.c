@@ -98,6 +98,9 @@ static void usage(FILE *f)
 	      "  --print-env           print P11JWT_AGENT_SOCK and P11JWT_AGENT_PID for eval\n"
 	      "  --allow-unsafe-keys   also serve private keys that are extractable or not sensitive\n"
 	      "  --max-connections N   concurrent clients (default 1024)\n"
+	      "  --workers N           signing threads, 1 to 64 (default: 2 per CPU)\n"
+	      "  --line-timeout SEC    drop a client that leaves half a request line\n"
+	      "                        this long (default 10)\n"
 	      "  --kill                stop the agent named by $P11JWT_AGENT_PID\n"
 	      "  --version, --help\n"
 	      "\n"
@@ -173,7 +176,26 @@ struct opts {
 	const char *socket;
 	bool foreground, print_env, allow_unsafe;
 	size_t max_conns;
+	unsigned workers;
+	unsigned line_timeout_ms;
 };
+
+/* A whole number from min to max for option name, else a usage message. */
+static bool parse_count(const char *name, const char *arg, unsigned long min, unsigned long max,
+			unsigned long *ret)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (errno || *end || arg[0] == '-' || arg[0] == '\0' || v < min || v > max) {
+		fprintf(stderr, "p11jwt-agent: --%s must be %lu to %lu\n", name, min, max);
+		return false;
+	}
+	*ret = v;
+	return true;
+}
 
 /* Opens the token and the socket; on failure writes the reason to errfd
  * (the parent's pipe when detaching). */
@@ -218,7 +240,11 @@ static void print_env(const char *sock, pid_t pid)
 static int serve(const struct opts *o, tok_ctx *tok, keyring *kr, int lfd)
 {
 	proto_env env = { .kr = kr, .owner_uid = geteuid(), .version = P11JWT_VERSION };
-	srv_config sc = { .env = &env, .max_connections = o->max_conns, .log = srv_logger };
+	srv_config sc = { .env = &env,
+			  .max_connections = o->max_conns,
+			  .workers = o->workers,
+			  .line_timeout_ms = o->line_timeout_ms,
+			  .log = srv_logger };
 	struct sigaction sa = { .sa_handler = on_signal };
 	int r;
 
@@ -250,6 +276,8 @@ int main(int argc, char **argv)
 		{ "print-env", no_argument, NULL, 'e' },
 		{ "allow-unsafe-keys", no_argument, NULL, 'U' },
 		{ "max-connections", required_argument, NULL, 'c' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "line-timeout", required_argument, NULL, 'L' },
 		{ "kill", no_argument, NULL, 'k' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -266,6 +294,8 @@ int main(int argc, char **argv)
 	bool kill_mode = false;
 
 	harden();
+	unsigned long v;
+
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm': o.module = optarg; break;
@@ -282,19 +312,21 @@ int main(int argc, char **argv)
 		case 'f': o.foreground = true; break;
 		case 'e': o.print_env = true; break;
 		case 'U': o.allow_unsafe = true; break;
-		case 'c': {
-			char *end;
-			unsigned long v;
-
-			errno = 0;
-			v = strtoul(optarg, &end, 10);
-			if (errno || *end || v < 1 || v > 65536 || optarg[0] == '-') {
-				fprintf(stderr, "p11jwt-agent: --max-connections must be 1 to 65536\n");
+		case 'c':
+			if (!parse_count("max-connections", optarg, 1, 65536, &v))
 				return EXIT_USAGE;
-			}
 			o.max_conns = v;
 			break;
-		}
+		case 'w':
+			if (!parse_count("workers", optarg, 1, 64, &v))
+				return EXIT_USAGE;
+			o.workers = (unsigned)v;
+			break;
+		case 'L':
+			if (!parse_count("line-timeout", optarg, 1, 3600, &v))
+				return EXIT_USAGE;
+			o.line_timeout_ms = (unsigned)v * 1000;
+			break;
 		case 'k': kill_mode = true; break;
 		case 'V': printf("p11jwt-agent %s\n", P11JWT_VERSION); return 0;
 		case 'h': usage(stdout); return 0;

@@ -184,6 +184,7 @@ def main():
 
     test_startup_errors(tokdir, work, pin)
     test_connection_cap(tokdir, work)
+    test_event_loop(tokdir, work)
     test_detached(tokdir, work)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(sockdir, ignore_errors=True)
@@ -565,6 +566,112 @@ def test_connection_cap(tokdir, work):
          'a slot frees when a client leaves')
     third.close()
     a.stop()
+
+
+def fd_count(pid):
+    return len(os.listdir(f'/proc/{pid}/fd'))
+
+
+def rss_kib(pid):
+    for line in open(f'/proc/{pid}/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    return 0
+
+
+def test_event_loop(tokdir, work):
+    """The epoll server: half-line timeout, clients leaving mid-request,
+    idle connections, ordering under load, graceful stop."""
+    sock = os.path.join(work, 'loop', 'agent.sock')
+    a = Agent(tokdir, sock, extra=['--line-timeout', '1', '--workers', '3',
+                                   '--pin-file', os.path.join(tokdir, 'pin')])
+    if not t.ok(a.ready, 'agent with --line-timeout 1 --workers 3 starts'):
+        a.stop()
+        return
+    pid = a.proc.pid
+    sign = {'op': 'sign', 'key': 'ec-p256', 'claims': {'iss': 'i', 'sub': 's', 'aud': 'a'}}
+    # warm up: the token layer opens its sessions (and SoftHSM its files) on
+    # first use; the baseline is taken after that
+    for key in ('ec-p256', 'rsa-2048'):
+        w = Conn(sock)
+        for k in range(4):
+            w.send((json.dumps(dict(sign, key=key, id=k)) + '\n').encode())
+        for k in range(4):
+            w.line()
+        w.close()
+    time.sleep(0.3)
+    base = fd_count(pid)
+
+    half = Conn(sock)
+    half.send(b'{"op":"hel')
+    t0 = time.time()
+    try:
+        r = half.line()
+        el = time.time() - t0
+        t.ok(r['error']['code'] == 'bad_request' and 'in time' in r['error']['message'] and
+             0.8 <= el < 4 and half.at_eof(),
+             f'half a line is dropped after --line-timeout ({el:.1f} s) with an error line', r)
+    except (EOFError, ConnectionResetError, socket.timeout) as e:
+        t.ok(False, 'half a line is dropped after --line-timeout', repr(e))
+    half.close()
+
+    # an idle connection (no partial line) is not dropped
+    idle = Conn(sock)
+    time.sleep(1.6)
+    t.eq(idle.req({'id': 'idle', 'op': 'hello'}).get('ok'), True,
+         'an idle connection without a partial line is kept')
+    idle.close()
+
+    # clients that leave mid-request leave nothing behind
+    for i in range(50):
+        c = Conn(sock)
+        c.send((json.dumps(dict(sign, id=i)) + '\n').encode() * 3)
+        c.close()
+    time.sleep(1.0)
+    other = Conn(sock)
+    t.eq(other.req(dict(sign, id='after')).get('ok'), True,
+         'after 50 clients left mid-request, signing still works')
+    other.close()
+    time.sleep(0.3)
+    t.eq(fd_count(pid), base, 'and the agent holds no more file descriptors than before')
+
+    # many idle connections, then each of them gets its own answers in order
+    rss0 = rss_kib(pid)
+    conns = [Conn(sock) for _ in range(300)]
+    time.sleep(0.3)
+    rss1 = rss_kib(pid)
+    t.ok(rss1 - rss0 < 4096, f'300 idle connections cost {rss1 - rss0} KiB (< 4 MiB)')
+    for i, c in enumerate(conns):
+        c.send(b''.join((json.dumps(dict(sign, id=f'{i}-{k}')) + '\n').encode()
+                        for k in range(3)))
+    ok = True
+    for i, c in enumerate(conns):
+        for k in range(3):
+            r = c.line()
+            ok = ok and r.get('ok') is True and r.get('id') == f'{i}-{k}'
+    t.ok(ok, '300 connections x 3 pipelined requests: every answer ok and in order')
+    for c in conns:
+        c.close()
+    time.sleep(0.5)
+    t.eq(fd_count(pid), base, 'all 300 connections released')
+
+    # SIGTERM with requests in flight: the answer being signed is sent
+    c = Conn(sock)
+    c.send(b''.join((json.dumps({'op': 'sign', 'key': 'rsa-2048', 'id': k,
+                                 'claims': {'iss': 'x'}}) + '\n').encode() for k in range(30)))
+    time.sleep(0.05)
+    a.proc.send_signal(signal.SIGTERM)
+    got = []
+    try:
+        while True:
+            got.append(c.line())
+    except (EOFError, ConnectionResetError, socket.timeout):
+        pass
+    t.ok(len(got) >= 1 and all(g.get('ok') for g in got) and
+         [g['id'] for g in got] == list(range(len(got))),
+         f'SIGTERM: answers in flight are delivered in order ({len(got)} of 30), then EOF')
+    t.eq(a.proc.wait(timeout=15), 0, 'and the agent exits 0')
+    c.close()
 
 
 def test_detached(tokdir, work):
