@@ -5,14 +5,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -31,60 +32,44 @@
 enum conn_state {
 	C_OPEN,  /* reading requests */
 	C_DRAIN, /* an error line is being sent; then half-close and discard input */
-	C_DEAD,  /* closed: freed after this loop round, or when its worker answers */
 };
 
 struct conn {
 	int fd;
 	enum conn_state state;
 	proto_peer peer;
+	/* owned by the thread holding the connection's one-shot event */
 	char *in; /* unprocessed input: at most IN_CAP bytes */
 	size_t in_len, in_cap;
 	char *out; /* unsent answers (signed JWTs: wiped when freed) */
 	size_t out_len, out_off, out_cap;
-	bool busy; /* one request at a worker: answers stay in order */
-	bool eof;  /* the client shut down its side */
+	bool eof; /* the client shut down its side */
 	bool wr_shut;
-	uint64_t line_since; /* when the current partial line began (0: none) */
-	uint64_t out_since;  /* when unsent output last moved (0: none pending) */
-	uint64_t drain_until;
+	bool answered_in_stop;
 	size_t drained;
-	uint32_t events; /* epoll interest now */
+	/* read by the timer thread */
+	_Atomic uint64_t line_since;  /* when the current partial line began (0: none) */
+	_Atomic uint64_t out_since;   /* when unsent output last moved (0: none pending) */
+	_Atomic uint64_t drain_until; /* 0: not draining */
+	_Atomic int kick;             /* set by the timer thread, acted on by the owner */
+	/* s->mu */
 	struct conn *next, *prev;
-};
-
-struct job {
-	struct conn *c;
-	proto_peer peer;
-	char *line;
-	size_t len;
-	char *resp;
-	size_t rlen;
-	int rc;
-	struct job *next;
 };
 
 struct srv {
 	srv_config cfg;
-	int listen_fd, ep, wake[2], done_fd;
-	pthread_t *workers;
+	int listen_fd, ep, wake[2];
 	unsigned nworkers;
-	pthread_mutex_t mu; /* the two queues below */
+	unsigned line_timeout;
+	pthread_mutex_t mu; /* the connection list and its count */
 	pthread_cond_t cv;
-	struct job *q_head, *q_tail;       /* to the workers */
-	struct job *done_head, *done_tail; /* back to the loop */
-	bool quit;
-	/* owned by the loop thread */
 	struct conn *conns;
-	struct conn *grave; /* closed, not at a worker: freed after each round */
-	size_t nconns;      /* open sockets (not counting C_DEAD) */
-	size_t inflight;
-	bool stopping;
-	char scratch[READ_CHUNK];
+	size_t nconns;
+	_Atomic bool stopping, quit;
 };
 
 /* epoll tags for the non-connection fds */
-static char tag_listen, tag_wake, tag_done;
+static char tag_listen, tag_wake;
 
 static void srv_log(const srv *s, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -192,71 +177,23 @@ fail:
 	return r;
 }
 
-/* ---- workers ------------------------------------------------------------ */
-
-static void *worker_main(void *arg)
-{
-	srv *s = arg;
-
-	for (;;) {
-		struct job *j;
-		uint64_t one = 1;
-		ssize_t n;
-
-		pthread_mutex_lock(&s->mu);
-		while (s->q_head == NULL && !s->quit)
-			pthread_cond_wait(&s->cv, &s->mu);
-		j = s->q_head;
-		if (j == NULL) {
-			pthread_mutex_unlock(&s->mu);
-			return NULL;
-		}
-		s->q_head = j->next;
-		if (s->q_head == NULL)
-			s->q_tail = NULL;
-		pthread_mutex_unlock(&s->mu);
-
-		/* the only work off the loop: parse, check, sign (C_Sign blocks) */
-		j->rc = proto_handle(s->cfg.env, &j->peer, j->line, j->len, &j->resp, &j->rlen);
-		freezero_buf(j->line, j->len);
-		j->line = NULL;
-
-		pthread_mutex_lock(&s->mu);
-		j->next = NULL;
-		if (s->done_tail)
-			s->done_tail->next = j;
-		else
-			s->done_head = j;
-		s->done_tail = j;
-		pthread_mutex_unlock(&s->mu);
-		n = write(s->done_fd, &one, sizeof(one));
-		(void)n;
-	}
-}
-
-static void submit(srv *s, struct job *j)
-{
-	pthread_mutex_lock(&s->mu);
-	j->next = NULL;
-	if (s->q_tail)
-		s->q_tail->next = j;
-	else
-		s->q_head = j;
-	s->q_tail = j;
-	pthread_cond_signal(&s->cv);
-	pthread_mutex_unlock(&s->mu);
-}
-
 /* ---- connections -------------------------------------------------------- */
 
-static void conn_unlink(srv *s, struct conn *c)
+enum { KICK_NONE, KICK_LINE, KICK_HARD };
+
+static void conn_rearm(srv *s, struct conn *c)
 {
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	uint32_t ev = EPOLLONESHOT;
+	struct epoll_event e;
+
+	if (c->state == C_DRAIN)
+		ev |= c->wr_shut ? EPOLLIN : 0;
+	else if (!c->eof && c->in_len < IN_CAP)
+		ev |= EPOLLIN;
+	if (c->out_len > c->out_off)
+		ev |= EPOLLOUT;
+	e = (struct epoll_event){ .events = ev, .data.ptr = c };
+	epoll_ctl(s->ep, EPOLL_CTL_MOD, c->fd, &e);
 }
 
 static void conn_free_bufs(struct conn *c)
@@ -269,52 +206,26 @@ static void conn_free_bufs(struct conn *c)
 	c->in_len = c->in_cap = c->out_len = c->out_off = c->out_cap = 0;
 }
 
-/* Close the socket now; the struct lives until nothing can refer to it
- * (the end of this loop round, or its worker's answer), so callers may look
- * at c->state after any call that might close. */
+/* Only the owner (the thread holding its one-shot event) closes. The list
+ * lock covers close(): the timer thread calls shutdown() on listed fds only,
+ * so it never touches a number the kernel has given to someone else. */
 static void conn_close(srv *s, struct conn *c)
 {
-	if (c->state == C_DEAD)
-		return;
+	pthread_mutex_lock(&s->mu);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->nconns--;
 	epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
-	c->fd = -1;
-	s->nconns--;
+	if (s->stopping && s->nconns == 0)
+		pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
 	conn_free_bufs(c);
-	conn_unlink(s, c);
-	c->state = C_DEAD;
-	if (!c->busy) {
-		c->next = s->grave;
-		s->grave = c;
-	}
-}
-
-static void bury(srv *s)
-{
-	while (s->grave) {
-		struct conn *c = s->grave;
-
-		s->grave = c->next;
-		free(c);
-	}
-}
-
-static void conn_interest(srv *s, struct conn *c)
-{
-	uint32_t ev = 0;
-
-	if (c->state == C_DRAIN)
-		ev = c->wr_shut ? EPOLLIN : 0;
-	else if (!c->eof && c->in_len < IN_CAP)
-		ev = EPOLLIN;
-	if (c->out_len > c->out_off)
-		ev |= EPOLLOUT;
-	if (ev != c->events) {
-		struct epoll_event e = { .events = ev, .data.ptr = c };
-
-		epoll_ctl(s->ep, EPOLL_CTL_MOD, c->fd, &e);
-		c->events = ev;
-	}
+	free(c);
 }
 
 /* Queue an answer (taking ownership of resp). */
@@ -356,13 +267,13 @@ static int conn_flush(struct conn *c, uint64_t now)
 			return -1;
 		}
 		c->out_off += (size_t)n;
-		c->out_since = now;
+		atomic_store(&c->out_since, now);
 	}
 	if (c->out_off == c->out_len && c->out) {
 		freezero_buf(c->out, c->out_cap);
 		c->out = NULL;
 		c->out_len = c->out_off = c->out_cap = 0;
-		c->out_since = 0;
+		atomic_store(&c->out_since, 0);
 	}
 	return 0;
 }
@@ -370,7 +281,7 @@ static int conn_flush(struct conn *c, uint64_t now)
 /* A fatal error line: send it, then half-close and discard what the client
  * still sends for a moment, so it reads the line before it sees EOF (closing
  * with unread input would make the kernel send a reset instead). */
-static void conn_fatal(srv *s, struct conn *c, int code, const char *msg)
+static int conn_fatal(struct conn *c, int code, const char *msg)
 {
 	char *resp = NULL;
 	size_t rlen = 0;
@@ -381,124 +292,142 @@ static void conn_fatal(srv *s, struct conn *c, int code, const char *msg)
 		c->in_len = c->in_cap = 0;
 	}
 	c->state = C_DRAIN;
-	c->line_since = 0;
-	if (proto_error_line(NULL, code, msg, &resp, &rlen) == 0 && conn_queue(c, resp, rlen) < 0)
-		conn_close(s, c);
+	atomic_store(&c->line_since, 0);
+	if (proto_error_line(NULL, code, msg, &resp, &rlen) < 0)
+		return -1;
+	return conn_queue(c, resp, rlen);
 }
 
-/* Hand the next complete line to a worker, if this connection may have one. */
-static void conn_dispatch(srv *s, struct conn *c, uint64_t now)
+/* Read what is there (bounded per turn, so one busy client cannot hold a
+ * thread forever). Returns -1 when the connection must close now. */
+static int conn_read(srv *s, struct conn *c, char *scratch)
 {
-	struct job *j;
-	char *nl;
-	size_t len;
+	for (int turns = 0; turns < 8; turns++) {
+		size_t room;
+		ssize_t n;
 
-	if (c->state != C_OPEN || c->busy || s->stopping || c->out_len - c->out_off > OUT_HIGH)
-		return;
-	nl = c->in_len ? memchr(c->in, '\n', c->in_len) : NULL;
-	if (nl == NULL) {
-		if (c->in_len == IN_CAP) {
-			conn_fatal(s, c, P11J_E_REQUEST_TOO_LARGE, "request line over 65536 bytes; closing");
-			srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
-				(unsigned)c->peer.uid, (int)c->peer.pid);
-		} else if (c->in_len && c->line_since == 0) {
-			c->line_since = now;
+		if (c->state == C_DRAIN) {
+			n = recv(c->fd, scratch, READ_CHUNK, MSG_DONTWAIT);
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+				return -1;
+			if (n < 0)
+				return 0;
+			if ((c->drained += (size_t)n) > DRAIN_MAX)
+				return -1;
+			continue;
 		}
-		return;
+		if (c->eof || c->in_len >= IN_CAP)
+			return 0;
+		if (c->in_cap - c->in_len < READ_CHUNK && c->in_cap < IN_CAP) {
+			size_t want = c->in_len + READ_CHUNK;
+
+			if (want > IN_CAP)
+				want = IN_CAP;
+			if (util_secret_reserve(&c->in, &c->in_cap, c->in_len, want - c->in_len) < 0)
+				return -1;
+		}
+		room = (c->in_cap < IN_CAP ? c->in_cap : IN_CAP) - c->in_len;
+		n = recv(c->fd, c->in + c->in_len, room, MSG_DONTWAIT);
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		if (n == 0) {
+			c->eof = true;
+			return 0;
+		}
+		c->in_len += (size_t)n;
+		if ((size_t)n < room)
+			return 0; /* drained the socket */
 	}
-	len = (size_t)(nl - c->in);
-	j = calloc(1, sizeof(*j));
-	if (j == NULL || (j->line = malloc(len + 1)) == NULL) {
-		free(j);
-		conn_close(s, c);
-		return;
+	(void)s;
+	return 0;
+}
+
+/* Answer every complete line in the buffer, in order, on this thread. */
+static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
+{
+	while (c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
+		char *nl = c->in_len ? memchr(c->in, '\n', c->in_len) : NULL;
+		char *resp = NULL;
+		size_t len, rlen = 0;
+
+		if (nl == NULL) {
+			if (c->in_len == IN_CAP) {
+				srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
+					(unsigned)c->peer.uid, (int)c->peer.pid);
+				return conn_fatal(c, P11J_E_REQUEST_TOO_LARGE,
+						  "request line over 65536 bytes; closing");
+			}
+			break;
+		}
+		if (atomic_load(&s->stopping) && c->answered_in_stop)
+			break; /* stopping: the line being served was answered */
+		len = (size_t)(nl - c->in);
+		if (proto_handle(s->cfg.env, &c->peer, c->in, len, &resp, &rlen) < 0)
+			return -1; /* out of memory: drop this client */
+		c->in_len -= len + 1;
+		memmove(c->in, nl + 1, c->in_len);
+		memset(c->in + c->in_len, 0, len + 1); /* the request leaves the buffer */
+		if (conn_queue(c, resp, rlen) < 0)
+			return -1;
+		if (atomic_load(&s->stopping))
+			c->answered_in_stop = true;
 	}
-	memcpy(j->line, c->in, len);
-	j->line[len] = '\0';
-	j->len = len;
-	j->c = c;
-	j->peer = c->peer;
-	c->in_len -= len + 1;
-	memmove(c->in, nl + 1, c->in_len);
-	memset(c->in + c->in_len, 0, len + 1); /* the request is gone from the buffer */
-	if (c->in_len == 0) {
+	if (c->in_len == 0 && c->in) {
 		freezero_buf(c->in, c->in_cap);
 		c->in = NULL;
 		c->in_cap = 0;
-		c->line_since = 0;
+	}
+	/* a partial line starts its clock; a complete one (waiting because of
+	 * unsent output) does not */
+	if (c->state == C_OPEN && c->in_len && !memchr(c->in, '\n', c->in_len)) {
+		if (atomic_load(&c->line_since) == 0)
+			atomic_store(&c->line_since, now);
 	} else {
-		c->line_since = memchr(c->in, '\n', c->in_len) ? 0 : now;
+		atomic_store(&c->line_since, 0);
 	}
-	c->busy = true;
-	s->inflight++;
-	submit(s, j);
+	return 0;
 }
 
-static void conn_readable(srv *s, struct conn *c, uint64_t now)
+/* The owner's turn on c: one event's worth of work, then re-arm or close. */
+static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 {
-	ssize_t n;
+	uint64_t now = now_ms();
+	int kick = atomic_load(&c->kick);
 
-	if (c->state == C_DRAIN) {
-		n = recv(c->fd, s->scratch, sizeof(s->scratch), MSG_DONTWAIT);
-		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
-			conn_close(s, c);
-		else if (n > 0 && (c->drained += (size_t)n) > DRAIN_MAX)
-			conn_close(s, c);
-		return;
+	if (kick == KICK_HARD || (events & EPOLLERR))
+		goto close;
+	if (kick == KICK_LINE && c->state == C_OPEN) {
+		srv_log(s, LOG_WARNING, "uid %u pid %d: half a request line for over %u ms, dropped",
+			(unsigned)c->peer.uid, (int)c->peer.pid, s->line_timeout);
+		if (conn_fatal(c, P11J_E_BAD_REQUEST,
+			       "request line not finished in time; closing") < 0)
+			goto close;
+		/* our read side is shut: send the line, then close */
+		conn_flush(c, now);
+		goto close;
 	}
-	if (c->in_cap < IN_CAP && c->in_cap - c->in_len < READ_CHUNK) {
-		size_t want = c->in_len + READ_CHUNK;
-
-		if (want > IN_CAP)
-			want = IN_CAP;
-		if (util_secret_reserve(&c->in, &c->in_cap, c->in_len, want - c->in_len - 1) < 0) {
-			conn_close(s, c);
-			return;
-		}
-	}
-	{
-		size_t room = (c->in_cap < IN_CAP ? c->in_cap : IN_CAP) - c->in_len;
-
-		if (room == 0)
-			return; /* full: conn_dispatch() deals with it */
-		n = recv(c->fd, c->in + c->in_len, room, MSG_DONTWAIT);
-	}
-	if (n < 0) {
-		if (errno != EAGAIN && errno != EINTR)
-			conn_close(s, c);
-		return;
-	}
-	if (n == 0) {
-		c->eof = true;
-		return;
-	}
-	c->in_len += (size_t)n;
-}
-
-/* After any event on c: dispatch, flush, close when done, set interest. */
-static void conn_step(srv *s, struct conn *c, uint64_t now)
-{
-	if (c->state == C_DEAD)
-		return;
-	conn_dispatch(s, c, now);
-	if (c->state == C_DEAD)
-		return;
-	if (conn_flush(c, now) < 0) {
-		conn_close(s, c);
-		return;
-	}
+	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, scratch) < 0)
+		goto close;
+	if (conn_serve_lines(s, c, now) < 0)
+		goto close;
+	if (conn_flush(c, now) < 0)
+		goto close;
 	if (c->state == C_DRAIN && c->out_len == 0 && !c->wr_shut) {
 		shutdown(c->fd, SHUT_WR);
 		c->wr_shut = true;
-		c->drain_until = now + DRAIN_MS;
+		atomic_store(&c->drain_until, now + DRAIN_MS);
 	}
+	if (atomic_load(&s->stopping) && c->out_len == 0)
+		goto close;
 	/* the client is done: close once its last answer is out */
-	if (c->eof && !c->busy && c->out_len == 0 &&
-	    (c->in_len == 0 || !memchr(c->in, '\n', c->in_len))) {
-		conn_close(s, c);
-		return;
-	}
-	conn_interest(s, c);
+	if (c->eof && c->out_len == 0)
+		goto close;
+	if ((events & EPOLLHUP) && c->state != C_DRAIN && c->out_len > 0)
+		goto close; /* gone both ways: nobody to read the answers */
+	conn_rearm(s, c);
+	return;
+close:
+	conn_close(s, c);
 }
 
 static void refuse(srv *s, int fd, const char *msg)
@@ -523,19 +452,13 @@ static void srv_accept(srv *s)
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE)
-				srv_log(s, LOG_ERR, "accept: %s", strerror(errno));
-			else if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
+			if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
 				srv_log(s, LOG_ERR, "accept: %s", strerror(errno));
 			return;
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
 			srv_log(s, LOG_ERR, "SO_PEERCRED: %s", strerror(errno));
 			close(fd);
-			continue;
-		}
-		if (s->nconns >= s->cfg.max_connections) {
-			refuse(s, fd, "too many connections; try again later");
 			continue;
 		}
 		c = calloc(1, sizeof(*c));
@@ -547,12 +470,11 @@ static void srv_accept(srv *s)
 		c->peer.uid = cred.uid;
 		c->peer.gid = cred.gid;
 		c->peer.pid = cred.pid;
-		c->events = EPOLLIN;
-		e = (struct epoll_event){ .events = EPOLLIN, .data.ptr = c };
-		if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
-			srv_log(s, LOG_ERR, "epoll_ctl: %s", strerror(errno));
-			close(fd);
+		pthread_mutex_lock(&s->mu);
+		if (s->nconns >= s->cfg.max_connections) {
+			pthread_mutex_unlock(&s->mu);
 			free(c);
+			refuse(s, fd, "too many connections; try again later");
 			continue;
 		}
 		c->next = s->conns;
@@ -560,68 +482,95 @@ static void srv_accept(srv *s)
 			s->conns->prev = c;
 		s->conns = c;
 		s->nconns++;
-	}
-}
-
-/* Answers from the workers, in the order they finished. */
-static void srv_completions(srv *s, uint64_t now)
-{
-	struct job *j, *next;
-	uint64_t v;
-	ssize_t n = read(s->done_fd, &v, sizeof(v));
-
-	(void)n;
-	pthread_mutex_lock(&s->mu);
-	j = s->done_head;
-	s->done_head = s->done_tail = NULL;
-	pthread_mutex_unlock(&s->mu);
-	for (; j != NULL; j = next) {
-		struct conn *c = j->c;
-
-		next = j->next;
-		s->inflight--;
-		c->busy = false;
-		if (c->state == C_DEAD) {
-			/* the client left while we signed; this round's events may
-			 * still name it, so it goes to the grave, not free() */
-			c->next = s->grave;
-			s->grave = c;
-			if (j->resp)
-				freezero_buf(j->resp, j->rlen);
-		} else if (j->rc < 0) {
-			conn_close(s, c); /* out of memory: drop this client */
-		} else if (conn_queue(c, j->resp, j->rlen) < 0) {
-			conn_close(s, c);
-		} else {
-			conn_step(s, c, now);
+		e = (struct epoll_event){ .events = EPOLLIN | EPOLLONESHOT, .data.ptr = c };
+		if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
+			srv_log(s, LOG_ERR, "epoll_ctl: %s", strerror(errno));
+			s->conns = c->next;
+			if (c->next)
+				c->next->prev = NULL;
+			s->nconns--;
+			pthread_mutex_unlock(&s->mu);
+			close(fd);
+			free(c);
+			continue;
 		}
-		free(j);
+		pthread_mutex_unlock(&s->mu);
 	}
 }
 
-/* Clients that stall: half a line for too long, answers left unread. */
+/* ---- threads ------------------------------------------------------------ */
+
+/* Every worker waits on the one epoll set; a one-shot event makes the
+ * thread that got it the connection's only owner until it re-arms, so
+ * requests are read, signed and answered on one thread with no hand-off. */
+static void *worker_main(void *arg)
+{
+	srv *s = arg;
+	char *scratch = malloc(READ_CHUNK);
+
+	if (scratch == NULL)
+		return NULL;
+	for (;;) {
+		struct epoll_event ev;
+		int n = epoll_wait(s->ep, &ev, 1, TICK_MS);
+
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n <= 0) {
+			if (atomic_load(&s->stopping)) {
+				bool empty;
+
+				pthread_mutex_lock(&s->mu);
+				empty = s->nconns == 0;
+				pthread_mutex_unlock(&s->mu);
+				if (empty || atomic_load(&s->quit))
+					break;
+			}
+			continue;
+		}
+		if (ev.data.ptr == &tag_listen) {
+			if (!atomic_load(&s->stopping)) {
+				struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
+							 .data.ptr = &tag_listen };
+
+				srv_accept(s);
+				epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &e);
+			}
+		} else if (ev.data.ptr == &tag_wake) {
+			/* level-triggered: every worker sees it */
+			continue;
+		} else {
+			conn_turn(s, ev.data.ptr, ev.events, scratch);
+		}
+	}
+	free(scratch);
+	return NULL;
+}
+
+/* Clients that stall: half a line for too long, answers left unread, a
+ * drain past its deadline. The owner does the closing: it is woken by
+ * shutdown() (EPOLLIN for the read side, EPOLLHUP for both). */
 static void srv_timers(srv *s, uint64_t now)
 {
-	uint64_t line_to = s->cfg.line_timeout_ms ? s->cfg.line_timeout_ms : SRV_LINE_TIMEOUT_MS;
-	struct conn *c, *next;
+	pthread_mutex_lock(&s->mu);
+	for (struct conn *c = s->conns; c != NULL; c = c->next) {
+		uint64_t ls = atomic_load(&c->line_since), os = atomic_load(&c->out_since);
+		uint64_t du = atomic_load(&c->drain_until);
 
-	for (c = s->conns; c != NULL; c = next) {
-		next = c->next;
-		if (c->state == C_DRAIN && c->wr_shut && now >= c->drain_until) {
-			conn_close(s, c);
-		} else if (c->line_since && now - c->line_since >= line_to && !c->busy) {
-			srv_log(s, LOG_WARNING,
-				"uid %u pid %d: half a request line for %llu ms, dropped",
-				(unsigned)c->peer.uid, (int)c->peer.pid,
-				(unsigned long long)(now - c->line_since));
-			conn_fatal(s, c, P11J_E_BAD_REQUEST, "request line not finished in time; closing");
-			conn_step(s, c, now);
-		} else if (c->out_since && now - c->out_since >= SRV_SEND_TIMEOUT_MS) {
-			srv_log(s, LOG_WARNING, "uid %u pid %d: answers unread for %d ms, dropped",
-				(unsigned)c->peer.uid, (int)c->peer.pid, SRV_SEND_TIMEOUT_MS);
-			conn_close(s, c);
+		if (atomic_load(&c->kick) != KICK_NONE)
+			continue;
+		if (ls && now - ls >= s->line_timeout) {
+			atomic_store(&c->kick, KICK_LINE);
+			shutdown(c->fd, SHUT_RD);
+		} else if ((os && now - os >= SRV_SEND_TIMEOUT_MS) || (du && now >= du)) {
+			if (os && now - os >= SRV_SEND_TIMEOUT_MS)
+				srv_log(s, LOG_WARNING, "uid %u pid %d: answers unread for %d ms, dropped",
+					(unsigned)c->peer.uid, (int)c->peer.pid, SRV_SEND_TIMEOUT_MS);
+			atomic_store(&c->kick, KICK_HARD);
+			shutdown(c->fd, SHUT_RDWR);
 		}
 	}
+	pthread_mutex_unlock(&s->mu);
 }
 
 int srv_new(const srv_config *cfg, int listen_fd, srv **ret)
@@ -629,61 +578,37 @@ int srv_new(const srv_config *cfg, int listen_fd, srv **ret)
 	srv *s = calloc(1, sizeof(*s));
 	struct epoll_event e;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	int r;
 
 	if (s == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	s->cfg = *cfg;
 	s->listen_fd = listen_fd;
-	s->wake[0] = s->wake[1] = s->done_fd = s->ep = -1;
+	s->wake[0] = s->wake[1] = s->ep = -1;
+	s->line_timeout = cfg->line_timeout_ms ? cfg->line_timeout_ms : SRV_LINE_TIMEOUT_MS;
 	s->nworkers = cfg->workers ? cfg->workers : (unsigned)(ncpu > 1 ? 2 * ncpu : 2);
-	if (s->nworkers < 2 && cfg->workers == 0)
-		s->nworkers = 2;
 	if (s->nworkers > SRV_MAX_WORKERS)
 		s->nworkers = SRV_MAX_WORKERS;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) < 0 ||
-	    (s->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
-	    (s->ep = epoll_create1(EPOLL_CLOEXEC)) < 0) {
-		r = err_set(P11J_E_SYSTEM, "event loop: %s", strerror(errno));
-		goto fail;
-	}
+	    (s->ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
+		goto sysfail;
 	fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
-	e = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &tag_listen };
+	e = (struct epoll_event){ .events = EPOLLIN | EPOLLONESHOT, .data.ptr = &tag_listen };
 	if (epoll_ctl(s->ep, EPOLL_CTL_ADD, listen_fd, &e) < 0)
 		goto sysfail;
 	e = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &tag_wake };
 	if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake[0], &e) < 0)
 		goto sysfail;
-	e = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &tag_done };
-	if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->done_fd, &e) < 0)
-		goto sysfail;
-	s->workers = calloc(s->nworkers, sizeof(*s->workers));
-	if (s->workers == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
-		goto fail;
-	}
-	for (unsigned i = 0; i < s->nworkers; i++) {
-		pthread_attr_t attr;
-
-		pthread_attr_init(&attr);
-		pthread_attr_setstacksize(&attr, 512 * 1024);
-		r = pthread_create(&s->workers[i], &attr, worker_main, s);
-		pthread_attr_destroy(&attr);
-		if (r != 0) {
-			s->nworkers = i;
-			r = err_set(P11J_E_SYSTEM, "cannot start signing threads: %s", strerror(r));
-			goto fail;
-		}
-	}
 	*ret = s;
 	return 0;
 sysfail:
-	r = err_set(P11J_E_SYSTEM, "epoll_ctl: %s", strerror(errno));
-fail:
-	srv_free(s);
-	return r;
+	{
+		int r = err_set(P11J_E_SYSTEM, "event loop: %s", strerror(errno));
+
+		srv_free(s);
+		return r;
+	}
 }
 
 void srv_stop(srv *s)
@@ -695,96 +620,85 @@ void srv_stop(srv *s)
 
 int srv_run(srv *s)
 {
-	struct epoll_event ev[64];
-	uint64_t last_tick = now_ms(), deadline = 0;
+	pthread_t *th = calloc(s->nworkers, sizeof(*th));
+	struct pollfd wake = { .fd = s->wake[0], .events = POLLIN };
+	unsigned started = 0;
+	uint64_t deadline = 0;
+	int r = 0;
 
-	for (;;) {
-		int n = epoll_wait(s->ep, ev, 64, TICK_MS);
-		uint64_t now = now_ms();
+	if (th == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	for (; started < s->nworkers; started++) {
+		pthread_attr_t attr;
+		int e;
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return err_set(P11J_E_SYSTEM, "epoll_wait: %s", strerror(errno));
-		}
-		for (int i = 0; i < n; i++) {
-			void *p = ev[i].data.ptr;
-			struct conn *c;
-
-			if (p == &tag_listen) {
-				if (!s->stopping)
-					srv_accept(s);
-			} else if (p == &tag_wake) {
-				if (!s->stopping) {
-					/* stop taking clients and requests; answer what is
-					 * at the workers */
-					s->stopping = true;
-					deadline = now + STOP_DEADLINE_MS;
-					epoll_ctl(s->ep, EPOLL_CTL_DEL, s->listen_fd, NULL);
-				}
-			} else if (p == &tag_done) {
-				srv_completions(s, now);
-			} else {
-				c = p;
-				if (c->state == C_DEAD)
-					continue; /* closed earlier in this round */
-				if (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-					conn_readable(s, c, now);
-				conn_step(s, c, now);
-			}
-		}
-		bury(s);
-		if (now - last_tick >= TICK_MS) {
-			srv_timers(s, now);
-			last_tick = now;
-		}
-		if (s->stopping) {
-			bool flushed = true;
-
-			for (struct conn *c = s->conns; c; c = c->next)
-				flushed = flushed && c->out_len == 0;
-			if ((s->inflight == 0 && flushed) || now >= deadline)
-				break;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, 512 * 1024);
+		e = pthread_create(&th[started], &attr, worker_main, s);
+		pthread_attr_destroy(&attr);
+		if (e != 0) {
+			r = err_set(P11J_E_SYSTEM, "cannot start signing threads: %s", strerror(e));
+			srv_stop(s);
+			break;
 		}
 	}
-	while (s->conns)
-		conn_close(s, s->conns);
-	bury(s);
-	return 0;
+	/* this thread keeps the timers and waits for srv_stop() */
+	for (;;) {
+		int n = poll(&wake, 1, TICK_MS);
+		uint64_t now = now_ms();
+
+		if (n > 0 && !atomic_load(&s->stopping)) {
+			/* stop taking clients; each connection answers the request
+			 * it is serving, then closes (woken by the read shutdown) */
+			atomic_store(&s->stopping, true);
+			deadline = now + STOP_DEADLINE_MS;
+			epoll_ctl(s->ep, EPOLL_CTL_DEL, s->listen_fd, NULL);
+			epoll_ctl(s->ep, EPOLL_CTL_DEL, s->wake[0], NULL);
+			pthread_mutex_lock(&s->mu);
+			for (struct conn *c = s->conns; c; c = c->next)
+				shutdown(c->fd, SHUT_RD);
+			pthread_mutex_unlock(&s->mu);
+		}
+		if (atomic_load(&s->stopping)) {
+			bool empty;
+
+			pthread_mutex_lock(&s->mu);
+			empty = s->nconns == 0;
+			if (!empty && now >= deadline) {
+				for (struct conn *c = s->conns; c; c = c->next) {
+					atomic_store(&c->kick, KICK_HARD);
+					shutdown(c->fd, SHUT_RDWR);
+				}
+			}
+			pthread_mutex_unlock(&s->mu);
+			if (empty || now >= deadline + 2000)
+				break;
+		} else {
+			srv_timers(s, now);
+		}
+	}
+	atomic_store(&s->quit, true);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	free(th);
+	/* what a worker could not close before the deadline */
+	while (s->conns) {
+		struct conn *c = s->conns;
+
+		s->conns = c->next;
+		close(c->fd);
+		conn_free_bufs(c);
+		free(c);
+	}
+	return r;
 }
 
 void srv_free(srv *s)
 {
 	if (s == NULL)
 		return;
-	pthread_mutex_lock(&s->mu);
-	s->quit = true;
-	pthread_cond_broadcast(&s->cv);
-	pthread_mutex_unlock(&s->mu);
-	for (unsigned i = 0; i < s->nworkers; i++)
-		pthread_join(s->workers[i], NULL);
-	free(s->workers);
-	/* jobs never collected (a stop past its deadline): their connections
-	 * were closed and marked dead, so free both here */
-	for (struct job *j = s->done_head, *next; j; j = next) {
-		next = j->next;
-		if (j->c && j->c->state == C_DEAD)
-			free(j->c);
-		if (j->resp)
-			freezero_buf(j->resp, j->rlen);
-		free(j);
-	}
-	for (struct job *j = s->q_head, *next; j; j = next) {
-		next = j->next;
-		if (j->c && j->c->state == C_DEAD)
-			free(j->c);
-		free(j->line);
-		free(j);
-	}
 	if (s->ep >= 0)
 		close(s->ep);
-	if (s->done_fd >= 0)
-		close(s->done_fd);
 	if (s->wake[0] >= 0) {
 		close(s->wake[0]);
 		close(s->wake[1]);

@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The agent's socket side: one event loop (epoll) owns every connection and
- * does all socket I/O without blocking; a small pool of worker threads runs
- * proto_handle() (which signs on the token). Each connection has at most one
- * request at a worker, so answers come back in request order; other
- * connections are never held up by a slow or silent client. Buffers are
- * allocated while a connection has unread or unsent bytes only, so an idle
- * connection costs a few hundred bytes. srv_run() returns after srv_stop()
- * once in-flight requests are answered (or a deadline passes).
+ * The agent's socket side: a pool of worker threads waits on one epoll set
+ * in which every connection is registered one-shot. The thread that gets a
+ * connection's event owns it until it re-arms it: it reads, runs
+ * proto_handle() (which signs on the token) for each complete line and
+ * writes the answers, all without blocking on the socket and with no
+ * hand-off between threads. Answers therefore come back in request order,
+ * and a slow or silent client holds no thread. Buffers exist only while a
+ * connection has unread or unsent bytes, so an idle connection costs a few
+ * hundred bytes. A timer (the thread in srv_run()) drops stalled clients.
+ * srv_run() returns after srv_stop() once the requests being served are
+ * answered (or a deadline passes).
  */
 #ifndef P11J_SERVER_H
 #define P11J_SERVER_H
