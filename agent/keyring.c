@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "agent/keyring.h"
 #include "common/err.h"
+#include "common/util.h"
 #include "jose/jwk.h"
 
 #include <stdlib.h>
@@ -131,6 +132,20 @@ static int kr_cmp_name(const void *a, const void *b)
 	return strcmp((*(kr_key *const *)a)->name, (*(kr_key *const *)b)->name);
 }
 
+static int kr_set_id(kr_key *k, const tok_key *tk)
+{
+	size_t id_len = 0;
+	const uint8_t *id = tok_key_id(tk, &id_len);
+	char *hex = NULL;
+	int r;
+
+	if ((r = util_hex(id, id_len, &hex)) < 0)
+		return r;
+	r = json_object_set_new(k->info, "id_hex", json_string(hex));
+	free(hex);
+	return r < 0 ? err_set(P11J_E_NOMEM, "out of memory") : 0;
+}
+
 int kr_add_from_tok(keyring *kr, tok_ctx *tok)
 {
 	for (size_t i = 0; i < tok_key_count(tok); i++) {
@@ -143,6 +158,9 @@ int kr_add_from_tok(keyring *kr, tok_ctx *tok)
 		r = kr_add(kr, tok_key_name(tk), tok_key_uri(tk), tok_key_pubkey(tk), cert, cert_len,
 			   tok_key_algs(tk), tok_signer_fn, NULL);
 		if (r < 0)
+			return r;
+		/* the CKA_ID, for clients that name keys by it (jwks --kid id) */
+		if ((r = kr_set_id(kr->keys[kr->n - 1], tk)) < 0)
 			return r;
 		/* the signer lives inside the key so that its address is stable */
 		kr->keys[kr->n - 1]->tsigner.ctx = tok;

@@ -66,5 +66,9 @@ int cmd_verify(cli_ctx *ctx, int argc, char **argv);
 int cmd_token(cli_ctx *ctx, int argc, char **argv);
 int cmd_call(cli_ctx *ctx, int argc, char **argv);
 int cmd_cache(cli_ctx *ctx, int argc, char **argv);
+/* cmd_admin.c: talk to the token directly, not to the agent */
+int cmd_keygen(cli_ctx *ctx, int argc, char **argv);
+int cmd_csr(cli_ctx *ctx, int argc, char **argv);
+int cmd_cert(cli_ctx *ctx, int argc, char **argv);
 
 #endif

@@ -60,10 +60,55 @@ out:
 	return r;
 }
 
+/* --kid id|label: replace each JWK's kid (the thumbprint) with the key's
+ * CKA_ID in hex or its label, from the agent's key list. */
+static int kid_rewrite(cli_ctx *ctx, const char *mode, json_t *keys)
+{
+	const char *member = strcmp(mode, "id") == 0 ? "id_hex" : "name";
+	json_t *resp = NULL, *list, *jwk, *k;
+	size_t i, j;
+	int r;
+
+	if ((r = cli_call(ctx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return r;
+	list = json_object_get(resp, "keys");
+	if (!json_is_array(list)) {
+		r = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
+		goto out;
+	}
+	json_array_foreach(keys, i, jwk) {
+		const char *kid = json_string_value(json_object_get(jwk, "kid")), *v = NULL;
+
+		json_array_foreach(list, j, k) {
+			if (kid != NULL && strcmp(str(k, "kid"), kid) == 0) {
+				v = json_string_value(json_object_get(k, member));
+				break;
+			}
+		}
+		if (v == NULL || v[0] == '\0') {
+			r = cli_fail(err_set(P11J_E_NOT_FOUND,
+					     "the agent gives no %s for the key with kid '%s'%s",
+					     strcmp(mode, "id") == 0 ? "CKA_ID" : "label",
+					     kid ? kid : "-",
+					     strcmp(mode, "id") == 0 ? " (an older agent, or no CKA_ID)"
+								     : ""));
+			goto out;
+		}
+		if (json_object_set_new(jwk, "kid", json_string(v)) < 0) {
+			r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	json_decref(resp);
+	return r;
+}
+
 int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 {
 	json_t *req = NULL, *resp = NULL, *jwks = NULL, *keys, *jwk;
-	const char *name = NULL, *key = NULL, *alg = NULL;
+	const char *name = NULL, *key = NULL, *alg = NULL, *kid = "thumbprint";
 	bool pem = false;
 	size_t i;
 	int r, st = 0;
@@ -75,9 +120,13 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 			alg = optarg;
 		else if (strcmp(name, "pem") == 0)
 			pem = true;
+		else if (strcmp(name, "kid") == 0)
+			kid = optarg;
 	}
 	if (r == CLI_OPT_EXIT)
 		return st;
+	if (strcmp(kid, "thumbprint") != 0 && strcmp(kid, "id") != 0 && strcmp(kid, "label") != 0)
+		return cli_usage_error("jwks", "--kid takes thumbprint, id or label, not '%s'", kid);
 	if (optind != argc)
 		return cli_usage_error("jwks", "unexpected argument '%s'", argv[optind]);
 	req = json_pack("{s:s}", "op", "jwks");
@@ -112,6 +161,8 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 		r = 0;
 		goto out;
 	}
+	if (strcmp(kid, "thumbprint") != 0 && (r = kid_rewrite(ctx, kid, keys)) != 0)
+		goto out;
 	jwks = json_pack("{s:O}", "keys", keys);
 	r = jwks ? cli_print_json(jwks) : cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
 out:

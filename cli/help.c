@@ -22,10 +22,14 @@ static const struct cli_cmd_doc {
 	  "list the agent's keys",
 	  "List the keys the agent serves: name, default alg, kid (RFC 7638\n"
 	  "thumbprint), key type, size or curve, and whether a certificate is there." },
-	{ "jwks", "jwks [--key NAME] [--alg ALG] [--pem]",
+	{ "jwks", "jwks [--key NAME] [--alg ALG] [--kid thumbprint|id|label] [--pem]",
 	  "print the public keys as a JWKS",
 	  "Print the public keys as a JWKS ({\"keys\": [...]}, with kid, alg and use),\n"
-	  "ready to upload to a provider or to give to `p11jwt verify --jwks`." },
+	  "ready to upload to a provider or to give to `p11jwt verify --jwks`.\n"
+	  "The kid is the RFC 7638 thumbprint, which the agent puts in JWT headers;\n"
+	  "with --kid id or --kid label it is the key's CKA_ID (lowercase hex) or\n"
+	  "label instead, and then every JWT must carry that kid too:\n"
+	  "`p11jwt sign --header kid=...` (or `token --header kid=...`)." },
 	{ "sign", "sign --key NAME [options]",
 	  "print a JWT signed inside the token",
 	  "Ask the agent for a JWT signed inside the token and print it. The agent\n"
@@ -66,6 +70,30 @@ static const struct cli_cmd_doc {
 	  "with POST unless -X says otherwise, as application/json when it parses\n"
 	  "as JSON, else as a form, unless -H sets Content-Type. Plain http:// is\n"
 	  "allowed only to loopback hosts." },
+	{ "keygen", "keygen --module PATH --token URI --type TYPE --label NAME [--id HEX] [--pin-file FILE]",
+	  "generate a key pair on the token (not through the agent)",
+	  "Generate a key pair inside the token (C_GenerateKeyPair) and print its\n"
+	  "PKCS#11 URI, CKA_ID, kid (RFC 7638 thumbprint) and public JWK as JSON.\n"
+	  "The private key is sensitive, never extractable and may only sign; the\n"
+	  "public key may only verify. Refused (exit 2) when an object with that\n"
+	  "label or CKA_ID is on the token already. Talks to the token directly:\n"
+	  "restart the agent to serve the new key. The PIN comes from --pin-file,\n"
+	  "the URI's pin-source, or $P11JWT_PIN." },
+	{ "csr", "csr --module PATH --token URI --key LABEL --subject /CN=NAME [--out FILE] [--pin-file FILE]",
+	  "print a PKCS#10 request signed by a token key",
+	  "Build a certificate signing request (PKCS#10, PEM) for a key on the token\n"
+	  "and sign it there with C_Sign: sha256WithRSAEncryption for RSA,\n"
+	  "ecdsa-with-SHA256/384/512 for P-256/384/521, Ed25519. Talks to the token\n"
+	  "directly, not through the agent." },
+	{ "cert", "cert --module PATH --token URI --key LABEL --subject /CN=NAME --days N [--store] [--out FILE]",
+	  "make a self-signed certificate for a token key",
+	  "Make a self-signed X.509 v3 certificate (PEM) for a key on the token,\n"
+	  "signed there as `csr` does: random 128-bit serial, valid from now for N\n"
+	  "days, basicConstraints CA:FALSE and keyUsage digitalSignature (both\n"
+	  "critical), subjectKeyIdentifier. For providers that take a certificate\n"
+	  "rather than a JWKS (Microsoft Entra, Salesforce). With --store it is also\n"
+	  "written to the token next to the key; after an agent restart `p11jwt keys`\n"
+	  "shows it and `sign --x5t/--x5t-s256/--x5c` can use it." },
 	{ "cache", "cache list|clear [--json]",
 	  "list or clear cached access tokens",
 	  "list: one line per cached token (token URL, client id, key, subject,\n"
@@ -92,6 +120,11 @@ static const struct cli_opt_doc {
 	{ "jwks", "alg", 0, "ALG", "set each JWK's alg to the algorithm you will sign\n"
 				"with: verifiers hold the key to it (default: the\n"
 				"key's default alg, see `p11jwt keys`)" },
+	{ "jwks", "kid", 0, "thumbprint|id|label", "how kid is formed: RFC 7638 thumbprint (default,\n"
+						  "what the agent puts in JWT headers), the\n"
+						  "CKA_ID in lowercase hex, or the key's label;\n"
+						  "other than thumbprint, send the same kid in\n"
+						  "every JWT header (--header kid=...)" },
 	{ "jwks", "pem", 0, NULL, "print the public keys as PEM (SubjectPublicKeyInfo)\n"
 			       "instead of a JWKS" },
 	{ "sign", "key", 0, "NAME", "key to sign with (required; see `p11jwt keys`)" },
@@ -150,6 +183,28 @@ static const struct cli_opt_doc {
 	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
 	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },
 	{ "cache", "json", 0, NULL, "list as JSON" },
+	{ "keygen csr cert", "module", 0, "PATH", "PKCS#11 module (default: the URI's module-path,\n"
+					      "else p11-kit's registered modules); accepted only\n"
+					      "under /usr/lib*/, /usr/local/lib*/ or --module-allow" },
+	{ "keygen csr cert", "module-allow", 0, "DIR", "also accept modules under DIR (repeatable)" },
+	{ "keygen csr cert", "token", 0, "URI", "PKCS#11 URI of the token (required), e.g.\n"
+					    "'pkcs11:token=My%20Token'" },
+	{ "keygen csr cert", "pin-file", 0, "FILE", "user PIN on the first line; the file must not be\n"
+						"readable by group or others (else the URI's\n"
+						"pin-source, else $P11JWT_PIN)" },
+	{ "keygen", "type", 0, "TYPE", "rsa:2048, rsa:3072, rsa:4096, ec:P-256, ec:P-384,\n"
+				   "ec:P-521 or ed25519 (required)" },
+	{ "keygen", "label", 0, "NAME", "CKA_LABEL of both halves; the key's name in the\n"
+				    "agent (required, not yet on the token)" },
+	{ "keygen", "id", 0, "HEX", "CKA_ID of both halves, 1 to 64 bytes in hex (not yet\n"
+				"on the token; default: 8 random bytes)" },
+	{ "csr cert", "key", 0, "LABEL", "the token key to certify (its CKA_LABEL; required)" },
+	{ "csr cert", "subject", 0, "/CN=NAME/O=ORG", "subject name, OpenSSL -subj style; \\/ is a\n"
+						  "literal slash (required)" },
+	{ "csr cert", "out", 0, "FILE", "write the PEM to FILE instead of standard output" },
+	{ "cert", "days", 0, "N", "validity in days from now, 1 to 36500 (required)" },
+	{ "cert", "store", 0, NULL, "also store it on the token with the key's CKA_ID\n"
+				"and label (refused if the key has one already)" },
 	{ "verify", "jwks", 0, "FILE", "JWKS (or one JWK) to verify with (required)" },
 	{ "verify", "leeway", 0, "SEC", "accept exp and nbf off by up to SEC seconds\n"
 				     "(0 to 86400, default 0)" },
@@ -161,7 +216,8 @@ static const char exit_doc[] =
 	"Exit status:\n"
 	"  0  success\n"
 	"  1  verify: the signature, exp or nbf do not hold\n"
-	"  2  usage error: bad option, NAME=VALUE pair, file or JWT input\n"
+	"  2  usage error: bad option, NAME=VALUE pair, file or JWT input; keygen,\n"
+	"     cert --store: the label, CKA_ID or certificate is on the token already\n"
 	"  3  the agent cannot be reached (or does not answer in time)\n"
 	"  4  the agent refused the request (its error code is shown)\n"
 	"  5  any other failure\n"

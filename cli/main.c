@@ -17,7 +17,8 @@ static const struct {
 } cmds[] = {
 	{ "keys", cmd_keys },	  { "jwks", cmd_jwks },	    { "sign", cmd_sign },
 	{ "decode", cmd_decode }, { "verify", cmd_verify }, { "token", cmd_token },
-	{ "call", cmd_call },	  { "cache", cmd_cache },
+	{ "call", cmd_call },	  { "cache", cmd_cache },	    { "keygen", cmd_keygen },
+	{ "csr", cmd_csr },	  { "cert", cmd_cert },
 };
 
 int main(int argc, char **argv)

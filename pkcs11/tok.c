@@ -1365,7 +1365,7 @@ static void pool_drop(tok_ctx *ctx, CK_SESSION_HANDLE h)
 
 /* ---- open / close ---------------------------------------------------- */
 
-int tok_open(const tok_config *cfg, tok_ctx **ret)
+static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 {
 	tok_ctx *ctx = NULL;
 	P11KitUri *uri = NULL;
@@ -1445,7 +1445,7 @@ int tok_open(const tok_config *cfg, tok_ctx **ret)
 	r = keys_enumerate(ctx, cfg, uri, s);
 	if (r < 0)
 		goto out;
-	if (ctx->nkeys == 0) {
+	if (ctx->nkeys == 0 && need_keys) {
 		r = err_set(P11J_E_NOT_FOUND, "no usable signing key on token '%s' matches '%s'",
 		            ctx->label, shown);
 		goto out;
@@ -1467,6 +1467,22 @@ out:
 	free(shown);
 	p11_kit_uri_free(uri);
 	return r;
+}
+
+int tok_open(const tok_config *cfg, tok_ctx **ret)
+{
+	return open_token(cfg, true, ret);
+}
+
+int tok_open_any(const tok_config *cfg, tok_ctx **ret)
+{
+	return open_token(cfg, false, ret);
+}
+
+CK_FUNCTION_LIST *tok_module(tok_ctx *ctx, CK_SLOT_ID *ret_slot)
+{
+	*ret_slot = ctx->slot;
+	return ctx->f;
 }
 
 void tok_close(tok_ctx *ctx)

@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * p11jwt keygen, csr, cert: the key lifecycle. These talk to the token
+ * directly (pkcs11/admin.h), not through the agent: making keys and
+ * certificates is an administrator's act, done once, and the agent only
+ * ever signs JWTs. An agent already running sees new keys and certificates
+ * after a restart.
+ */
+#include "cli/cli.h"
+#include "common/err.h"
+#include "common/util.h"
+#include "jose/jwk.h"
+#include "pkcs11/admin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/pem.h>
+
+#define ADM_ALLOW_MAX 8
+
+typedef struct {
+	const char *module, *token, *pin_file;
+	const char *allow[ADM_ALLOW_MAX + 1];
+	size_t nallow;
+	/* keygen */
+	const char *type, *label, *id;
+	/* csr, cert */
+	const char *key, *subject, *out, *days;
+	bool store;
+	/* warnings of the token layer, shown when the key is not usable */
+	char warnings[1024];
+} adm_opts;
+
+static void collect_warning(int level, const char *msg, void *ud)
+{
+	adm_opts *o = ud;
+	size_t used = strlen(o->warnings);
+
+	if (level > TOK_LOG_WARNING || used + strlen(msg) + 4 >= sizeof(o->warnings))
+		return;
+	snprintf(o->warnings + used, sizeof(o->warnings) - used, "%s%s", used ? "; " : "", msg);
+}
+
+/* The options every admin command takes; 1 if name was one of them, 0 if
+ * not, or an exit status (> 1) for a usage error. */
+static int common_opt(const char *cmd, adm_opts *o, const char *name)
+{
+	if (strcmp(name, "module") == 0)
+		o->module = optarg;
+	else if (strcmp(name, "token") == 0)
+		o->token = optarg;
+	else if (strcmp(name, "pin-file") == 0)
+		o->pin_file = optarg;
+	else if (strcmp(name, "module-allow") == 0) {
+		if (o->nallow == ADM_ALLOW_MAX)
+			return cli_usage_error(cmd, "--module-allow is given more than %d times",
+			                       ADM_ALLOW_MAX);
+		o->allow[o->nallow++] = optarg;
+	} else
+		return 0;
+	return 1;
+}
+
+static int parse_opts(cli_ctx *ctx, const char *cmd, int argc, char **argv, adm_opts *o)
+{
+	const char *name = NULL;
+	int r, st = 0;
+
+	while ((r = cli_next_opt(ctx, cmd, argc, argv, &name, &st)) == CLI_OPT_NEXT) {
+		int c = common_opt(cmd, o, name);
+
+		if (c > 1)
+			return c;
+		if (c == 1)
+			continue;
+		if (strcmp(name, "type") == 0)
+			o->type = optarg;
+		else if (strcmp(name, "label") == 0)
+			o->label = optarg;
+		else if (strcmp(name, "id") == 0)
+			o->id = optarg;
+		else if (strcmp(name, "key") == 0)
+			o->key = optarg;
+		else if (strcmp(name, "subject") == 0)
+			o->subject = optarg;
+		else if (strcmp(name, "out") == 0)
+			o->out = optarg;
+		else if (strcmp(name, "days") == 0)
+			o->days = optarg;
+		else if (strcmp(name, "store") == 0)
+			o->store = true;
+	}
+	if (r == CLI_OPT_EXIT)
+		return st == 0 ? -1 : st; /* -1: help printed, exit 0 */
+	if (optind != argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	if (o->token == NULL)
+		return cli_usage_error(cmd, "--token URI is required (the token to work on)");
+	return 0;
+}
+
+static int token_open(adm_opts *o, tok_ctx **ret)
+{
+	tok_config tc = {0};
+
+	tc.module_path = o->module;
+	tc.module_allow = o->nallow ? o->allow : NULL;
+	tc.uri = o->token;
+	tc.pin_file = o->pin_file;
+	tc.log = collect_warning;
+	tc.log_ud = o;
+	return adm_open(&tc, ret);
+}
+
+/* --out FILE (0644: certificates and requests are public), else stdout. */
+static int open_out(const char *path, FILE **ret)
+{
+	int fd;
+
+	if (path == NULL) {
+		*ret = stdout;
+		return 0;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return err_set(P11J_E_BAD_REQUEST, "cannot write '%s': %s", path, strerror(errno));
+	*ret = fdopen(fd, "w");
+	if (*ret == NULL) {
+		close(fd);
+		return err_set(P11J_E_SYSTEM, "fdopen '%s': %s", path, strerror(errno));
+	}
+	return 0;
+}
+
+static int close_out(const char *path, FILE *f, bool ok)
+{
+	if (f == stdout)
+		return fflush(f) == 0 ? 0
+		                      : err_set(P11J_E_SYSTEM, "writing standard output failed");
+	if (fclose(f) != 0 || !ok) {
+		if (ok)
+			return err_set(P11J_E_SYSTEM, "writing '%s' failed: %s", path,
+			               strerror(errno));
+		unlink(path);
+	}
+	return 0;
+}
+
+static int print_key(const char *label, const adm_key *k)
+{
+	json_t *jwk = NULL, *o = NULL;
+	char *kid = NULL, *hex = NULL;
+	jwa_keykind kind = jwa_keykind_of(k->pub);
+	int r;
+
+	if ((r = jwk_from_pkey(k->pub, &jwk)) < 0 || (r = jwk_thumbprint(jwk, &kid)) < 0 ||
+	    (r = util_hex(k->id, k->id_len, &hex)) < 0)
+		goto out;
+	if (json_object_set_new(jwk, "kid", json_string(kid)) < 0 ||
+	    json_object_set_new(jwk, "alg", json_string(jwa_name(jwa_default_for_kind(kind)))) <
+	        0 ||
+	    json_object_set_new(jwk, "use", json_string("sig")) < 0) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+	o = json_pack("{s:s,s:s,s:s,s:s,s:O}", "name", label, "uri", k->uri, "id_hex", hex, "kid",
+	              kid, "jwk", jwk);
+	if (o == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+	r = cli_print_json(o);
+out:
+	json_decref(o);
+	json_decref(jwk);
+	free(kid);
+	free(hex);
+	return r;
+}
+
+int cmd_keygen(cli_ctx *ctx, int argc, char **argv)
+{
+	adm_opts o = {0};
+	adm_keytype type = ADM_KT_NONE;
+	uint8_t *id = NULL;
+	size_t id_len = 0;
+	tok_ctx *tok = NULL;
+	adm_key k = {0};
+	int r;
+
+	if ((r = parse_opts(ctx, "keygen", argc, argv, &o)) != 0)
+		return r < 0 ? 0 : r;
+	if (o.type == NULL || o.label == NULL)
+		return cli_usage_error("keygen", "--type TYPE and --label NAME are required");
+	if ((r = adm_keytype_parse(o.type, &type)) < 0 ||
+	    (o.id != NULL && (r = adm_id_parse(o.id, &id, &id_len)) < 0))
+		return cli_fail(r);
+	if ((r = token_open(&o, &tok)) < 0 ||
+	    (r = adm_keygen(tok, type, o.label, id, id_len, &k)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	r = print_key(o.label, &k);
+	if (r < 0)
+		r = cli_fail(r);
+out:
+	adm_key_clear(&k);
+	tok_close(tok);
+	free(id);
+	return r;
+}
+
+/* Open the token and find the key by label, for csr and cert. */
+static int key_open(adm_opts *o, const char *cmd, tok_ctx **ret_tok, const tok_key **ret_key,
+                    X509_NAME **ret_subj)
+{
+	int r;
+
+	if (o->key == NULL || o->subject == NULL)
+		return cli_usage_error(cmd, "--key LABEL and --subject /CN=... are required");
+	if ((r = adm_subject_parse(o->subject, ret_subj)) < 0)
+		return cli_fail(r);
+	if ((r = token_open(o, ret_tok)) < 0)
+		return cli_fail(r);
+	*ret_key = tok_key_find(*ret_tok, o->key);
+	if (*ret_key == NULL)
+		return cli_fail(err_set(
+		    P11J_E_NOT_FOUND, "no usable signing key labelled '%s' on token '%s'%s%s",
+		    o->key, tok_label(*ret_tok), o->warnings[0] ? ": " : "", o->warnings));
+	return 0;
+}
+
+int cmd_csr(cli_ctx *ctx, int argc, char **argv)
+{
+	adm_opts o = {0};
+	tok_ctx *tok = NULL;
+	const tok_key *k = NULL;
+	X509_NAME *subj = NULL;
+	X509_REQ *req = NULL;
+	FILE *f = NULL;
+	int r;
+
+	if ((r = parse_opts(ctx, "csr", argc, argv, &o)) != 0)
+		return r < 0 ? 0 : r;
+	if ((r = key_open(&o, "csr", &tok, &k, &subj)) != 0)
+		goto out;
+	if ((r = adm_csr(tok, k, subj, &req)) < 0 || (r = open_out(o.out, &f)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	if (PEM_write_X509_REQ(f, req) != 1) {
+		close_out(o.out, f, false);
+		r = cli_fail(err_set_ossl(P11J_E_SYSTEM, "writing the request"));
+		goto out;
+	}
+	r = close_out(o.out, f, true);
+	if (r < 0)
+		r = cli_fail(r);
+out:
+	X509_REQ_free(req);
+	X509_NAME_free(subj);
+	tok_close(tok);
+	return r;
+}
+
+int cmd_cert(cli_ctx *ctx, int argc, char **argv)
+{
+	adm_opts o = {0};
+	tok_ctx *tok = NULL;
+	const tok_key *k = NULL;
+	X509_NAME *subj = NULL;
+	X509 *x = NULL;
+	FILE *f = NULL;
+	long long days = 0;
+	int r;
+
+	if ((r = parse_opts(ctx, "cert", argc, argv, &o)) != 0)
+		return r < 0 ? 0 : r;
+	if (o.days == NULL)
+		return cli_usage_error("cert", "--days N is required");
+	if ((r = cli_parse_int("--days", o.days, 1, 36500, &days)) < 0)
+		return cli_fail(r);
+	if ((r = key_open(&o, "cert", &tok, &k, &subj)) != 0)
+		goto out;
+	if ((r = adm_cert(tok, k, subj, (int)days, &x)) < 0 ||
+	    (o.store && (r = adm_cert_store(tok, k, x)) < 0) || (r = open_out(o.out, &f)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	if (PEM_write_X509(f, x) != 1) {
+		close_out(o.out, f, false);
+		r = cli_fail(err_set_ossl(P11J_E_SYSTEM, "writing the certificate"));
+		goto out;
+	}
+	r = close_out(o.out, f, true);
+	if (r < 0)
+		r = cli_fail(r);
+	else if (o.store)
+		fprintf(stderr,
+		        "p11jwt: certificate stored on token '%s' with key '%s'; restart "
+		        "the agent to serve it\n",
+		        tok_label(tok), tok_key_name(k));
+out:
+	X509_free(x);
+	X509_NAME_free(subj);
+	tok_close(tok);
+	return r;
+}
