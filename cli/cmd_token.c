@@ -111,7 +111,7 @@ static int add_include(json_t *cli, const char *what)
 static int form_opt(json_t *cli, const char *arg)
 {
 	const char *eq = strchr(arg, '=');
-	json_t *f;
+	json_t *f = NULL;
 	char *name;
 	int r;
 
@@ -178,7 +178,7 @@ static int parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o)
 			if (e == 0 && json_object_set_new(o->cli, name, json_integer(v)) < 0)
 				e = err_set(P11J_E_NOMEM, "out of memory");
 		} else if (strcmp(name, "header") == 0 || strcmp(name, "claim") == 0) {
-			json_t *obj;
+			json_t *obj = NULL;
 			char why[512];
 
 			e = obj_member(o->cli, name[0] == 'h' ? "header" : "claims", &obj);
@@ -326,6 +326,8 @@ static int post_form(const xch_req *req, form *f, bool needs_jwt, xch_token *tok
 	char *body = NULL, *jwt = NULL, *error = NULL;
 	int r, st = 0;
 
+	if ((r = xch_check_url(req)) < 0)
+		return cli_fail(r);
 	for (int attempt = 1;; attempt++) {
 		long delay;
 
@@ -542,8 +544,10 @@ static int dry_run(const xch_req *req)
 	jws_parsed jp = { 0 };
 	char *jwt = NULL;
 	json_t *out = NULL, *f = NULL;
-	int st;
+	int st, r;
 
+	if ((r = xch_check_url(req)) < 0)
+		return cli_fail(r);
 	if ((st = sign_assertion(req, &jwt, &jp)) != 0)
 		return st;
 	out = json_pack("{s:s,s:s?,s:b,s:O,s:O,s:O}", "preset", req->preset->name, "token_url",

@@ -551,9 +551,12 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 			    p->name);
 		goto out;
 	}
-	if (req->token_url) {
-		if ((r = http_check_url("--token-url", req->token_url)) < 0 ||
-		    (r = http_url_origin(req->token_url, &origin)) < 0 ||
+	/* The token URL is parsed (by libcurl, which that loads) only when a
+	 * value needs its host or origin; xch_check_url() checks it before any
+	 * request. A cache hit for the usual aud = token URL loads no libcurl. */
+	if (req->token_url && !json_string_value(opt(profile_in, cli, "aud")) &&
+	    (p->aud == AUD_HOST || p->aud == AUD_ORIGIN || p->aud == AUD_TEMPLATE)) {
+		if ((r = http_url_origin(req->token_url, &origin)) < 0 ||
 		    (r = http_url_host(req->token_url, &host)) < 0)
 			goto out;
 		v.origin = origin;
@@ -781,6 +784,11 @@ out:
 	if (r < 0)
 		xch_req_clear(req);
 	return r;
+}
+
+int xch_check_url(const xch_req *req)
+{
+	return req->token_url ? http_check_url("--token-url", req->token_url) : 0;
 }
 
 void xch_req_clear(xch_req *req)

@@ -58,6 +58,11 @@ int xch_resolve(const json_t *profile, const json_t *cli, const char *client_sec
 		int64_t now, xch_req *req);
 void xch_req_clear(xch_req *req);
 
+/* The token URL is https, or http to a loopback host (see http_check_url).
+ * Not done by xch_resolve(), so that a cache hit needs no URL parser: call
+ * it before any request and in dry runs. */
+int xch_check_url(const xch_req *req);
+
 /* The agent request for the assertion ({"op":"sign",...}). */
 int xch_sign_request(const xch_req *req, json_t **ret);
 

@@ -4,6 +4,8 @@
 #include "common/util.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <stddef.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,19 +14,105 @@
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 
-int http_global_init(void)
+/*
+ * libcurl is loaded when the first request or URL needs it, not at program
+ * start: it brings some thirty shared libraries (TLS, Kerberos, LDAP, ...)
+ * that cost about 5 ms per process here, and most p11jwt runs (sign, keys,
+ * a cache hit) never touch the network. The same pattern as systemd's
+ * dlopen of optional libraries: the headers give the types, dlsym() the
+ * functions.
+ */
+static struct {
+	bool tried, ok;
+	char why[256];
+	CURLcode (*global_init_mem)(long, curl_malloc_callback, curl_free_callback,
+				    curl_realloc_callback, curl_strdup_callback,
+				    curl_calloc_callback);
+	void (*global_cleanup)(void);
+	CURL *(*easy_init)(void);
+	CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+	CURLcode (*easy_perform)(CURL *);
+	CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+	void (*easy_cleanup)(CURL *);
+	const char *(*easy_strerror)(CURLcode);
+	struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+	void (*slist_free_all)(struct curl_slist *);
+	CURLU *(*url)(void);
+	CURLUcode (*url_set)(CURLU *, CURLUPart, const char *, unsigned int);
+	CURLUcode (*url_get)(const CURLU *, CURLUPart, char **, unsigned int);
+	void (*url_cleanup)(CURLU *);
+	const char *(*url_strerror)(CURLUcode);
+	void (*free)(void *);
+} C;
+
+#define CURL_SONAME "libcurl.so.4"
+
+static int curl_load(void)
 {
+	static const struct {
+		const char *name;
+		size_t off;
+	} syms[] = {
+#define SYM(f, m) { #f, offsetof(__typeof__(C), m) }
+		SYM(curl_global_init_mem, global_init_mem),
+		SYM(curl_global_cleanup, global_cleanup),
+		SYM(curl_easy_init, easy_init),
+		SYM(curl_easy_setopt, easy_setopt),
+		SYM(curl_easy_perform, easy_perform),
+		SYM(curl_easy_getinfo, easy_getinfo),
+		SYM(curl_easy_cleanup, easy_cleanup),
+		SYM(curl_easy_strerror, easy_strerror),
+		SYM(curl_slist_append, slist_append),
+		SYM(curl_slist_free_all, slist_free_all),
+		SYM(curl_url, url),
+		SYM(curl_url_set, url_set),
+		SYM(curl_url_get, url_get),
+		SYM(curl_url_cleanup, url_cleanup),
+		SYM(curl_url_strerror, url_strerror),
+		SYM(curl_free, free),
+#undef SYM
+	};
+	void *h;
+
+	if (C.tried)
+		return C.ok ? 0 : err_set(P11J_E_INTERNAL, "%s", C.why);
+	C.tried = true;
+	h = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (h == NULL) {
+		snprintf(C.why, sizeof(C.why), "cannot load %s (libcurl4): %s", CURL_SONAME,
+			 dlerror());
+		return err_set(P11J_E_INTERNAL, "%s", C.why);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(syms); i++) {
+		void *f = dlsym(h, syms[i].name);
+
+		if (f == NULL) {
+			snprintf(C.why, sizeof(C.why), "%s has no %s: too old", CURL_SONAME,
+				 syms[i].name);
+			return err_set(P11J_E_INTERNAL, "%s", C.why);
+		}
+		memcpy((char *)&C + syms[i].off, &f, sizeof(f));
+	}
 	/* libcurl's copies of headers (Authorization: Bearer ...) and bodies
 	 * are wiped when it frees them */
-	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, util_wipe_free, util_wipe_realloc,
-				 strdup, calloc) != CURLE_OK)
-		return err_set(P11J_E_INTERNAL, "libcurl cannot be initialised");
+	if (C.global_init_mem(CURL_GLOBAL_DEFAULT, malloc, util_wipe_free, util_wipe_realloc,
+			      strdup, calloc) != CURLE_OK) {
+		snprintf(C.why, sizeof(C.why), "libcurl cannot be initialised");
+		return err_set(P11J_E_INTERNAL, "%s", C.why);
+	}
+	C.ok = true;
 	return 0;
+}
+
+int http_global_init(void)
+{
+	return 0; /* libcurl is loaded on first use (curl_load) */
 }
 
 void http_global_cleanup(void)
 {
-	curl_global_cleanup();
+	if (C.ok)
+		C.global_cleanup();
 }
 
 static bool host_is_loopback(const char *host)
@@ -51,30 +139,33 @@ static bool host_is_loopback(const char *host)
 /* scheme and host of url, as CURLU sees them (what libcurl will use). */
 static int url_parts(const char *url, char **scheme, char **host, char **port)
 {
-	CURLU *u = curl_url();
+	CURLU *u;
 	CURLUcode uc;
 	int r = 0;
 
 	*scheme = *host = NULL;
 	if (port)
 		*port = NULL;
+	if ((r = curl_load()) < 0)
+		return r;
+	u = C.url();
 	if (u == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	uc = curl_url_set(u, CURLUPART_URL, url, 0);
+	uc = C.url_set(u, CURLUPART_URL, url, 0);
 	if (uc == CURLUE_OK)
-		uc = curl_url_get(u, CURLUPART_SCHEME, scheme, 0);
+		uc = C.url_get(u, CURLUPART_SCHEME, scheme, 0);
 	if (uc == CURLUE_OK)
-		uc = curl_url_get(u, CURLUPART_HOST, host, 0);
-	if (uc == CURLUE_OK && port && curl_url_get(u, CURLUPART_PORT, port, 0) != CURLUE_OK)
+		uc = C.url_get(u, CURLUPART_HOST, host, 0);
+	if (uc == CURLUE_OK && port && C.url_get(u, CURLUPART_PORT, port, 0) != CURLUE_OK)
 		*port = NULL;
 	if (uc != CURLUE_OK) {
 		r = err_set(P11J_E_BAD_REQUEST, "'%s' is not a usable URL: %s", url,
-			    curl_url_strerror(uc));
-		curl_free(*scheme);
-		curl_free(*host);
+			    C.url_strerror(uc));
+		C.free(*scheme);
+		C.free(*host);
 		*scheme = *host = NULL;
 	}
-	curl_url_cleanup(u);
+	C.url_cleanup(u);
 	return r;
 }
 
@@ -97,8 +188,8 @@ int http_check_url(const char *what, const char *url)
 	} else {
 		r = err_set(P11J_E_BAD_REQUEST, "%s '%s': scheme must be https", what, url);
 	}
-	curl_free(scheme);
-	curl_free(host);
+	C.free(scheme);
+	C.free(host);
 	return r;
 }
 
@@ -110,8 +201,8 @@ int http_url_host(const char *url, char **ret)
 	if ((r = url_parts(url, &scheme, &host, NULL)) < 0)
 		return r;
 	*ret = strdup(host);
-	curl_free(scheme);
-	curl_free(host);
+	C.free(scheme);
+	C.free(host);
 	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
 }
 
@@ -125,9 +216,9 @@ int http_url_origin(const char *url, char **ret)
 	*ret = NULL;
 	if (asprintf(ret, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "") < 0)
 		*ret = NULL;
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(port);
+	C.free(scheme);
+	C.free(host);
+	C.free(port);
 	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
 }
 
@@ -197,7 +288,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 static int map_curl(CURLcode cc, const char *url, const char *ebuf, const struct sink *s,
 		    long timeout_s)
 {
-	const char *why = ebuf[0] ? ebuf : curl_easy_strerror(cc);
+	const char *why = ebuf[0] ? ebuf : C.easy_strerror(cc);
 
 	switch (cc) {
 	case CURLE_OK:
@@ -273,11 +364,13 @@ int http_request(const http_opts *o, const char *method, const char *url,
 	s.max = o->max_body ? o->max_body : HTTP_MAX_BODY;
 	if ((r = http_check_url("URL", url)) < 0)
 		return r;
-	c = curl_easy_init();
+	if ((r = curl_load()) < 0)
+		return r;
+	c = C.easy_init();
 	if (c == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory (curl_easy_init)");
 	for (size_t i = 0; headers && headers[i]; i++) {
-		struct curl_slist *n = curl_slist_append(hl, headers[i]);
+		struct curl_slist *n = C.slist_append(hl, headers[i]);
 
 		if (n == NULL) {
 			r = err_set(P11J_E_NOMEM, "out of memory");
@@ -285,34 +378,34 @@ int http_request(const http_opts *o, const char *method, const char *url,
 		}
 		hl = n;
 	}
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	C.easy_setopt(c, CURLOPT_URL, url);
+	C.easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	C.easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	C.easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	C.easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	C.easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (o->cacert)
-		curl_easy_setopt(c, CURLOPT_CAINFO, o->cacert);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, timeout < 10 ? timeout : 10L);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "p11jwt/" P11JWT_VERSION);
-	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s.max);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
-	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(c, CURLOPT_HEADERDATA, &s);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+		C.easy_setopt(c, CURLOPT_CAINFO, o->cacert);
+	C.easy_setopt(c, CURLOPT_TIMEOUT, timeout);
+	C.easy_setopt(c, CURLOPT_CONNECTTIMEOUT, timeout < 10 ? timeout : 10L);
+	C.easy_setopt(c, CURLOPT_USERAGENT, "p11jwt/" P11JWT_VERSION);
+	C.easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s.max);
+	C.easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
+	C.easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	C.easy_setopt(c, CURLOPT_WRITEDATA, &s);
+	C.easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	C.easy_setopt(c, CURLOPT_HEADERDATA, &s);
+	C.easy_setopt(c, CURLOPT_HTTPHEADER, hl);
 	if (body) {
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+		C.easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		C.easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
 	}
 	if (method && !(body && strcmp(method, "POST") == 0) &&
 	    !(!body && strcmp(method, "GET") == 0))
-		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	cc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
-	if (curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra >= 0 &&
+		C.easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	cc = C.easy_perform(c);
+	C.easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+	if (C.easy_getinfo(c, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra >= 0 &&
 	    (resp->status == 429 || resp->status == 503))
 		resp->retry_after = (long)ra;
 	r = map_curl(cc, url, ebuf, &s, timeout);
@@ -322,8 +415,8 @@ int http_request(const http_opts *o, const char *method, const char *url,
 			r = err_set(P11J_E_NOMEM, "out of memory");
 	}
 out:
-	curl_slist_free_all(hl);
-	curl_easy_cleanup(c);
+	C.slist_free_all(hl);
+	C.easy_cleanup(c);
 	if (r < 0) {
 		long st = resp->status;
 

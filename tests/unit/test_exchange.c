@@ -898,14 +898,25 @@ static void test_resolve_errors(void **state)
 		    P11J_E_BAD_REQUEST, "--token-url URL is required");
 	resolve_err(NULL, "{\"key\":\"k\",\"client_id\":\"c\"}", NULL, P11J_E_BAD_REQUEST,
 		    "--token-url");
-	resolve_err(NULL,
-		    "{\"preset\":\"okta\",\"key\":\"k\",\"client_id\":\"c\","
-		    "\"token_url\":\"http://example.com/t\"}",
-		    NULL, P11J_E_BAD_REQUEST, "plain http");
-	resolve_err(NULL,
-		    "{\"preset\":\"okta\",\"key\":\"k\",\"client_id\":\"c\","
-		    "\"token_url\":\"ftp://example.com/t\"}",
-		    NULL, P11J_E_BAD_REQUEST, "https");
+	/* the transport check is xch_check_url(), before any request */
+	{
+		xch_req q;
+
+		resolve_ok(NULL,
+			   "{\"preset\":\"okta\",\"key\":\"k\",\"client_id\":\"c\","
+			   "\"token_url\":\"http://example.com/t\"}",
+			   NULL, &q);
+		assert_int_equal(xch_check_url(&q), P11J_E_BAD_REQUEST);
+		assert_msg_has("plain http");
+		xch_req_clear(&q);
+		resolve_ok(NULL,
+			   "{\"preset\":\"okta\",\"key\":\"k\",\"client_id\":\"c\","
+			   "\"token_url\":\"ftp://example.com/t\"}",
+			   NULL, &q);
+		assert_int_equal(xch_check_url(&q), P11J_E_BAD_REQUEST);
+		assert_msg_has("https");
+		xch_req_clear(&q);
+	}
 	resolve_err(NULL, "{\"preset\":\"zzz\",\"key\":\"k\"}", NULL, P11J_E_BAD_REQUEST,
 		    "unknown preset 'zzz'");
 	resolve_err(NULL,
@@ -951,6 +962,7 @@ static void test_resolve_limits_ok(void **state)
 		   "{\"key\":\"k\",\"client_id\":\"c\",\"token_url\":\"http://127.0.0.1:8080/t\"}",
 		   NULL, &req);
 	assert_string_equal(req.aud, "http://127.0.0.1:8080/t");
+	assert_int_equal(xch_check_url(&req), 0);
 	xch_req_clear(&req);
 }
 
