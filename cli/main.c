@@ -6,10 +6,65 @@
  */
 #include "cli/cli.h"
 #include "cli/http.h"
+#include "common/err.h"
 #include "common/util.h"
 
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#ifndef P11JWT_ADMIN
+/*
+ * keygen, csr and cert talk to the token directly, so they need p11-kit and
+ * a PKCS#11 module in the process. They live in a second program,
+ * p11jwt-admin (libexecdir), which this one runs: the everyday commands and
+ * the network-facing ones (token, call) never load PKCS#11 code, and start
+ * faster. Found next to this program first (the build tree), then in
+ * $P11JWT_LIBEXECDIR (tests of an installed tree), then where it was
+ * installed.
+ */
+static int cmd_admin_exec(cli_ctx *ctx, int argc, char **argv)
+{
+	char self[PATH_MAX], path[PATH_MAX + 32];
+	const char *env = getenv("P11JWT_LIBEXECDIR");
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char **args = calloc((size_t)argc + 4, sizeof(*args));
+	size_t k = 0;
+
+	if (args == NULL)
+		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+	args[k++] = (char *)"p11jwt";
+	if (ctx->socket) {
+		args[k++] = (char *)"--socket";
+		args[k++] = (char *)ctx->socket;
+	}
+	for (int i = 0; i < argc; i++)
+		args[k++] = argv[i];
+	args[k] = NULL;
+	if (n > 0) {
+		self[n] = '\0';
+		snprintf(path, sizeof(path), "%s/p11jwt-admin", dirname(self));
+		if (access(path, X_OK) == 0)
+			execv(path, args);
+	}
+	if (env && env[0] == '/') {
+		snprintf(path, sizeof(path), "%s/p11jwt-admin", env);
+		if (access(path, X_OK) == 0)
+			execv(path, args);
+	}
+	snprintf(path, sizeof(path), "%s/p11jwt-admin", P11JWT_LIBEXECDIR);
+	execv(path, args);
+	free(args);
+	return cli_fail(err_set(P11J_E_NOT_FOUND, "cannot run %s: %s", path, strerror(errno)));
+}
+#define cmd_keygen cmd_admin_exec
+#define cmd_csr cmd_admin_exec
+#define cmd_cert cmd_admin_exec
+#endif
 
 static const struct {
 	const char *name;

@@ -46,12 +46,13 @@ for o in json.load(sys.stdin):
 }
 meson introspect "$build" --buildoptions >"$tmp/opts.json"
 prefix=$(opt prefix) bindir=$(opt bindir) mandir=$(opt mandir) datadir=$(opt datadir)
+libexecdir=$(opt libexecdir)
 abs() { case $1 in /*) echo "$dest$1" ;; *) echo "$dest$prefix/$1" ;; esac; }
-bin=$(abs "$bindir") man=$(abs "$mandir")
+bin=$(abs "$bindir") man=$(abs "$mandir") libexec=$(abs "$libexecdir")/p11jwt
 version=$(meson introspect "$build" --projectinfo |
 	/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
 
-for f in "$bin/p11jwt" "$bin/p11jwt-agent"; do
+for f in "$bin/p11jwt" "$bin/p11jwt-agent" "$libexec/p11jwt-admin"; do
 	check "installed executable ${f#"$dest"}" test -x "$f" -a -f "$f"
 done
 for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5; do
@@ -70,6 +71,13 @@ out=$("$bin/p11jwt" --version 2>&1)
 check "installed p11jwt --version is '$out'" test "$out" = "p11jwt $version"
 out=$("$bin/p11jwt-agent" --version 2>&1)
 check "installed p11jwt-agent --version is '$out'" test "$out" = "p11jwt-agent $version"
+# keygen/csr/cert run the installed p11jwt-admin (P11JWT_LIBEXECDIR: the
+# destdir is not where the build said it would be)
+out=$(P11JWT_LIBEXECDIR="$libexec" "$bin/p11jwt" keygen --help 2>&1 | head -n 1)
+check "installed p11jwt keygen runs p11jwt-admin ('$out')" \
+	grep -qF 'usage: p11jwt [--socket PATH] keygen --module' <<<"$out"
+check "installed p11jwt does not link p11-kit (PKCS#11 stays in p11jwt-admin)" \
+	bash -c "! readelf -d '$bin/p11jwt' | grep -q 'libp11-kit'"
 # they do not load anything from the build tree
 check "installed p11jwt has no build-tree RUNPATH" \
 	bash -c "! readelf -d '$bin/p11jwt' | grep -q '$build'"
