@@ -146,30 +146,89 @@ static int kr_set_id(kr_key *k, const tok_key *tk)
 	return r < 0 ? err_set(P11J_E_NOMEM, "out of memory") : 0;
 }
 
+int kr_add_tok_key(keyring *kr, const char *name, tok_ctx *tok, const tok_key *tk)
+{
+	const uint8_t *cert;
+	size_t cert_len = 0;
+	int r;
+
+	cert = tok_key_cert(tk, &cert_len);
+	r = kr_add(kr, name, tok_key_uri(tk), tok_key_pubkey(tk), cert, cert_len,
+		   tok_key_algs(tk), tok_signer_fn, NULL);
+	if (r < 0)
+		return r;
+	/* the CKA_ID, for clients that name keys by it (jwks --kid id) */
+	if ((r = kr_set_id(kr->keys[kr->n - 1], tk)) < 0)
+		return r;
+	/* the signer lives inside the key so that its address is stable */
+	kr->keys[kr->n - 1]->tsigner.ctx = tok;
+	kr->keys[kr->n - 1]->tsigner.key = tk;
+	kr->keys[kr->n - 1]->sign_ctx = &kr->keys[kr->n - 1]->tsigner;
+	return 0;
+}
+
 int kr_add_from_tok(keyring *kr, tok_ctx *tok)
 {
 	for (size_t i = 0; i < tok_key_count(tok); i++) {
 		const tok_key *tk = tok_key_at(tok, i);
-		const uint8_t *cert;
-		size_t cert_len = 0;
 		int r;
 
-		cert = tok_key_cert(tk, &cert_len);
-		r = kr_add(kr, tok_key_name(tk), tok_key_uri(tk), tok_key_pubkey(tk), cert, cert_len,
-			   tok_key_algs(tk), tok_signer_fn, NULL);
-		if (r < 0)
+		if ((r = kr_add_tok_key(kr, tok_key_name(tk), tok, tk)) < 0)
 			return r;
-		/* the CKA_ID, for clients that name keys by it (jwks --kid id) */
-		if ((r = kr_set_id(kr->keys[kr->n - 1], tk)) < 0)
-			return r;
-		/* the signer lives inside the key so that its address is stable */
-		kr->keys[kr->n - 1]->tsigner.ctx = tok;
-		kr->keys[kr->n - 1]->tsigner.key = tk;
-		kr->keys[kr->n - 1]->sign_ctx = &kr->keys[kr->n - 1]->tsigner;
 	}
 	/* token order is arbitrary; clients see keys sorted by name */
 	qsort(kr->keys, kr->n, sizeof(*kr->keys), kr_cmp_name);
 	return 0;
+}
+
+int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const char *kid)
+{
+	k->pol = pol;
+	if (default_alg != JWA_NONE) {
+		if (!(k->algs & JWA_BIT(default_alg)))
+			return err_set(P11J_E_UNSUPPORTED_ALG, "key '%s': alg %s does not fit the key",
+				       k->name, jwa_name(default_alg));
+		k->default_alg = default_alg;
+	} else if (pol != NULL && pol->algs != 0 && !(pol->algs & JWA_BIT(k->default_alg))) {
+		/* the first alg the policy allows and the key signs */
+		for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
+			if (k->algs & pol->algs & JWA_BIT(a)) {
+				k->default_alg = (jwa_alg)a;
+				break;
+			}
+	}
+	if (pol != NULL && pol->algs != 0 && !(k->algs & pol->algs))
+		return err_set(P11J_E_UNSUPPORTED_ALG, "key '%s' signs none of the algs its policy "
+			       "allows", k->name);
+	if (kid != NULL) {
+		char *d = strdup(kid);
+
+		if (d == NULL)
+			return err_set(P11J_E_NOMEM, "out of memory");
+		free(k->kid);
+		k->kid = d;
+	}
+	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
+	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
+	    json_object_set_new(k->info, "kid", json_string(k->kid)) < 0 ||
+	    json_object_set_new(k->info, "alg", json_string(jwa_name(k->default_alg))) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+void kr_sort(keyring *kr)
+{
+	qsort(kr->keys, kr->n, sizeof(*kr->keys), kr_cmp_name);
+}
+
+bool kr_any_usable(const keyring *kr, uid_t owner, uid_t uid, gid_t gid)
+{
+	if (uid == owner || uid == 0)
+		return true;
+	for (size_t i = 0; kr != NULL && i < kr->n; i++)
+		if (pol_may_use(kr->keys[i]->pol, owner, uid, gid))
+			return true;
+	return false;
 }
 
 const kr_key *kr_find(const keyring *kr, const char *name)

@@ -14,6 +14,7 @@
 #include "jose/jwa.h"
 #include "jose/jws.h"
 #include "pkcs11/tok.h"
+#include "agent/policy.h"
 
 typedef struct kr_key {
 	char *name;
@@ -32,6 +33,7 @@ typedef struct kr_key {
 	json_t *jwk;           /* public JWK + kid, alg (default), use */
 	json_t *info;          /* entry of the "keys" op */
 	char *x5t, *x5t_s256, *x5c; /* NULL without a certificate */
+	const pol_key *pol;    /* per-key policy (owned by the config); NULL: defaults */
 } kr_key;
 
 typedef struct {
@@ -47,7 +49,20 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 /* Add every key the token layer found. */
 int kr_add_from_tok(keyring *kr, tok_ctx *tok);
 
+/* Add one token key under name (the configuration's name for it). */
+int kr_add_tok_key(keyring *kr, const char *name, tok_ctx *tok, const tok_key *tk);
+
+/* Apply a configured policy: default alg (JWA_NONE: keep), kid (NULL: keep
+ * the thumbprint) in the key's JWK, "keys" entry and JWT headers. */
+int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const char *kid);
+
+/* Whether uid/gid may use at least one key (the agent's uid and root may
+ * always talk to it). */
+bool kr_any_usable(const keyring *kr, uid_t owner, uid_t uid, gid_t gid);
+
 const kr_key *kr_find(const keyring *kr, const char *name);
+/* Sort by name (the order clients see). */
+void kr_sort(keyring *kr);
 void kr_free(keyring *kr);
 
 #endif

@@ -4,9 +4,13 @@
  * clients over a Unix socket (docs/protocol.md). Only this file prints,
  * parses options and chooses exit codes.
  */
+#include "agent/audit.h"
+#include "agent/config.h"
 #include "agent/keyring.h"
 #include "agent/proto.h"
+#include "agent/reload.h"
 #include "agent/server.h"
+#include "agent/svc.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "pkcs11/tok.h"
@@ -17,6 +21,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 
@@ -33,6 +39,9 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 static bool use_syslog;
 static srv *the_srv;
+static audit_sink *the_audit;
+static uint64_t started_ms; /* CLOCK_MONOTONIC, for "status" uptime */
+static rl_ctx *the_rl; /* the current configuration, keyring and tokens */
 
 static void logv(int level, const char *fmt, va_list ap)
 {
@@ -77,7 +86,11 @@ static void tok_logger(int level, const char *msg, void *ud)
 
 static void on_signal(int sig)
 {
-	(void)sig;
+	if (sig == SIGHUP) {
+		audit_reopen_later(the_audit); /* log rotation */
+		rl_reload_later(the_rl);       /* --config */
+		return;
+	}
 	if (the_srv != NULL)
 		srv_stop(the_srv);
 }
@@ -91,7 +104,8 @@ static void usage(FILE *f)
 	      "  --module-allow DIR    also accept modules under DIR (default: /usr/lib*, /usr/local/lib*)\n"
 	      "  --token URI           RFC 7512 PKCS#11 URI selecting token and keys (default: pkcs11:)\n"
 	      "  --pin-file FILE       user PIN, first line; must not be readable by group or others\n"
-	      "                        (else the URI's pin-source, else $P11JWT_PIN)\n"
+	      "                        (else $CREDENTIALS_DIRECTORY/pin, the URI's pin-source,\n"
+	      "                        $P11JWT_PIN; none: start locked until `p11jwt login`)\n"
 	      "  --socket PATH         socket (default: $XDG_RUNTIME_DIR/p11jwt/agent.sock,\n"
 	      "                        or /tmp/p11jwt-UID/agent.sock)\n"
 	      "  --foreground          stay in the foreground and log to stderr\n"
@@ -101,6 +115,12 @@ static void usage(FILE *f)
 	      "  --workers N           signing threads, 1 to 64 (default: 2 per CPU)\n"
 	      "  --line-timeout SEC    drop a client that leaves half a request line\n"
 	      "                        this long (default 10)\n"
+	      "  --config FILE         agent settings, tokens and per-key policy (INI, see\n"
+	      "                        p11jwt-agent.conf(5)); re-read on SIGHUP\n"
+	      "  --check-config FILE   check FILE, print every error as FILE:LINE: message,\n"
+	      "                        exit 0 when valid, 2 when not (opens no token)\n"
+	      "  --audit DEST          audit trail of sign, login and lock requests: syslog\n"
+	      "                        (LOG_AUTHPRIV, the default), file:PATH, stderr or none\n"
 	      "  --kill                stop the agent named by $P11JWT_AGENT_PID\n"
 	      "  --version, --help\n"
 	      "\n"
@@ -178,6 +198,11 @@ struct opts {
 	size_t max_conns;
 	unsigned workers;
 	unsigned line_timeout_ms;
+	const char *audit;
+	const char *config;   /* --config */
+	cfg_config *cfg;      /* its contents, until rl_new() takes them */
+	bool max_conns_set;
+	int activated_fd; /* socket activation: the listening socket passed in, else -1 */
 };
 
 /* A whole number from min to max for option name, else a usage message. */
@@ -199,32 +224,53 @@ static bool parse_count(const char *name, const char *arg, unsigned long min, un
 
 /* Opens the token and the socket; on failure writes the reason to errfd
  * (the parent's pipe when detaching). */
-static int agent_start(const struct opts *o, tok_ctx **ret_tok, keyring *kr, int *ret_fd)
+static int agent_start(struct opts *o, int *ret_fd)
 {
-	tok_config tc = { 0 };
-	tok_ctx *tok = NULL;
+	rl_config rc = { .path = o->config, .module = o->module,
+			 .module_allow = o->nallow ? o->allow : NULL, .uri = o->token,
+			 .pin_file = o->pin_file, .allow_unsafe_keys = o->allow_unsafe,
+			 .log = srv_logger, .tok_log = tok_logger };
 	int r;
 
-	tc.module_path = o->module;
-	tc.module_allow = o->nallow ? o->allow : NULL;
-	tc.uri = o->token;
-	tc.pin_file = o->pin_file;
-	tc.allow_unsafe_keys = o->allow_unsafe;
-	tc.log = tok_logger;
-	r = tok_open(&tc, &tok);
+	r = rl_new(&rc, o->cfg, &the_rl);
+	o->cfg = NULL; /* taken */
 	scrub_pin_env();
 	if (r < 0)
 		return r;
-	if ((r = kr_add_from_tok(kr, tok)) < 0) {
-		tok_close(tok);
+	if (o->activated_fd >= 0)
+		*ret_fd = o->activated_fd; /* systemd's socket: neither bound nor unlinked here */
+	else if ((r = srv_listen(o->socket, ret_fd)) < 0) {
+		rl_free(the_rl);
+		the_rl = NULL;
 		return r;
 	}
-	if ((r = srv_listen(o->socket, ret_fd)) < 0) {
-		kr_free(kr);
-		tok_close(tok);
+	return 0;
+}
+
+/* The "login" and "lock" ops, for the token the request names (ud: the
+ * configuration generation the request holds, see proto_env.acquire). */
+
+static int pin_login(void *ud, const char *token, const char *pin, size_t len, json_t *resp)
+{
+	tok_ctx *tok = NULL;
+	int r;
+
+	if ((r = rl_pick_token(ud, token, &tok)) < 0 || (r = tok_login(tok, pin, len)) < 0)
 		return r;
-	}
-	*ret_tok = tok;
+	json_object_set_new(resp, "token", json_string(tok_label(tok)));
+	json_object_set_new(resp, "state", json_string(tok_state_name(tok_get_state(tok))));
+	return 0;
+}
+
+static int pin_lock(void *ud, const char *token, json_t *resp)
+{
+	tok_ctx *tok = NULL;
+	int r;
+
+	if ((r = rl_pick_token(ud, token, &tok)) < 0 || (r = tok_lock(tok)) < 0)
+		return r;
+	json_object_set_new(resp, "token", json_string(tok_label(tok)));
+	json_object_set_new(resp, "state", json_string(tok_state_name(tok_get_state(tok))));
 	return 0;
 }
 
@@ -237,17 +283,120 @@ static void print_env(const char *sock, pid_t pid)
 	fflush(stdout);
 }
 
-static int serve(const struct opts *o, tok_ctx *tok, keyring *kr, int lfd)
+static uint64_t mono_ms(void)
 {
-	proto_env env = { .kr = kr, .owner_uid = geteuid(), .version = P11JWT_VERSION };
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The "status" op's numbers from the server and the token. */
+static int status_fill(void *ud, json_t *resp)
+{
+	srv_stats st;
+	json_t *errs = json_object(), *toks = json_array(), *t;
+	tok_state ts;
+
+	(void)ud;
+	if (errs == NULL || toks == NULL)
+		goto nomem;
+	srv_get_stats(the_srv, &st);
+	for (int i = 1; i < SRV_NCODES; i++)
+		if (st.errors[i] != 0) {
+			const char *name = err_code_name(-i);
+			json_t *old = json_object_get(errs, name);
+
+			/* codes without a wire name all count as "internal" */
+			if (json_object_set_new(errs, name,
+						json_integer((json_int_t)st.errors[i] +
+							     (old ? json_integer_value(old) : 0))) < 0)
+				goto nomem;
+		}
+	if (the_rl != NULL) {
+		void *ref = NULL;
+
+		rl_acquire(the_rl, &ref);
+		for (size_t i = 0; i < rl_token_count(ref); i++) {
+			tok_ctx *status_tok = rl_token_at(ref, i);
+
+			ts = tok_get_state(status_tok);
+			t = json_pack("{s:s,s:s,s:b,s:b}", "label", tok_label(status_tok), "state",
+				      tok_state_name(ts), "present", ts != TOK_UNAVAILABLE,
+				      "logged_in", ts == TOK_READY);
+			if (t == NULL || json_array_append_new(toks, t) < 0) {
+				json_decref(t);
+				rl_release(ref);
+				goto nomem;
+			}
+		}
+		rl_release(ref);
+	}
+	if (json_object_set_new(resp, "uptime",
+				json_integer((json_int_t)((mono_ms() - started_ms) / 1000))) < 0 ||
+	    json_object_set_new(resp, "tokens", toks) < 0 ||
+	    json_object_set_new(resp, "requests", json_integer((json_int_t)st.requests)) < 0 ||
+	    json_object_set_new(resp, "errors", errs) < 0 ||
+	    json_object_set_new(resp, "connections", json_integer((json_int_t)st.connections)) < 0 ||
+	    json_object_set_new(resp, "connections_accepted",
+				json_integer((json_int_t)st.accepted)) < 0 ||
+	    json_object_set_new(resp, "connections_refused",
+				json_integer((json_int_t)st.refused)) < 0)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+nomem:
+	json_decref(errs);
+	json_decref(toks);
+	return err_set(P11J_E_NOMEM, "out of memory");
+}
+
+static int audit_record(void *ud, const proto_peer *peer, const proto_audit *a)
+{
+	struct timespec ts;
+	char *line = NULL;
+	size_t len = 0;
+	int r;
+
+	(void)ud;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	r = audit_line(a, peer, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &line, &len);
+	if (r == 0)
+		r = audit_write(the_audit, line, len);
+	free(line);
+	if (r < 0) {
+		static _Atomic uint64_t last_ms;
+		uint64_t now = mono_ms(), prev = last_ms;
+
+		/* once a minute at most: a full disk must not flood the log */
+		if (prev == 0 || now - prev >= 60000)
+			if (atomic_compare_exchange_strong(&last_ms, &prev, now))
+				logmsg(LOG_ERR, "audit: %s; refusing to hand out JWTs", err_msg());
+	}
+	return r;
+}
+
+static void on_stopping(void *ud)
+{
+	(void)ud;
+	svc_notify("STOPPING=1");
+}
+
+static int serve(const struct opts *o, int lfd)
+{
+	proto_env env = { .owner_uid = geteuid(), .version = P11JWT_VERSION,
+			  .login = pin_login, .lock = pin_lock,
+			  .acquire = rl_acquire, .release = rl_release, .kr_ud = the_rl };
 	srv_config sc = { .env = &env,
 			  .max_connections = o->max_conns,
 			  .workers = o->workers,
 			  .line_timeout_ms = o->line_timeout_ms,
-			  .log = srv_logger };
+			  .log = srv_logger,
+			  .audit = audit_enabled(the_audit) ? audit_record : NULL,
+			  .on_stopping = on_stopping };
 	struct sigaction sa = { .sa_handler = on_signal };
 	int r;
 
+	env.status = status_fill;
 	if ((r = srv_new(&sc, lfd, &the_srv)) < 0)
 		return r;
 	sigemptyset(&sa.sa_mask);
@@ -255,13 +404,83 @@ static int serve(const struct opts *o, tok_ctx *tok, keyring *kr, int lfd)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	logmsg(LOG_INFO, "serving %zu keys from token '%s' on %s", kr->n, tok_label(tok),
-	       o->socket);
+	{
+		void *ref = NULL;
+		const keyring *kr = rl_acquire(the_rl, &ref);
+
+		logmsg(LOG_INFO, "serving %zu keys from token '%s'%s on %s", kr->n,
+		       tok_label(rl_token_at(ref, 0)), rl_token_count(ref) > 1 ? " and others" : "",
+		       o->socket);
+		rl_release(ref);
+	}
+	if ((r = rl_start(the_rl)) < 0)
+		logmsg(LOG_WARNING, "%s; SIGHUP will not reload the configuration", err_msg());
+	svc_notify("READY=1");
 	r = srv_run(the_srv);
 	logmsg(LOG_INFO, "stopping");
 	srv_free(the_srv);
 	the_srv = NULL;
 	return r;
+}
+
+/* --check-config FILE: every error as FILE:LINE: message; opens no token. */
+static int check_config(const char *path)
+{
+	cfg_config *cfg = NULL;
+	char *errs = NULL;
+	int r = cfg_load(path, &cfg, &errs);
+
+	if (r < 0) {
+		if (errs != NULL)
+			fputs(errs, stderr);
+		else
+			fprintf(stderr, "p11jwt-agent: %s\n", err_msg());
+		free(errs);
+		return EXIT_USAGE;
+	}
+	printf("%s: valid (%zu token section%s, %zu key section%s)\n", path, cfg->ntokens,
+	       cfg->ntokens == 1 ? "" : "s", cfg->nkeys, cfg->nkeys == 1 ? "" : "s");
+	cfg_free(cfg);
+	return 0;
+}
+
+/* --config FILE: read it; command-line options override its [agent]. */
+static int apply_config(struct opts *o)
+{
+	char *errs = NULL;
+	int r = cfg_load(o->config, &o->cfg, &errs);
+
+	if (r < 0) {
+		if (errs != NULL)
+			fputs(errs, stderr);
+		else
+			fprintf(stderr, "p11jwt-agent: --config: %s\n", err_msg());
+		free(errs);
+		return EXIT_USAGE;
+	}
+	if (o->cfg->ntokens > 0 &&
+	    (o->module || o->nallow || o->pin_file || strcmp(o->token, "pkcs11:") != 0 ||
+	     o->allow_unsafe)) {
+		fprintf(stderr, "p11jwt-agent: %s has [token] sections: --module, --module-allow, "
+			"--token, --pin-file and --allow-unsafe-keys go there\n", o->config);
+		cfg_free(o->cfg);
+		o->cfg = NULL;
+		return EXIT_USAGE;
+	}
+	if (o->socket == NULL && o->cfg->socket != NULL) {
+		/* a copy: a reload frees the file's contents */
+		static char sock[108];
+
+		snprintf(sock, sizeof(sock), "%s", o->cfg->socket);
+		o->socket = sock;
+	}
+	if (!o->max_conns_set && o->cfg->max_connections)
+		o->max_conns = o->cfg->max_connections;
+	if (o->workers == 0)
+		o->workers = (unsigned)o->cfg->workers;
+	if (o->line_timeout_ms == 0)
+		o->line_timeout_ms = (unsigned)o->cfg->line_timeout * 1000;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -278,18 +497,20 @@ int main(int argc, char **argv)
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "workers", required_argument, NULL, 'w' },
 		{ "line-timeout", required_argument, NULL, 'L' },
+		{ "audit", required_argument, NULL, 'a' },
+		{ "config", required_argument, NULL, 'C' },
+		{ "check-config", required_argument, NULL, 'K' },
 		{ "kill", no_argument, NULL, 'k' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct opts o = { .token = "pkcs11:", .max_conns = 1024 };
+	struct opts o = { .token = "pkcs11:", .max_conns = 1024, .audit = "syslog",
+			  .activated_fd = -1 };
 	char sockbuf[108];
 
 	/* JSON strings carry signed JWTs (bearer credentials): wiped on free */
 	json_set_alloc_funcs(malloc, util_wipe_free);
-	tok_ctx *tok = NULL;
-	keyring kr = { 0 };
 	int c, r, lfd = -1, pipefd[2] = { -1, -1 };
 	bool kill_mode = false;
 
@@ -316,6 +537,7 @@ int main(int argc, char **argv)
 			if (!parse_count("max-connections", optarg, 1, 65536, &v))
 				return EXIT_USAGE;
 			o.max_conns = v;
+			o.max_conns_set = true;
 			break;
 		case 'w':
 			if (!parse_count("workers", optarg, 1, 64, &v))
@@ -327,6 +549,9 @@ int main(int argc, char **argv)
 				return EXIT_USAGE;
 			o.line_timeout_ms = (unsigned)v * 1000;
 			break;
+		case 'a': o.audit = optarg; break;
+		case 'C': o.config = optarg; break;
+		case 'K': return check_config(optarg);
 		case 'k': kill_mode = true; break;
 		case 'V': printf("p11jwt-agent %s\n", P11JWT_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
@@ -340,6 +565,24 @@ int main(int argc, char **argv)
 	}
 	if (kill_mode)
 		return do_kill();
+	if (o.config != NULL && (r = apply_config(&o)) != 0)
+		return r;
+	started_ms = mono_ms();
+	/* systemd passed the listening socket: serve on it (its path, if any,
+	 * replaces --socket for the messages) */
+	r = svc_listen_fd(&o.activated_fd, sockbuf, sizeof(sockbuf));
+	if (r < 0) {
+		fprintf(stderr, "p11jwt-agent: %s\n", err_msg());
+		return EXIT_RUNTIME;
+	}
+	if (r > 0)
+		o.socket = sockbuf[0] ? sockbuf : "(socket passed by the service manager)";
+	if ((r = audit_open(o.audit, &the_audit)) < 0) {
+		fprintf(stderr, "p11jwt-agent: --audit: %s\n", err_msg());
+		return r == P11J_E_BAD_REQUEST ? EXIT_USAGE : EXIT_RUNTIME;
+	}
+	if (strcmp(o.audit, "syslog") == 0)
+		openlog("p11jwt-agent", LOG_PID, LOG_DAEMON);
 	if (o.socket == NULL) {
 		if (default_socket(sockbuf, sizeof(sockbuf)) < 0) {
 			fprintf(stderr, "p11jwt-agent: default socket path too long; use --socket\n");
@@ -349,14 +592,14 @@ int main(int argc, char **argv)
 	}
 
 	if (o.foreground) {
-		r = agent_start(&o, &tok, &kr, &lfd);
+		r = agent_start(&o, &lfd);
 		if (r < 0) {
 			logmsg(LOG_ERR, "%s: %s", err_code_name(r), err_msg());
 			return EXIT_RUNTIME;
 		}
 		if (o.print_env)
 			print_env(o.socket, getpid());
-		r = serve(&o, tok, &kr, lfd);
+		r = serve(&o, lfd);
 	} else {
 		/* PKCS#11 does not survive fork(): the child opens the token and
 		 * reports through a pipe whether it is listening. */
@@ -397,7 +640,7 @@ int main(int argc, char **argv)
 		setsid();
 		use_syslog = true;
 		openlog("p11jwt-agent", LOG_PID, LOG_DAEMON);
-		r = agent_start(&o, &tok, &kr, &lfd);
+		r = agent_start(&o, &lfd);
 		if (r < 0) {
 			n = snprintf(msg, sizeof(msg), "%s: %s", err_code_name(r), err_msg());
 			(void)!write(pipefd[1], msg, (size_t)n);
@@ -416,13 +659,15 @@ int main(int argc, char **argv)
 		}
 		(void)!write(pipefd[1], "OK", 2);
 		close(pipefd[1]);
-		r = serve(&o, tok, &kr, lfd);
+		r = serve(&o, lfd);
 	}
 	close(lfd);
-	unlink(o.socket);
-	kr_free(&kr);
-	/* before OpenSSL's atexit cleanup: SoftHSM crashes otherwise */
-	tok_close(tok);
+	if (o.activated_fd < 0)
+		unlink(o.socket);
+	audit_close(the_audit);
+	/* keyring and tokens; before OpenSSL's atexit cleanup: SoftHSM
+	 * crashes otherwise */
+	rl_free(the_rl);
 	if (r < 0) {
 		logmsg(LOG_ERR, "%s", err_msg());
 		return EXIT_RUNTIME;

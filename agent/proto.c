@@ -78,7 +78,13 @@ static int op_hello(const proto_env *env, const json_t *req, json_t *resp)
 	return 0;
 }
 
-static int op_keys(const proto_env *env, const json_t *req, json_t *resp)
+static bool may_use(const proto_env *env, const proto_peer *peer, const kr_key *k)
+{
+	return peer == NULL || pol_may_use(k->pol, env->owner_uid, peer->uid, peer->gid);
+}
+
+static int op_keys(const proto_env *env, const proto_peer *peer, const json_t *req,
+		   json_t *resp)
 {
 	static const char *const allowed[] = { NULL };
 	json_t *a;
@@ -90,13 +96,15 @@ static int op_keys(const proto_env *env, const json_t *req, json_t *resp)
 	if (a == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	for (size_t i = 0; i < env->kr->n; i++)
-		json_array_append(a, env->kr->keys[i]->info);
+		if (may_use(env, peer, env->kr->keys[i]))
+			json_array_append(a, env->kr->keys[i]->info);
 	if (json_object_set_new(resp, "keys", a) < 0)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	return 0;
 }
 
-static int get_key(const proto_env *env, const json_t *req, bool required, const kr_key **ret)
+static int get_key(const proto_env *env, const proto_peer *peer, const json_t *req,
+		   bool required, const kr_key **ret)
 {
 	const json_t *v = json_object_get(req, "key");
 	const kr_key *k;
@@ -112,13 +120,17 @@ static int get_key(const proto_env *env, const json_t *req, bool required, const
 	k = kr_find(env->kr, json_string_value(v));
 	if (k == NULL)
 		return err_set(P11J_E_UNKNOWN_KEY, "no key named '%.128s'", json_string_value(v));
+	if (!may_use(env, peer, k))
+		return err_set(P11J_E_FORBIDDEN, "uid %u (gid %u) may not use key '%s' (policy uids, "
+			       "gids)", (unsigned)peer->uid, (unsigned)peer->gid, k->name);
 	*ret = k;
 	return 0;
 }
 
 /* A JWK's "alg" binds the key to one algorithm at the verifier, so the
  * caller may export it for the alg it will sign with (NHS wants RS512). */
-static int op_jwks(const proto_env *env, const json_t *req, json_t *resp)
+static int op_jwks(const proto_env *env, const proto_peer *peer, const json_t *req,
+		   json_t *resp)
 {
 	static const char *const allowed[] = { "key", "alg", NULL };
 	const json_t *algv = json_object_get(req, "alg");
@@ -127,7 +139,7 @@ static int op_jwks(const proto_env *env, const json_t *req, json_t *resp)
 	json_t *a;
 	int r;
 
-	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, req, false, &k)) < 0)
+	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, peer, req, false, &k)) < 0)
 		return r;
 	if (algv != NULL) {
 		if (!json_is_string(algv))
@@ -144,7 +156,7 @@ static int op_jwks(const proto_env *env, const json_t *req, json_t *resp)
 		const kr_key *ki = env->kr->keys[i];
 		json_t *jwk;
 
-		if (k != NULL && ki != k)
+		if ((k != NULL && ki != k) || !may_use(env, peer, ki))
 			continue;
 		if (alg == JWA_NONE) {
 			json_array_append(a, ki->jwk);
@@ -355,7 +367,8 @@ fail:
 	return r;
 }
 
-static int op_sign(const proto_env *env, const json_t *req, json_t *resp)
+static int op_sign(const proto_env *env, const proto_peer *peer, const json_t *req,
+		   json_t *resp)
 {
 	static const char *const allowed[] = { "key", "alg", "header", "claims", "lifetime",
 					       "include", NULL };
@@ -369,7 +382,7 @@ static int op_sign(const proto_env *env, const json_t *req, json_t *resp)
 	jwa_alg alg = JWA_NONE;
 	int r;
 
-	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, req, true, &k)) < 0)
+	if ((r = check_fields(req, allowed)) < 0 || (r = get_key(env, peer, req, true, &k)) < 0)
 		return r;
 	if (caller_h != NULL && !json_is_object(caller_h))
 		return err_set(P11J_E_BAD_REQUEST, "field 'header' must be a JSON object");
@@ -378,8 +391,16 @@ static int op_sign(const proto_env *env, const json_t *req, json_t *resp)
 	if ((r = pick_alg(k, req, caller_h, &alg)) < 0 || (r = parse_lifetime(req, &lifetime)) < 0 ||
 	    (r = parse_include(k, req, &inc)) < 0)
 		return r;
-	if ((r = build_header(k, alg, caller_h, inc, &h)) < 0 ||
-	    (r = build_claims(caller_c, lifetime, &c)) < 0)
+	/* the policy sees the claims as they will be signed (iat, exp filled) */
+	if ((r = build_claims(caller_c, lifetime, &c)) < 0 ||
+	    (r = pol_check_sign(k->pol, k->name, k->algs, alg, caller_h, lifetime, c, util_now(),
+				&inc)) < 0)
+		goto out;
+	if (inc != 0 && k->cert == NULL) {
+		r = err_set(P11J_E_BAD_REQUEST, "key '%s' has no certificate", k->name);
+		goto out;
+	}
+	if ((r = build_header(k, alg, caller_h, inc, &h)) < 0)
 		goto out;
 	r = jws_sign_compact(h, c, alg, k->sign, k->sign_ctx, k->sigmax, &jwt);
 	if (r < 0)
@@ -402,19 +423,210 @@ out:
 	return r;
 }
 
+/* login / lock: even if other uids may sign some day (per-key policy), only
+ * the agent's own uid and root may change its login state. The PIN is in a
+ * JSON string, which the agent's Jansson allocator wipes when freed. */
+static int pin_op_prepare(const proto_env *env, const proto_peer *peer, const json_t *req,
+			  const char *const *allowed, const char **ret_token)
+{
+	const json_t *tv = json_object_get(req, "token");
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0)
+		return r;
+	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
+		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may log the agent in or out",
+			       (unsigned)env->owner_uid);
+	if (tv != NULL && !json_is_string(tv))
+		return err_set(P11J_E_BAD_REQUEST, "field 'token' must be a PKCS#11 URI string");
+	*ret_token = tv ? json_string_value(tv) : NULL;
+	return 0;
+}
+
+static int op_login(const proto_env *env, const proto_peer *peer, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { "pin", "token", NULL };
+	const json_t *pv = json_object_get(req, "pin");
+	const char *token = NULL;
+	int r;
+
+	if (env->login == NULL)
+		return err_set(P11J_E_UNKNOWN_OP, "this agent has no token to log in to");
+	if ((r = pin_op_prepare(env, peer, req, allowed, &token)) < 0)
+		return r;
+	if (pv != NULL && (!json_is_string(pv) || json_string_length(pv) == 0))
+		return err_set(P11J_E_BAD_REQUEST, "field 'pin' must be a non-empty string");
+	return env->login(env->pin_ud, token, pv ? json_string_value(pv) : NULL,
+			  pv ? json_string_length(pv) : 0, resp);
+}
+
+static int op_lock(const proto_env *env, const proto_peer *peer, const json_t *req, json_t *resp)
+{
+	static const char *const allowed[] = { "token", NULL };
+	const char *token = NULL;
+	int r;
+
+	if (env->lock == NULL)
+		return err_set(P11J_E_UNKNOWN_OP, "this agent has no token to lock");
+	if ((r = pin_op_prepare(env, peer, req, allowed, &token)) < 0)
+		return r;
+	return env->lock(env->pin_ud, token, resp);
+}
+
+/* "status": who serves what, for how long, and how it went (owner and
+ * root only). The server's counters and the token states come from
+ * env->status. */
+static int op_status(const proto_env *env, const proto_peer *peer, const json_t *req,
+		     json_t *resp)
+{
+	static const char *const allowed[] = { NULL };
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0)
+		return r;
+	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
+		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may ask for the status",
+			       (unsigned)env->owner_uid);
+	if ((r = set(resp, "version", json_string(env->version ? env->version : ""))) < 0 ||
+	    (r = set(resp, "protocol", json_integer(PROTO_VERSION))) < 0 ||
+	    (r = set(resp, "keys", json_integer((json_int_t)(env->kr ? env->kr->n : 0)))) < 0)
+		return r;
+	return env->status ? env->status(env->status_ud, resp) : 0;
+}
+
+void proto_audit_clear(proto_audit *a)
+{
+	if (a == NULL)
+		return;
+	json_decref(a->fields);
+	a->fields = NULL;
+	a->result = 0;
+}
+
+/* A caller's string for the audit record, cut to max bytes (at a UTF-8
+ * boundary), or NULL when v is not a string. */
+static json_t *audit_str(const json_t *v, size_t max)
+{
+	const char *s = json_string_value(v);
+	size_t n;
+
+	if (s == NULL)
+		return NULL;
+	n = json_string_length(v);
+	if (n > max) {
+		n = max;
+		while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+			n--;
+	}
+	return json_stringn(s, n);
+}
+
+static void audit_put(json_t *f, const char *k, json_t *v_new)
+{
+	if (v_new != NULL)
+		json_object_set_new(f, k, v_new);
+}
+
+/* The audit record of a sign, login or lock request: what was asked and,
+ * for a signature that was made, what was issued (alg, kid, exp and jti
+ * from the answer). Only named claims, cut short: never the JWT, never the
+ * PIN (nor the token URI, which may carry a pin-value). */
+static void audit_fill(const proto_env *env, const json_t *req, const json_t *resp, int result,
+		       proto_audit *a)
+{
+	const char *opname = json_string_value(json_object_get(req, "op"));
+	const json_t *claims, *hdr, *kv, *v;
+	const kr_key *k = NULL;
+	json_t *f;
+
+	if (a == NULL)
+		return;
+	a->result = result;
+	a->fields = NULL;
+	if (opname == NULL ||
+	    (strcmp(opname, "sign") != 0 && strcmp(opname, "login") != 0 &&
+	     strcmp(opname, "lock") != 0))
+		return;
+	if ((f = json_object()) == NULL)
+		return;
+	audit_put(f, "op", json_string(opname));
+	if (strcmp(opname, "sign") == 0) {
+		kv = json_object_get(req, "key");
+		claims = json_object_get(req, "claims");
+		hdr = json_object_get(req, "header");
+		if (!json_is_object(claims))
+			claims = NULL;
+		if (!json_is_object(hdr))
+			hdr = NULL;
+		if (json_is_string(kv) && env->kr != NULL)
+			k = kr_find(env->kr, json_string_value(kv));
+		audit_put(f, "key", audit_str(kv, 128));
+		v = resp ? json_object_get(resp, "alg") : NULL;
+		if (v == NULL)
+			v = json_object_get(req, "alg");
+		if (v == NULL && hdr != NULL)
+			v = json_object_get(hdr, "alg");
+		audit_put(f, "alg", audit_str(v, 32));
+		v = resp ? json_object_get(resp, "kid") : NULL;
+		if (v == NULL && hdr != NULL)
+			v = json_object_get(hdr, "kid");
+		if (v == NULL && k != NULL)
+			audit_put(f, "kid", json_string(k->kid));
+		else
+			audit_put(f, "kid", audit_str(v, 128));
+		audit_put(f, "iss", audit_str(json_object_get(claims, "iss"), 256));
+		audit_put(f, "sub", audit_str(json_object_get(claims, "sub"), 256));
+		v = json_object_get(claims, "aud");
+		if (json_is_array(v)) {
+			json_t *arr = json_array();
+			const json_t *e;
+			size_t i;
+
+			json_array_foreach(v, i, e)
+				if (i < 16 && arr != NULL)
+					json_array_append_new(arr, audit_str(e, 256));
+			audit_put(f, "aud", arr);
+		} else {
+			audit_put(f, "aud", audit_str(v, 256));
+		}
+		v = resp ? json_object_get(resp, "jti") : NULL;
+		audit_put(f, "jti", audit_str(v ? v : json_object_get(claims, "jti"), 128));
+		v = resp ? json_object_get(resp, "exp") : NULL;
+		if (v == NULL)
+			v = json_object_get(claims, "exp");
+		if (json_is_integer(v))
+			audit_put(f, "exp", json_integer(json_integer_value(v)));
+	}
+	a->fields = f;
+}
+
 int proto_handle(const proto_env *env, const proto_peer *peer, const char *line, size_t len,
 		 char **ret_resp, size_t *ret_len)
+{
+	return proto_handle_ex(env, peer, line, len, NULL, ret_resp, ret_len);
+}
+
+int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *line, size_t len,
+		    proto_audit *audit, char **ret_resp, size_t *ret_len)
 {
 	json_t *req = NULL, *resp = NULL;
 	const json_t *id = NULL, *op;
 	json_error_t jerr;
 	const char *opname;
+	proto_env cur;
+	void *ref = NULL;
 	bool forbidden;
 	int r;
 
 	err_clear();
+	if (env->acquire != NULL) {
+		cur = *env;
+		cur.kr = env->acquire(env->kr_ud, &ref);
+		cur.pin_ud = ref;
+		env = &cur;
+	}
 	/* Who asks is checked first: a stranger learns nothing but "forbidden". */
-	forbidden = peer != NULL && peer->uid != env->owner_uid && peer->uid != 0;
+	forbidden = peer != NULL && !kr_any_usable(env->kr, env->owner_uid, peer->uid, peer->gid);
 	if (len > PROTO_MAX_LINE) {
 		r = err_set(P11J_E_REQUEST_TOO_LARGE, "request line over %d bytes", PROTO_MAX_LINE);
 		goto error;
@@ -454,21 +666,33 @@ int proto_handle(const proto_env *env, const proto_peer *peer, const char *line,
 	if (strcmp(opname, "hello") == 0)
 		r = op_hello(env, req, resp);
 	else if (strcmp(opname, "keys") == 0)
-		r = op_keys(env, req, resp);
+		r = op_keys(env, peer, req, resp);
 	else if (strcmp(opname, "jwks") == 0)
-		r = op_jwks(env, req, resp);
+		r = op_jwks(env, peer, req, resp);
 	else if (strcmp(opname, "sign") == 0)
-		r = op_sign(env, req, resp);
+		r = op_sign(env, peer, req, resp);
+	else if (strcmp(opname, "login") == 0)
+		r = op_login(env, peer, req, resp);
+	else if (strcmp(opname, "lock") == 0)
+		r = op_lock(env, peer, req, resp);
+	else if (strcmp(opname, "status") == 0)
+		r = op_status(env, peer, req, resp);
 	else
-		r = err_set(P11J_E_UNKNOWN_OP, "unknown op '%.32s' (hello, keys, jwks, sign)",
-			    opname);
+		r = err_set(P11J_E_UNKNOWN_OP,
+			    "unknown op '%.32s' (hello, keys, jwks, sign, login, lock, status)", opname);
 	if (r < 0)
 		goto error;
+	audit_fill(env, req, resp, 0, audit);
 	json_decref(req);
+	if (ref != NULL)
+		env->release(ref);
 	return proto_finish(resp, ret_resp, ret_len);
 error:
 	json_decref(resp);
+	audit_fill(env, req, NULL, r, audit);
 	r = proto_error_line(id, r, err_msg(), ret_resp, ret_len);
 	json_decref(req);
+	if (ref != NULL)
+		env->release(ref);
 	return r;
 }

@@ -66,7 +66,16 @@ struct srv {
 	struct conn *conns;
 	size_t nconns;
 	_Atomic bool stopping, quit;
+	/* counters for srv_get_stats() */
+	_Atomic uint64_t n_requests, n_accepted, n_refused;
+	_Atomic uint64_t n_errors[SRV_NCODES];
 };
+
+static void count_error(srv *s, int code)
+{
+	if (code < 0 && -code < SRV_NCODES)
+		atomic_fetch_add_explicit(&s->n_errors[-code], 1, memory_order_relaxed);
+}
 
 /* epoll tags for the non-connection fds */
 static char tag_listen, tag_wake;
@@ -190,7 +199,11 @@ static void conn_rearm(srv *s, struct conn *c)
 		ev |= c->wr_shut ? EPOLLIN : 0;
 	else if (!c->eof && c->in_len < IN_CAP)
 		ev |= EPOLLIN;
-	if (c->out_len > c->out_off)
+	/* complete lines left because the output was over OUT_HIGH: once it
+	 * drains, no more input may come to wake us, so ask for a writable
+	 * event (at once if the socket has room) and serve them then */
+	if (c->out_len > c->out_off ||
+	    (c->state == C_OPEN && c->in_len && memchr(c->in, '\n', c->in_len)))
 		ev |= EPOLLOUT;
 	e = (struct epoll_event){ .events = ev, .data.ptr = c };
 	epoll_ctl(s->ep, EPOLL_CTL_MOD, c->fd, &e);
@@ -347,6 +360,7 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 {
 	while (c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *nl = c->in_len ? memchr(c->in, '\n', c->in_len) : NULL;
+		proto_audit aud = { 0 };
 		char *resp = NULL;
 		size_t len, rlen = 0;
 
@@ -354,6 +368,7 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 			if (c->in_len == IN_CAP) {
 				srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
 					(unsigned)c->peer.uid, (int)c->peer.pid);
+				count_error(s, P11J_E_REQUEST_TOO_LARGE);
 				return conn_fatal(c, P11J_E_REQUEST_TOO_LARGE,
 						  "request line over 65536 bytes; closing");
 			}
@@ -362,8 +377,25 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 		if (atomic_load(&s->stopping) && c->answered_in_stop)
 			break; /* stopping: the line being served was answered */
 		len = (size_t)(nl - c->in);
-		if (proto_handle(s->cfg.env, &c->peer, c->in, len, &resp, &rlen) < 0)
+		if (proto_handle_ex(s->cfg.env, &c->peer, c->in, len, &aud, &resp, &rlen) < 0) {
+			proto_audit_clear(&aud);
 			return -1; /* out of memory: drop this client */
+		}
+		if (aud.fields != NULL && s->cfg.audit != NULL &&
+		    s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud) < 0 && aud.result == 0) {
+			/* fail closed: the JWT is not handed out without its record */
+			freezero_buf(resp, rlen);
+			resp = NULL;
+			aud.result = P11J_E_INTERNAL;
+			if (proto_error_line(NULL, P11J_E_INTERNAL, "cannot write the audit record",
+					     &resp, &rlen) < 0) {
+				proto_audit_clear(&aud);
+				return -1;
+			}
+		}
+		atomic_fetch_add_explicit(&s->n_requests, 1, memory_order_relaxed);
+		count_error(s, aud.result);
+		proto_audit_clear(&aud);
 		c->in_len -= len + 1;
 		memmove(c->in, nl + 1, c->in_len);
 		memset(c->in + c->in_len, 0, len + 1); /* the request leaves the buffer */
@@ -399,6 +431,7 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 	if (kick == KICK_LINE && c->state == C_OPEN) {
 		srv_log(s, LOG_WARNING, "uid %u pid %d: half a request line for over %u ms, dropped",
 			(unsigned)c->peer.uid, (int)c->peer.pid, s->line_timeout);
+		count_error(s, P11J_E_BAD_REQUEST);
 		if (conn_fatal(c, P11J_E_BAD_REQUEST,
 			       "request line not finished in time; closing") < 0)
 			goto close;
@@ -435,6 +468,8 @@ static void refuse(srv *s, int fd, const char *msg)
 	char *resp = NULL;
 	size_t rlen = 0;
 
+	atomic_fetch_add_explicit(&s->n_refused, 1, memory_order_relaxed);
+	count_error(s, P11J_E_BUSY);
 	if (proto_error_line(NULL, P11J_E_BUSY, msg, &resp, &rlen) == 0)
 		(void)send(fd, resp, rlen, MSG_NOSIGNAL | MSG_DONTWAIT);
 	free(resp);
@@ -495,6 +530,7 @@ static void srv_accept(srv *s)
 			continue;
 		}
 		pthread_mutex_unlock(&s->mu);
+		atomic_fetch_add_explicit(&s->n_accepted, 1, memory_order_relaxed);
 	}
 }
 
@@ -618,6 +654,19 @@ void srv_stop(srv *s)
 	(void)n;
 }
 
+void srv_get_stats(srv *s, srv_stats *ret)
+{
+	memset(ret, 0, sizeof(*ret));
+	ret->requests = atomic_load(&s->n_requests);
+	ret->accepted = atomic_load(&s->n_accepted);
+	ret->refused = atomic_load(&s->n_refused);
+	for (int i = 0; i < SRV_NCODES; i++)
+		ret->errors[i] = atomic_load_explicit(&s->n_errors[i], memory_order_relaxed);
+	pthread_mutex_lock(&s->mu);
+	ret->connections = s->nconns;
+	pthread_mutex_unlock(&s->mu);
+}
+
 int srv_run(srv *s)
 {
 	pthread_t *th = calloc(s->nworkers, sizeof(*th));
@@ -652,6 +701,8 @@ int srv_run(srv *s)
 			 * it is serving, then closes (woken by the read shutdown) */
 			atomic_store(&s->stopping, true);
 			deadline = now + STOP_DEADLINE_MS;
+			if (s->cfg.on_stopping != NULL)
+				s->cfg.on_stopping(s->cfg.stopping_ud);
 			epoll_ctl(s->ep, EPOLL_CTL_DEL, s->listen_fd, NULL);
 			epoll_ctl(s->ep, EPOLL_CTL_DEL, s->wake[0], NULL);
 			pthread_mutex_lock(&s->mu);

@@ -16,6 +16,7 @@
 #define P11J_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "agent/proto.h"
 
 typedef void (*srv_log_fn)(int level, const char *msg);
@@ -27,7 +28,26 @@ typedef struct {
 	unsigned line_timeout_ms; /* a partial line older than this drops the client
 				     (0: SRV_LINE_TIMEOUT_MS) */
 	srv_log_fn log;
+	/* Called on the serving thread for each audited request (sign, login,
+	 * lock) before its answer is queued. A failure turns a successful
+	 * answer into an "internal" error: no JWT leaves without its record. */
+	int (*audit)(void *ud, const proto_peer *peer, const proto_audit *a);
+	void *audit_ud;
+	/* Called once when srv_stop() takes effect (sd_notify STOPPING=1). */
+	void (*on_stopping)(void *ud);
+	void *stopping_ud;
 } srv_config;
+
+#define SRV_NCODES 64 /* errors[-code] for P11J_E_* codes */
+
+/* Counters since srv_new(), for the "status" op. */
+typedef struct {
+	uint64_t requests;            /* request lines answered */
+	uint64_t errors[SRV_NCODES];  /* error answers by -P11J_E_* code */
+	uint64_t accepted;            /* connections accepted */
+	uint64_t refused;             /* connections refused (busy) */
+	size_t connections;           /* connections open now */
+} srv_stats;
 
 #define SRV_LINE_TIMEOUT_MS 10000
 #define SRV_SEND_TIMEOUT_MS 30000 /* an unread answer older than this drops the client */
@@ -44,6 +64,8 @@ int srv_new(const srv_config *cfg, int listen_fd, srv **ret);
 int srv_run(srv *s);
 /* Async-signal-safe: wakes srv_run() to shut down. */
 void srv_stop(srv *s);
+/* A snapshot of the counters (thread-safe). */
+void srv_get_stats(srv *s, srv_stats *ret);
 void srv_free(srv *s);
 
 #endif

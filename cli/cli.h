@@ -66,6 +66,11 @@ int cmd_verify(cli_ctx *ctx, int argc, char **argv);
 int cmd_token(cli_ctx *ctx, int argc, char **argv);
 int cmd_call(cli_ctx *ctx, int argc, char **argv);
 int cmd_cache(cli_ctx *ctx, int argc, char **argv);
+/* cmd_pin.c: the agent's PIN lifecycle */
+int cmd_login(cli_ctx *ctx, int argc, char **argv);
+int cmd_lock(cli_ctx *ctx, int argc, char **argv);
+/* cmd_status.c */
+int cmd_status(cli_ctx *ctx, int argc, char **argv);
 /* cmd_admin.c: talk to the token directly, not to the agent */
 int cmd_keygen(cli_ctx *ctx, int argc, char **argv);
 int cmd_csr(cli_ctx *ctx, int argc, char **argv);

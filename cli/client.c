@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "cli/client.h"
 #include "common/err.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -293,7 +294,7 @@ out:
 		*origin = where;
 	if (fd >= 0)
 		close(fd);
-	free(line);
+	freezero_str(line); /* may carry a PIN (login) */
 	free(answer);
 	json_decref(id);
 	json_decref(resp);

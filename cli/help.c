@@ -94,6 +94,25 @@ static const struct cli_cmd_doc {
 	  "rather than a JWKS (Microsoft Entra, Salesforce). With --store it is also\n"
 	  "written to the token next to the key; after an agent restart `p11jwt keys`\n"
 	  "shows it and `sign --x5t/--x5t-s256/--x5c` can use it." },
+	{ "login", "login [--token URI]",
+	  "give the agent the token's PIN",
+	  "Ask for the token's PIN (without echo on a terminal; otherwise one line\n"
+	  "of standard input) and send it to the agent, which logs in and keeps it\n"
+	  "in locked memory to log in again after the token comes back. An empty\n"
+	  "PIN uses the reader's PIN pad. A PIN the token rejected once is never\n"
+	  "sent to the token again (pin_incorrect). Only the agent's own user and\n"
+	  "root may do this." },
+	{ "lock", "lock [--token URI]",
+	  "log the agent out and wipe its PIN",
+	  "Log the agent out of the token (C_Logout) and wipe the PIN it keeps.\n"
+	  "Keys are still listed; signing answers pin_required until\n"
+	  "`p11jwt login`." },
+	{ "status", "status [--json]",
+	  "show the agent's state and counters",
+	  "Show the agent's version and uptime, each token's state (ready, locked\n"
+	  "or unavailable), the number of keys, the requests answered since it\n"
+	  "started, its error answers by code, and its connections (open now,\n"
+	  "accepted, refused). Only the agent's own user and root may ask." },
 	{ "cache", "cache list|clear [--json]",
 	  "list or clear cached access tokens",
 	  "list: one line per cached token (token URL, client id, key, subject,\n"
@@ -183,6 +202,9 @@ static const struct cli_opt_doc {
 	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
 	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },
 	{ "cache", "json", 0, NULL, "list as JSON" },
+	{ "status", "json", 0, NULL, "print the agent's answer as JSON" },
+	{ "login lock", "token", 0, "URI", "PKCS#11 URI of the agent's token (default: the\n"
+				   "one it serves)" },
 	{ "keygen csr cert", "module", 0, "PATH", "PKCS#11 module (default: the URI's module-path,\n"
 					      "else p11-kit's registered modules); accepted only\n"
 					      "under /usr/lib*/, /usr/local/lib*/ or --module-allow" },

@@ -73,7 +73,8 @@ static const struct {
 	{ "keys", cmd_keys },	  { "jwks", cmd_jwks },	    { "sign", cmd_sign },
 	{ "decode", cmd_decode }, { "verify", cmd_verify }, { "token", cmd_token },
 	{ "call", cmd_call },	  { "cache", cmd_cache },	    { "keygen", cmd_keygen },
-	{ "csr", cmd_csr },	  { "cert", cmd_cert },
+	{ "csr", cmd_csr },	  { "cert", cmd_cert },	    { "login", cmd_login },
+	{ "lock", cmd_lock },	  { "status", cmd_status },
 };
 
 int main(int argc, char **argv)

@@ -12,6 +12,9 @@
  * software-hash + DigestInfo + CKM_RSA_PKCS fallback. For tests only. */
 void tok_test_force_raw_rsa(tok_ctx *ctx, bool on);
 
+/* Let the next call after a fault try to recover at once (no back-off). */
+void tok_test_recover_now(tok_ctx *ctx);
+
 /* Number of sessions the pool has open right now. */
 size_t tok_test_open_sessions(tok_ctx *ctx);
 

@@ -19,11 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/param_build.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <p11-kit/p11-kit.h>
@@ -56,8 +60,12 @@ struct tok_key {
 	jwa_keykind kind;
 	bool unsafe;
 	unsigned algs;
-	size_t sig_len;        /* exact length of a signature */
-	CK_OBJECT_HANDLE priv; /* CK_INVALID_HANDLE when opened without login */
+	size_t sig_len; /* exact length of a signature */
+	/* CK_INVALID_HANDLE while locked (or no usable private key); valid for
+	 * one login only: found again after login and recovery. Read under
+	 * op_lock (shared), written under op_lock (exclusive). */
+	CK_OBJECT_HANDLE priv;
+	bool always_auth; /* CKA_ALWAYS_AUTHENTICATE: context login per C_Sign */
 };
 
 enum { MOD_SKIPPED = 0, MOD_SHARED = 1, MOD_OURS = 2 };
@@ -73,6 +81,9 @@ struct tok_ctx {
 
 	bool logged_in;
 	bool no_login;
+	bool allow_unsafe;
+	size_t mod_idx;      /* ctx->f is ctx->mods[mod_idx] */
+	bool reinit_pending; /* C_Finalize + C_Initialize at the next recovery */
 	bool force_raw_rsa;
 	bool mech_sha_rsa[3]; /* CKM_SHA{256,384,512}_RSA_PKCS */
 	bool mech_pss[3];     /* CKM_SHA{256,384,512}_RSA_PKCS_PSS */
@@ -88,6 +99,21 @@ struct tok_ctx {
 	size_t nfree;
 	size_t nopen;
 	bool locks_ok;
+
+	/* PIN lifecycle and recovery. op_lock is held shared by each signature
+	 * for its PKCS#11 calls and exclusively by login, lock and recovery,
+	 * which change sessions, handles and the cached PIN. state_mu guards
+	 * tstate, recovering and next_try_ms, so that callers can fail fast
+	 * without waiting for op_lock. */
+	pthread_rwlock_t op_lock;
+	pthread_mutex_t state_mu;
+	tok_state tstate;
+	bool recovering;
+	uint64_t next_try_ms; /* no recovery attempt before this */
+	char *pin;            /* mlock()ed page, TOK_PIN_MAX + 1 bytes */
+	size_t pin_len;
+	bool pin_cached;
+	bool pinpad; /* logged in through the protected authentication path */
 
 	tok_log_fn log;
 	void *log_ud;
@@ -492,6 +518,7 @@ static int token_find(tok_ctx *ctx, P11KitUri *uri, const char *uri_shown)
 			if (!p11_kit_uri_match_token_info(uri, &ti))
 				continue;
 			ctx->f = m;
+			ctx->mod_idx = i;
 			ctx->slot = slots[j];
 			ctx->ti = ti;
 			memcpy(ctx->label, lbl, sizeof(lbl));
@@ -589,16 +616,25 @@ out:
 	return r;
 }
 
-/* PIN from the config's file, the URI's pin-source or pin-value, or
- * P11JWT_PIN. *ret is NULL when there is none. */
+/* PIN from the config's file, systemd's credential "pin", the URI's
+ * pin-source or pin-value, or P11JWT_PIN. *ret is NULL when there is none. */
 static int pin_get(const tok_config *cfg, P11KitUri *uri, const char *uri_pin, char **ret)
 {
-	const char *src;
+	const char *src, *creds = getenv("CREDENTIALS_DIRECTORY");
 	char *pin = NULL;
 
 	*ret = NULL;
 	if (cfg->pin_file != NULL)
 		return pin_from_file(cfg->pin_file, ret);
+	/* LoadCredential=pin:... or SetCredentialEncrypted=pin:...; another
+	 * credential directory without a "pin" falls through. */
+	if (creds != NULL && creds[0] == '/') {
+		char path[PATH_MAX];
+
+		if (snprintf(path, sizeof(path), "%s/pin", creds) < (int)sizeof(path) &&
+		    access(path, F_OK) == 0)
+			return pin_from_file(path, ret);
+	}
 	src = p11_kit_uri_get_pin_source(uri);
 	if (src != NULL) {
 		if (strncmp(src, "file:", 5) == 0) {
@@ -625,24 +661,33 @@ static int pin_get(const tok_config *cfg, P11KitUri *uri, const char *uri_pin, c
 	return 0;
 }
 
-/* PINs a token has rejected in this process, as SHA-256(serial, label, PIN):
- * the same wrong PIN is never sent twice (pkcs11-provider does the same),
- * because every wrong try brings a smartcard closer to locking. */
+/* PINs a token has rejected in this process, as SHA-256(salt, serial,
+ * label, PIN) with a random salt per process (so the list is no dictionary
+ * target): the same wrong PIN is never sent twice (pkcs11-provider does the
+ * same), because every wrong try brings a smartcard closer to locking. */
 #define TOK_BADPIN_MAX 16
 static pthread_mutex_t badpin_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t badpin[TOK_BADPIN_MAX][32];
 static size_t badpin_n;
+static uint8_t badpin_salt[32];
+static bool badpin_salted;
 
-static void badpin_digest(const tok_ctx *ctx, const char *pin, uint8_t out[32])
+static void badpin_digest(const tok_ctx *ctx, const char *pin, size_t pin_len, uint8_t out[32])
 {
-	EVP_MD_CTX *mc = EVP_MD_CTX_new();
+	EVP_MD_CTX *mc;
 	unsigned int len = 0;
 
+	pthread_mutex_lock(&badpin_mu);
+	if (!badpin_salted && RAND_bytes(badpin_salt, sizeof(badpin_salt)) == 1)
+		badpin_salted = true;
+	pthread_mutex_unlock(&badpin_mu);
 	memset(out, 0, 32);
+	mc = EVP_MD_CTX_new();
 	if (mc != NULL && EVP_DigestInit_ex(mc, EVP_sha256(), NULL) &&
+	    EVP_DigestUpdate(mc, badpin_salt, sizeof(badpin_salt)) &&
 	    EVP_DigestUpdate(mc, ctx->ti.serialNumber, sizeof(ctx->ti.serialNumber)) &&
 	    EVP_DigestUpdate(mc, ctx->ti.label, sizeof(ctx->ti.label)) &&
-	    EVP_DigestUpdate(mc, pin, strlen(pin)))
+	    EVP_DigestUpdate(mc, pin, pin_len))
 		EVP_DigestFinal_ex(mc, out, &len);
 	EVP_MD_CTX_free(mc);
 }
@@ -667,48 +712,126 @@ static void badpin_add(const uint8_t d[32])
 	pthread_mutex_unlock(&badpin_mu);
 }
 
-static int login(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, const char *uri_pin,
-                 CK_SESSION_HANDLE s)
+/* The cached PIN lives in its own page: mlock()ed so it is never swapped
+ * out, MADV_DONTDUMP so it is in no core dump (the agent is not dumpable
+ * anyway). mlock() can fail under a small RLIMIT_MEMLOCK: then it warns. */
+static int pin_store_init(tok_ctx *ctx)
 {
-	char *pin = NULL;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = TOK_PIN_MAX + 1;
+	void *p;
+
+	len = (len + pg - 1) / pg * pg;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return err_set(P11J_E_NOMEM, "cannot map memory for the PIN: %s", strerror(errno));
+#ifdef MADV_DONTDUMP
+	(void)madvise(p, len, MADV_DONTDUMP);
+#endif
+	if (mlock(p, len) < 0)
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "cannot lock the PIN's memory (%s); it could be swapped out",
+		        strerror(errno));
+	ctx->pin = p;
+	return 0;
+}
+
+static void pin_store_wipe(tok_ctx *ctx)
+{
+	if (ctx->pin != NULL)
+		OPENSSL_cleanse(ctx->pin, TOK_PIN_MAX + 1);
+	ctx->pin_len = 0;
+	ctx->pin_cached = false;
+	ctx->pinpad = false;
+}
+
+static void pin_store_free(tok_ctx *ctx)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = TOK_PIN_MAX + 1;
+
+	if (ctx->pin == NULL)
+		return;
+	pin_store_wipe(ctx);
+	len = (len + pg - 1) / pg * pg;
+	munlock(ctx->pin, len);
+	munmap(ctx->pin, len);
+	ctx->pin = NULL;
+}
+
+/* C_Login(CKU_USER) on session s with pin (NULL: the protected
+ * authentication path), never twice with a PIN the token rejected; on
+ * success the PIN is cached for logging in again after a fault. */
+static int session_login(tok_ctx *ctx, CK_SESSION_HANDLE s, const char *pin, size_t len)
+{
 	uint8_t digest[32];
 	CK_RV rv;
 	int r;
 
-	r = pin_get(cfg, uri, uri_pin, &pin);
-	if (r < 0)
-		return r;
+	if (pin != NULL && (len == 0 || len > TOK_PIN_MAX))
+		return err_set(P11J_E_PIN_INCORRECT, "a PIN must be 1 to %d bytes", TOK_PIN_MAX);
 	if (pin == NULL) {
-		if (ctx->ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH) {
-			rv = ctx->f->C_Login(s, CKU_USER, NULL, 0);
-			goto done;
-		}
-		if (!(ctx->ti.flags & CKF_LOGIN_REQUIRED))
-			return 0;
-		return err_set(P11J_E_PIN_REQUIRED,
-		               "token '%s' needs a PIN: give a PIN file, a pin-source in the URI, "
-		               "or set P11JWT_PIN",
-		               ctx->label);
+		rv = ctx->f->C_Login(s, CKU_USER, NULL, 0);
+		r = tok_ck(ctx, "C_Login", rv);
+		if (r < 0)
+			return r;
+		pin_store_wipe(ctx);
+		ctx->pinpad = true;
+		ctx->logged_in = true;
+		return 0;
 	}
-	badpin_digest(ctx, pin, digest);
+	badpin_digest(ctx, pin, len, digest);
 	if (badpin_known(digest)) {
-		freezero_str(pin);
+		OPENSSL_cleanse(digest, sizeof(digest));
 		return err_set(P11J_E_PIN_INCORRECT,
 		               "token '%s' already rejected this PIN; not "
 		               "trying it again (CKR_PIN_INCORRECT)",
 		               ctx->label);
 	}
-	rv = ctx->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin));
-	freezero_str(pin);
+	rv = ctx->f->C_Login(s, CKU_USER, (CK_UTF8CHAR *)pin, (CK_ULONG)len);
 	if (rv == CKR_PIN_INCORRECT)
 		badpin_add(digest);
-done:
 	OPENSSL_cleanse(digest, sizeof(digest));
 	r = tok_ck(ctx, "C_Login", rv);
 	if (r < 0)
 		return r;
+	if (pin != ctx->pin) {
+		pin_store_wipe(ctx);
+		memcpy(ctx->pin, pin, len);
+		ctx->pin[len] = '\0';
+		ctx->pin_len = len;
+	}
+	ctx->pin_cached = true;
 	ctx->logged_in = true;
 	return 0;
+}
+
+/* Login at open. *ret_locked: no PIN anywhere and cfg->allow_locked. */
+static int login(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, const char *uri_pin,
+                 CK_SESSION_HANDLE s, bool *ret_locked)
+{
+	char *pin = NULL;
+	int r;
+
+	*ret_locked = false;
+	r = pin_get(cfg, uri, uri_pin, &pin);
+	if (r < 0)
+		return r;
+	if (pin == NULL) {
+		if (ctx->ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH)
+			return session_login(ctx, s, NULL, 0);
+		if (!(ctx->ti.flags & CKF_LOGIN_REQUIRED))
+			return 0;
+		if (cfg->allow_locked) {
+			*ret_locked = true;
+			return 0;
+		}
+		return err_set(P11J_E_PIN_REQUIRED,
+		               "token '%s' needs a PIN: give a PIN file, a pin-source in the URI, "
+		               "or set P11JWT_PIN",
+		               ctx->label);
+	}
+	r = session_login(ctx, s, pin, strlen(pin));
+	freezero_str(pin);
+	return r;
 }
 
 /* ---- object attributes ----------------------------------------------- */
@@ -1143,6 +1266,13 @@ static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK
 			tok_log(ctx, TOK_LOG_WARNING,
 			        "serving key '%s' although its private key is %s", k->name,
 			        extractable != CK_FALSE ? "extractable" : "not sensitive");
+		{
+			CK_BBOOL always = CK_FALSE;
+
+			if ((r = attr_fixed(ctx, s, o, CKA_ALWAYS_AUTHENTICATE, &always, 1)) < 0)
+				goto out;
+			k->always_auth = always == CK_TRUE;
+		}
 		r = object_peer(ctx, s, CKO_PUBLIC_KEY, k->id, k->id_len, k->name, &pubo);
 	} else if (cls == CKO_PUBLIC_KEY) {
 		pubo = o;
@@ -1251,14 +1381,15 @@ static bool id_known(const tok_ctx *ctx, const uint8_t *id, size_t id_len)
 	return false;
 }
 
-static int keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_SESSION_HANDLE s)
+static int keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_SESSION_HANDLE s,
+                          bool public_only)
 {
 	/* With no_login the private keys are invisible; the public halves
 	 * (then certificates with no public key object) stand in for them. */
 	static const CK_OBJECT_CLASS with_login[] = {CKO_PRIVATE_KEY};
 	static const CK_OBJECT_CLASS without[] = {CKO_PUBLIC_KEY, CKO_CERTIFICATE};
-	const CK_OBJECT_CLASS *classes = ctx->no_login ? without : with_login;
-	size_t nclasses = ctx->no_login ? 2 : 1, c, i;
+	const CK_OBJECT_CLASS *classes = public_only ? without : with_login;
+	size_t nclasses = public_only ? 2 : 1, c, i;
 	CK_ATTRIBUTE tmpl[4];
 	CK_ATTRIBUTE *ua;
 	CK_BBOOL yes = CK_TRUE;
@@ -1292,7 +1423,7 @@ static int keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, C
 				goto out;
 			if (k == NULL)
 				continue;
-			if (ctx->no_login && id_known(ctx, k->id, k->id_len)) {
+			if (public_only && id_known(ctx, k->id, k->id_len)) {
 				key_free(k);
 				continue;
 			}
@@ -1306,6 +1437,80 @@ static int keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, C
 out:
 	free(v);
 	return r;
+}
+
+/* The private key of a key listed while locked, or listed before the token
+ * went away: found again by CKA_ID (else label), since object handles are
+ * valid for one session and login only. The same safety checks as at open
+ * apply: the key stays unusable (priv invalid) if they fail. */
+static int key_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s, tok_key *k)
+{
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_BBOOL yes = CK_TRUE, extractable = CK_TRUE, sensitive = CK_FALSE, always = CK_FALSE;
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_SIGN, &yes, sizeof(yes)}};
+	CK_OBJECT_HANDLE *v = NULL, o;
+	size_t nv = 0;
+	int r;
+
+	k->priv = CK_INVALID_HANDLE;
+	k->always_auth = false;
+	if (k->id_len > 0)
+		tmpl[2] = (CK_ATTRIBUTE){CKA_ID, k->id, k->id_len};
+	else
+		tmpl[2] = (CK_ATTRIBUTE){CKA_LABEL, k->name, strlen(k->name)};
+	r = objects_find(ctx, s, tmpl, 3, &v, &nv);
+	if (r < 0)
+		return r;
+	if (nv == 0) {
+		tok_log(ctx, TOK_LOG_WARNING, "key '%s' has no private key on token '%s'", k->name,
+		        ctx->label);
+		goto out;
+	}
+	o = v[0];
+	if ((r = attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0 ||
+	    (r = attr_fixed(ctx, s, o, CKA_EXTRACTABLE, &extractable, 1)) < 0 ||
+	    (r = attr_fixed(ctx, s, o, CKA_SENSITIVE, &sensitive, 1)) < 0 ||
+	    (r = attr_fixed(ctx, s, o, CKA_ALWAYS_AUTHENTICATE, &always, 1)) < 0)
+		goto out;
+	if (kt != (CK_KEY_TYPE)-1 && (kt == CKK_RSA) != (k->kind == KEYKIND_RSA)) {
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "key '%s': the private key's type does not match its public key", k->name);
+		goto out;
+	}
+	k->unsafe = extractable != CK_FALSE || sensitive == CK_FALSE;
+	if (k->unsafe && !ctx->allow_unsafe) {
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "not signing with key '%s' on token '%s': the private key is %s "
+		        "(allow with --allow-unsafe-keys)",
+		        k->name, ctx->label,
+		        extractable != CK_FALSE ? "extractable" : "not sensitive");
+		goto out;
+	}
+	k->always_auth = always == CK_TRUE;
+	k->priv = o;
+out:
+	free(v);
+	return r;
+}
+
+static int keys_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < ctx->nkeys; i++)
+		if ((r = key_resolve(ctx, s, ctx->keys[i])) < 0)
+			return r;
+	return 0;
+}
+
+static void keys_forget(tok_ctx *ctx)
+{
+	size_t i;
+
+	for (i = 0; i < ctx->nkeys; i++)
+		ctx->keys[i]->priv = CK_INVALID_HANDLE;
 }
 
 /* ---- session pool ---------------------------------------------------- */
@@ -1363,6 +1568,371 @@ static void pool_drop(tok_ctx *ctx, CK_SESSION_HANDLE h)
 	pthread_mutex_unlock(&ctx->mu);
 }
 
+/* ---- state, login, lock, recovery ------------------------------------- */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void state_set(tok_ctx *ctx, tok_state st)
+{
+	pthread_mutex_lock(&ctx->state_mu);
+	ctx->tstate = st;
+	pthread_mutex_unlock(&ctx->state_mu);
+}
+
+tok_state tok_get_state(tok_ctx *ctx)
+{
+	tok_state st;
+
+	pthread_mutex_lock(&ctx->state_mu);
+	st = ctx->tstate;
+	pthread_mutex_unlock(&ctx->state_mu);
+	return st;
+}
+
+const char *tok_state_name(tok_state st)
+{
+	switch (st) {
+	case TOK_READY:
+		return "ready";
+	case TOK_LOCKED:
+		return "locked";
+	default:
+		return "unavailable";
+	}
+}
+
+/* A call failed in a way that says the device or our sessions are gone:
+ * from now on callers fail fast until a recovery succeeds. Logged once. */
+static void mark_unavailable(tok_ctx *ctx, const char *why)
+{
+	bool was;
+
+	pthread_mutex_lock(&ctx->state_mu);
+	was = ctx->tstate == TOK_UNAVAILABLE;
+	ctx->tstate = TOK_UNAVAILABLE;
+	pthread_mutex_unlock(&ctx->state_mu);
+	if (!was)
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "%s; signing answers token_unavailable until the token is back "
+		        "(checked at most every %d ms)",
+		        why, TOK_RECOVER_MS);
+}
+
+bool tok_matches(const tok_ctx *ctx, const char *uri)
+{
+	P11KitUri *u;
+	bool ok;
+
+	if (uri == NULL || uri[0] == '\0')
+		return true;
+	u = p11_kit_uri_new();
+	if (u == NULL)
+		return false;
+	ok = p11_kit_uri_parse(uri, P11_KIT_URI_FOR_TOKEN, u) == P11_KIT_URI_OK &&
+	     p11_kit_uri_match_token_info(u, &ctx->ti);
+	p11_kit_uri_free(u);
+	return ok;
+}
+
+/* Close what the pool holds; exclusive op_lock, so nothing is in use. Errors
+ * are expected (the sessions are usually gone already). */
+static void pool_flush(tok_ctx *ctx)
+{
+	size_t i;
+
+	pthread_mutex_lock(&ctx->mu);
+	for (i = 0; i < ctx->nfree; i++)
+		ctx->f->C_CloseSession(ctx->free_s[i]);
+	ctx->nopen -= ctx->nfree;
+	ctx->nfree = 0;
+	pthread_cond_broadcast(&ctx->cv);
+	pthread_mutex_unlock(&ctx->mu);
+}
+
+/* The same token (label, manufacturer, model, serial) again: after a
+ * reconnect it may sit in another slot. 1 found, 0 not present. */
+static int token_refind(tok_ctx *ctx)
+{
+	CK_SLOT_ID *slots = NULL;
+	CK_ULONG ns = 0, j;
+	CK_RV rv;
+	int r = 0;
+
+	rv = ctx->f->C_GetSlotList(CK_TRUE, NULL, &ns);
+	if (rv == CKR_OK && ns > 0) {
+		slots = calloc(ns, sizeof(*slots));
+		if (slots == NULL)
+			return err_set(P11J_E_NOMEM, "out of memory");
+		rv = ctx->f->C_GetSlotList(CK_TRUE, slots, &ns);
+	}
+	if (rv != CKR_OK) {
+		r = tok_ck(ctx, "C_GetSlotList", rv);
+		goto out;
+	}
+	for (j = 0; j < ns; j++) {
+		CK_TOKEN_INFO ti;
+
+		if (ctx->f->C_GetTokenInfo(slots[j], &ti) != CKR_OK)
+			continue;
+		if (memcmp(ti.label, ctx->ti.label, sizeof(ti.label)) == 0 &&
+		    memcmp(ti.serialNumber, ctx->ti.serialNumber, sizeof(ti.serialNumber)) == 0 &&
+		    memcmp(ti.manufacturerID, ctx->ti.manufacturerID, sizeof(ti.manufacturerID)) ==
+		        0 &&
+		    memcmp(ti.model, ctx->ti.model, sizeof(ti.model)) == 0) {
+			ctx->slot = slots[j];
+			ctx->ti.flags = ti.flags;
+			r = 1;
+			goto out;
+		}
+	}
+out:
+	free(slots);
+	return r;
+}
+
+/* One attempt to get back to a logged-in token with usable handles; the
+ * caller holds op_lock exclusively. Sets the state. */
+static int reopen_once(tok_ctx *ctx, bool *ret_absent)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_RV rv;
+	int r;
+
+	*ret_absent = false;
+	r = token_refind(ctx);
+	if (r < 0)
+		return r;
+	if (r == 0) {
+		*ret_absent = true;
+		return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is not present", ctx->label);
+	}
+	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+	if (rv != CKR_OK)
+		return tok_ck(ctx, "C_OpenSession", rv);
+	pthread_mutex_lock(&ctx->mu);
+	ctx->nopen++;
+	pthread_mutex_unlock(&ctx->mu);
+	ctx->logged_in = false;
+	keys_forget(ctx);
+	if (ctx->pin_cached || ctx->pinpad) {
+		r = session_login(ctx, s, ctx->pinpad ? NULL : ctx->pin, ctx->pin_len);
+		if (r == P11J_E_PIN_INCORRECT) {
+			/* The PIN was changed meanwhile: never send it again. */
+			tok_log(ctx, TOK_LOG_WARNING,
+			        "token '%s' is back but refused the cached PIN (%s); locked",
+			        ctx->label, err_msg());
+			pin_store_wipe(ctx);
+			pool_put(ctx, s);
+			state_set(ctx, TOK_LOCKED);
+			return 0;
+		}
+		if (r < 0)
+			goto fail;
+	}
+	if (ctx->logged_in || !(ctx->ti.flags & CKF_LOGIN_REQUIRED)) {
+		r = keys_resolve(ctx, s);
+		if (r < 0)
+			goto fail;
+		pool_put(ctx, s);
+		state_set(ctx, TOK_READY);
+		return 0;
+	}
+	/* No PIN kept (locked while the token was away): make sure the
+	 * token's login state agrees with ours. */
+	(void)ctx->f->C_Logout(s);
+	pool_put(ctx, s);
+	state_set(ctx, TOK_LOCKED);
+	return 0;
+fail:
+	pool_drop(ctx, s);
+	return r;
+}
+
+/* Exclusive op_lock held. A module whose transport broke (p11-kit-client
+ * after its server went away) answers every call with CKR_DEVICE_ERROR or
+ * CKR_DEVICE_REMOVED until it is initialised again, and initialised while
+ * its server is away it shows no slot until the next C_Initialize: one we
+ * initialised ourselves is finalized and initialised again, and again at
+ * each attempt until the token is back. A module that merely shows the
+ * token absent (a card pulled out) is left alone. */
+static int reopen(tok_ctx *ctx)
+{
+	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+	bool absent = false, ours = ctx->state[ctx->mod_idx] == MOD_OURS;
+	CK_RV rv;
+	int r;
+
+	pool_flush(ctx);
+	if (!ctx->reinit_pending) {
+		r = reopen_once(ctx, &absent);
+		if (r >= 0 || r != P11J_E_TOKEN_UNAVAILABLE || absent || !ours)
+			return r;
+		tok_log(ctx, TOK_LOG_INFO, "initialising the PKCS#11 module again (%s)", err_msg());
+	}
+	ctx->f->C_Finalize(NULL);
+	pthread_mutex_lock(&ctx->mu);
+	ctx->nopen = 0; /* C_Finalize closed every session */
+	pthread_mutex_unlock(&ctx->mu);
+	ctx->reinit_pending = true;
+	rv = ctx->f->C_Initialize(&args);
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		(void)tok_ck(ctx, "C_Initialize", rv);
+		return P11J_E_TOKEN_UNAVAILABLE;
+	}
+	r = reopen_once(ctx, &absent);
+	if (r >= 0)
+		ctx->reinit_pending = false;
+	return r;
+}
+
+/* Try to recover if nobody else is and the back-off allows (force: login
+ * asks, back-off ignored). Returns 0 when the state changed from
+ * UNAVAILABLE (to READY or LOCKED), else P11J_E_TOKEN_UNAVAILABLE at once. */
+static int recover(tok_ctx *ctx, bool force, bool have_wrlock)
+{
+	uint64_t now = now_ms();
+	int r;
+
+	pthread_mutex_lock(&ctx->state_mu);
+	if (ctx->tstate != TOK_UNAVAILABLE) {
+		pthread_mutex_unlock(&ctx->state_mu);
+		return 0;
+	}
+	if (ctx->recovering || (!force && now < ctx->next_try_ms)) {
+		pthread_mutex_unlock(&ctx->state_mu);
+		return err_set(P11J_E_TOKEN_UNAVAILABLE,
+		               "token '%s' is unavailable (removed, or its device or sessions "
+		               "failed); trying again shortly",
+		               ctx->label);
+	}
+	ctx->recovering = true;
+	pthread_mutex_unlock(&ctx->state_mu);
+
+	if (!have_wrlock)
+		pthread_rwlock_wrlock(&ctx->op_lock);
+	r = reopen(ctx);
+	if (!have_wrlock)
+		pthread_rwlock_unlock(&ctx->op_lock);
+
+	pthread_mutex_lock(&ctx->state_mu);
+	ctx->recovering = false;
+	ctx->next_try_ms = now_ms() + TOK_RECOVER_MS;
+	pthread_mutex_unlock(&ctx->state_mu);
+	if (r < 0)
+		return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable: %s",
+		               ctx->label, err_msg());
+	tok_log(ctx, TOK_LOG_INFO, "token '%s' is back (%s)", ctx->label,
+	        tok_state_name(tok_get_state(ctx)));
+	return 0;
+}
+
+void tok_test_recover_now(tok_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->state_mu);
+	ctx->next_try_ms = 0;
+	pthread_mutex_unlock(&ctx->state_mu);
+}
+
+int tok_login(tok_ctx *ctx, const char *pin, size_t len)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	bool same;
+	int r;
+
+	if (ctx == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_login: no token");
+	if (pin != NULL && (len == 0 || len > TOK_PIN_MAX))
+		return err_set(P11J_E_BAD_REQUEST, "a PIN must be 1 to %d bytes", TOK_PIN_MAX);
+	if (pin == NULL && !(ctx->ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH))
+		return err_set(P11J_E_BAD_REQUEST,
+		               "token '%s' has no PIN pad (protected authentication path): "
+		               "give the PIN",
+		               ctx->label);
+	pthread_rwlock_wrlock(&ctx->op_lock);
+	if ((r = recover(ctx, true, true)) < 0)
+		goto out;
+	switch (tok_get_state(ctx)) {
+	case TOK_READY:
+		same = pin != NULL && ctx->pin_cached && len == ctx->pin_len &&
+		       CRYPTO_memcmp(pin, ctx->pin, len) == 0;
+		if (same || (pin == NULL && ctx->pinpad) ||
+		    (!ctx->logged_in && !(ctx->ti.flags & CKF_LOGIN_REQUIRED)))
+			r = 0;
+		else
+			r = err_set(P11J_E_BAD_REQUEST,
+			            "token '%s' is logged in already with another PIN; lock it "
+			            "first (p11jwt lock)",
+			            ctx->label);
+		goto out;
+	case TOK_LOCKED:
+		break;
+	default:
+		r = err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable", ctx->label);
+		goto out;
+	}
+	if ((r = pool_get(ctx, &s)) < 0)
+		goto fault;
+	r = session_login(ctx, s, pin, len);
+	if (r == 0)
+		r = keys_resolve(ctx, s);
+	if (r == 0) {
+		pool_put(ctx, s);
+		state_set(ctx, TOK_READY);
+		tok_log(ctx, TOK_LOG_INFO, "logged in to token '%s'", ctx->label);
+		goto out;
+	}
+	if (r == P11J_E_TOKEN_UNAVAILABLE) {
+		pool_drop(ctx, s);
+		goto fault;
+	}
+	pool_put(ctx, s);
+	goto out;
+fault:
+	if (r == P11J_E_TOKEN_UNAVAILABLE)
+		mark_unavailable(ctx, err_msg());
+out:
+	pthread_rwlock_unlock(&ctx->op_lock);
+	return r;
+}
+
+int tok_lock(tok_ctx *ctx)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_RV rv;
+	int r = 0;
+
+	if (ctx == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_lock: no token");
+	pthread_rwlock_wrlock(&ctx->op_lock);
+	pin_store_wipe(ctx);
+	keys_forget(ctx);
+	if (ctx->logged_in && tok_get_state(ctx) != TOK_UNAVAILABLE) {
+		if ((r = pool_get(ctx, &s)) == 0) {
+			rv = ctx->f->C_Logout(s);
+			if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN &&
+			    tok_ckr_to_err(rv) == P11J_E_TOKEN_UNAVAILABLE) {
+				pool_drop(ctx, s);
+				mark_unavailable(ctx, "C_Logout failed");
+			} else {
+				pool_put(ctx, s);
+			}
+		}
+		r = 0; /* locked either way: no PIN is kept */
+	}
+	ctx->logged_in = false;
+	if (tok_get_state(ctx) != TOK_UNAVAILABLE)
+		state_set(ctx, TOK_LOCKED);
+	tok_log(ctx, TOK_LOG_INFO, "token '%s' locked: PIN wiped", ctx->label);
+	pthread_rwlock_unlock(&ctx->op_lock);
+	return r;
+}
+
 /* ---- open / close ---------------------------------------------------- */
 
 static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
@@ -1372,6 +1942,7 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 	char *uri_pin = NULL, *shown = NULL;
 	const char *ustr;
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	bool locked = false;
 	CK_RV rv;
 	int r, ur;
 
@@ -1381,15 +1952,32 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 	ctx = calloc(1, sizeof(*ctx));
 	if (ctx == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	if (pthread_mutex_init(&ctx->mu, NULL) != 0 || pthread_cond_init(&ctx->cv, NULL) != 0 ||
-	    pthread_mutex_init(&ctx->close_mu, NULL) != 0) {
-		free(ctx);
-		return err_set(P11J_E_SYSTEM, "cannot create the session pool locks");
+	{
+		pthread_rwlockattr_t ra;
+
+		/* Writers (login, lock, recovery) must not starve behind a
+		 * steady stream of signatures. */
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		if (pthread_mutex_init(&ctx->mu, NULL) != 0 ||
+		    pthread_cond_init(&ctx->cv, NULL) != 0 ||
+		    pthread_mutex_init(&ctx->close_mu, NULL) != 0 ||
+		    pthread_mutex_init(&ctx->state_mu, NULL) != 0 ||
+		    pthread_rwlock_init(&ctx->op_lock, &ra) != 0) {
+			pthread_rwlockattr_destroy(&ra);
+			free(ctx);
+			return err_set(P11J_E_SYSTEM, "cannot create the session pool locks");
+		}
+		pthread_rwlockattr_destroy(&ra);
 	}
 	ctx->locks_ok = true;
 	ctx->log = cfg->log;
 	ctx->log_ud = cfg->log_ud;
 	ctx->no_login = cfg->no_login;
+	ctx->allow_unsafe = cfg->allow_unsafe_keys;
+	r = pin_store_init(ctx);
+	if (r < 0)
+		goto out;
 
 	uri = p11_kit_uri_new();
 	if (uri == NULL) {
@@ -1438,13 +2026,19 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 	}
 	ctx->nopen = 1;
 	if (!ctx->no_login) {
-		r = login(ctx, cfg, uri, uri_pin, s);
+		r = login(ctx, cfg, uri, uri_pin, s, &locked);
 		if (r < 0)
 			goto out;
 	}
-	r = keys_enumerate(ctx, cfg, uri, s);
+	r = keys_enumerate(ctx, cfg, uri, s, ctx->no_login || locked);
 	if (r < 0)
 		goto out;
+	if (ctx->no_login || locked) {
+		ctx->tstate = TOK_LOCKED;
+		if (locked)
+			tok_log(ctx, TOK_LOG_INFO,
+			        "no PIN for token '%s': locked until `p11jwt login`", ctx->label);
+	}
 	if (ctx->nkeys == 0 && need_keys) {
 		r = err_set(P11J_E_NOT_FOUND, "no usable signing key on token '%s' matches '%s'",
 		            ctx->label, shown);
@@ -1510,10 +2104,13 @@ void tok_close(tok_ctx *ctx)
 	for (i = 0; i < ctx->nkeys; i++)
 		key_free(ctx->keys[i]);
 	free(ctx->keys);
+	pin_store_free(ctx);
 	if (ctx->locks_ok) {
 		pthread_mutex_destroy(&ctx->mu);
 		pthread_cond_destroy(&ctx->cv);
 		pthread_mutex_destroy(&ctx->close_mu);
+		pthread_mutex_destroy(&ctx->state_mu);
+		pthread_rwlock_destroy(&ctx->op_lock);
 	}
 	free(ctx);
 }
@@ -1611,6 +2208,49 @@ static const uint8_t di_sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x
 static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
                                     0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
 
+/* Wait until signing may start: READY, op_lock held shared on success.
+ * LOCKED and UNAVAILABLE answer at once (an UNAVAILABLE token is recovered
+ * first when the back-off allows). */
+static int sign_begin(tok_ctx *ctx, const tok_key *k)
+{
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		tok_state st = tok_get_state(ctx);
+
+		if (st == TOK_UNAVAILABLE) {
+			int r = recover(ctx, false, false);
+
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (st == TOK_LOCKED) {
+			if (ctx->no_login)
+				return err_set(P11J_E_PIN_REQUIRED,
+				               "token '%s' was opened without login; "
+				               "cannot sign with key '%s'",
+				               ctx->label, k->name);
+			return err_set(P11J_E_PIN_REQUIRED,
+			               "token '%s' is locked; log in with `p11jwt login` to sign "
+			               "with key '%s'",
+			               ctx->label, k->name);
+		}
+		pthread_rwlock_rdlock(&ctx->op_lock);
+		if (tok_get_state(ctx) == TOK_READY) {
+			if (k->priv != CK_INVALID_HANDLE)
+				return 0;
+			pthread_rwlock_unlock(&ctx->op_lock);
+			return err_set(P11J_E_UNKNOWN_KEY,
+			               "key '%s' has no usable private key on token '%s' "
+			               "(see the agent's log)",
+			               k->name, ctx->label);
+		}
+		pthread_rwlock_unlock(&ctx->op_lock);
+	}
+	return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable", ctx->label);
+}
+
 static bool session_broken(CK_RV rv)
 {
 	return tok_ckr_to_err(rv) == P11J_E_TOKEN_UNAVAILABLE || rv == CKR_OPERATION_ACTIVE ||
@@ -1638,6 +2278,7 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 	unsigned int mdlen = 0;
 	int h = hash_idx(alg), r = 0;
 	const char *fn = "C_SignInit";
+	int attempt;
 	CK_RV rv;
 
 	if (ctx == NULL || k == NULL || sig == NULL || siglen == NULL || (in == NULL && inlen > 0))
@@ -1652,11 +2293,6 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 		return err_set(P11J_E_UNSUPPORTED_ALG,
 		               "token '%s' has no mechanism for %s with key '%s'", ctx->label,
 		               jwa_name(alg), k->name);
-	if (k->priv == CK_INVALID_HANDLE)
-		return err_set(P11J_E_PIN_REQUIRED,
-		               "token '%s' was opened without login; "
-		               "cannot sign with key '%s'",
-		               ctx->label, k->name);
 	if (*siglen < k->sig_len)
 		return err_set(P11J_E_INTERNAL,
 		               "signature buffer of %zu bytes is under the %zu "
@@ -1697,23 +2333,72 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 		mech.mechanism = CKM_EDDSA;
 	}
 
-	r = pool_get(ctx, &s);
-	if (r < 0)
-		return r;
-	rv = ctx->f->C_SignInit(s, &mech, k->priv);
-	if (rv == CKR_OK) {
-		fn = "C_Sign";
-		rv = ctx->f->C_Sign(s, (CK_BYTE *)data, dlen, out, &outlen);
+	/* A fault (device or session lost) makes the token UNAVAILABLE; when
+	 * the back-off allows, it is recovered at once and the signature tried
+	 * once more, so a dropped session costs the client nothing. */
+	for (attempt = 0;; attempt++) {
+		bool fault = false;
+
+		if ((r = sign_begin(ctx, k)) < 0)
+			goto out;
+		outlen = sizeof(out);
+		fn = "C_SignInit";
+		r = pool_get(ctx, &s);
+		if (r < 0) {
+			fault = r == P11J_E_TOKEN_UNAVAILABLE;
+		} else {
+			rv = ctx->f->C_SignInit(s, &mech, k->priv);
+			if (rv == CKR_OK && k->always_auth) {
+				/* CKA_ALWAYS_AUTHENTICATE: the PIN again for this
+				 * one operation. */
+				fn = "C_Login(CKU_CONTEXT_SPECIFIC)";
+				rv = ctx->f->C_Login(s, CKU_CONTEXT_SPECIFIC,
+				                     ctx->pinpad ? NULL : (CK_UTF8CHAR *)ctx->pin,
+				                     ctx->pinpad ? 0 : (CK_ULONG)ctx->pin_len);
+			}
+			if (rv == CKR_OK) {
+				fn = "C_Sign";
+				rv = ctx->f->C_Sign(s, (CK_BYTE *)data, dlen, out, &outlen);
+			}
+			if (rv != CKR_OK) {
+				r = tok_ck(ctx, fn, rv);
+				fault = r == P11J_E_TOKEN_UNAVAILABLE;
+				/* A key handle that stopped working: the token was
+				 * swapped or re-inserted under our sessions; its
+				 * objects must be found again. */
+				if (rv == CKR_KEY_HANDLE_INVALID ||
+				    rv == CKR_OBJECT_HANDLE_INVALID) {
+					fault = true;
+					r = err_set(P11J_E_TOKEN_UNAVAILABLE,
+					            "%s on token '%s' failed: %s", fn, ctx->label,
+					            tok_ckr_name(rv));
+				}
+				if (session_broken(rv))
+					pool_drop(ctx, s);
+				else
+					pool_put(ctx, s);
+			} else {
+				pool_put(ctx, s);
+			}
+		}
+		if (fault)
+			mark_unavailable(ctx, err_msg());
+		pthread_rwlock_unlock(&ctx->op_lock);
+		if (r == 0)
+			break;
+		if (!fault || attempt > 0)
+			goto out;
+		{
+			char first[256];
+
+			snprintf(first, sizeof(first), "%s", err_msg());
+			/* recovered: sign_begin() answers for a LOCKED token */
+			if (recover(ctx, false, false) < 0) {
+				r = err_set(P11J_E_TOKEN_UNAVAILABLE, "%s", first);
+				goto out;
+			}
+		}
 	}
-	if (rv != CKR_OK) {
-		r = tok_ck(ctx, fn, rv);
-		if (session_broken(rv))
-			pool_drop(ctx, s);
-		else
-			pool_put(ctx, s);
-		goto out;
-	}
-	pool_put(ctx, s);
 
 	if (outlen == k->sig_len) {
 		memcpy(sig, out, outlen);

@@ -30,13 +30,19 @@ typedef struct {
 	/* RFC 7512 URI selecting token and keys; NULL means "pkcs11:". Its
 	 * module-path / module-name / pin-source / pin-value are honoured. */
 	const char *uri;
-	/* PIN file (must be 0600-ish: not group/other readable); NULL: the URI's
-	 * pin-source, then env P11JWT_PIN. The PIN is wiped after C_Login. */
+	/* PIN file (must be 0600-ish: not group/other readable); NULL:
+	 * $CREDENTIALS_DIRECTORY/pin (systemd credentials), the URI's pin-source,
+	 * then env P11JWT_PIN. The PIN is kept in mlock()ed memory for logging
+	 * in again after a fault, and wiped by tok_lock() and tok_close(). */
 	const char *pin_file;
 	/* Serve private keys that are extractable or not sensitive (warns). */
 	bool allow_unsafe_keys;
 	/* Do not log in (list public keys only, e.g. for jwks without a PIN). */
 	bool no_login;
+	/* With no PIN available, open "locked" instead of failing with
+	 * P11J_E_PIN_REQUIRED: keys are listed from public objects and signing
+	 * answers P11J_E_PIN_REQUIRED until tok_login(). */
+	bool allow_locked;
 	tok_log_fn log;
 	void *log_ud;
 } tok_config;
@@ -86,6 +92,29 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 typedef struct { tok_ctx *ctx; const tok_key *key; } tok_signer;
 int tok_signer_fn(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen,
 		  uint8_t *sig, size_t *siglen);
+
+/* PIN lifecycle and faults (docs/design-pkcs11.md, "PIN and login"):
+ * READY signs; LOCKED (no PIN, or tok_lock()) lists keys and answers
+ * P11J_E_PIN_REQUIRED; UNAVAILABLE (device or session lost) answers
+ * P11J_E_TOKEN_UNAVAILABLE at once, and the next call after a back-off of
+ * TOK_RECOVER_MS re-opens sessions, logs in with the cached PIN and finds
+ * the keys' objects again. */
+typedef enum { TOK_READY = 0, TOK_LOCKED = 1, TOK_UNAVAILABLE = 2 } tok_state;
+#define TOK_RECOVER_MS 500
+tok_state tok_get_state(tok_ctx *ctx);
+const char *tok_state_name(tok_state st); /* "ready", "locked", "unavailable" */
+
+/* Log in with pin[0..len) (pin NULL: the token's protected authentication
+ * path, a PIN pad). A PIN the token rejected once in this process is refused
+ * without calling C_Login (P11J_E_PIN_INCORRECT). On success the PIN is
+ * cached (mlock()ed) and the keys' private objects are found. Already logged
+ * in: 0 if pin is the cached PIN, else P11J_E_BAD_REQUEST (tok_lock() first).
+ * The caller wipes its copy of the PIN. */
+int tok_login(tok_ctx *ctx, const char *pin, size_t len);
+/* C_Logout and wipe the cached PIN; signing answers P11J_E_PIN_REQUIRED. */
+int tok_lock(tok_ctx *ctx);
+/* Whether uri (NULL or "": any) selects this context's token. */
+bool tok_matches(const tok_ctx *ctx, const char *uri);
 
 /* Name of a CK_RV ("CKR_PIN_INCORRECT") and its mapping to P11J_E_*. */
 const char *tok_ckr_name(unsigned long rv);

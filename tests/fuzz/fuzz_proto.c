@@ -12,6 +12,7 @@
 #include <openssl/x509.h>
 
 #include "agent/keyring.h"
+#include "agent/audit.h"
 #include "agent/proto.h"
 #include "../unit/softsign.h"
 
@@ -68,11 +69,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t rlen = 0;
 
 	fuzz_proto_init();
-	if (proto_handle(&fuzz_env, &peer, (const char *)data, size, &resp, &rlen) == 0) {
+	proto_audit aud = { 0 };
+	char *al = NULL;
+	size_t alen = 0;
+
+	if (proto_handle_ex(&fuzz_env, &peer, (const char *)data, size, &aud, &resp, &rlen) == 0) {
 		/* every answer is exactly one line */
 		if (rlen == 0 || resp[rlen - 1] != '\n' || memchr(resp, '\n', rlen - 1) != NULL)
 			abort();
+		/* and so is every audit line, which never holds a JWT */
+		if (aud.fields != NULL && audit_line(&aud, &peer, 1700000000000LL, &al, &alen) == 0 &&
+		    (alen == 0 || al[alen - 1] != '\n' || memchr(al, '\n', alen - 1) != NULL ||
+		     (strstr(resp, "\"jwt\":\"eyJ") != NULL && memmem(al, alen, "eyJ", 3) != NULL &&
+		      memmem(data, size, "eyJ", 3) == NULL)))
+			abort();
 	}
+	free(al);
+	proto_audit_clear(&aud);
 	free(resp);
 	return 0;
 }

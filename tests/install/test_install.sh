@@ -55,13 +55,22 @@ version=$(meson introspect "$build" --projectinfo |
 for f in "$bin/p11jwt" "$bin/p11jwt-agent" "$libexec/p11jwt-admin"; do
 	check "installed executable ${f#"$dest"}" test -x "$f" -a -f "$f"
 done
-for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5; do
+for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5 man5/p11jwt-agent.conf.5; do
 	check "installed man page ${man#"$dest"}/$f" test -s "$man/$f"
 done
 comp=$(find "$dest" -path '*/bash-completion/completions/p11jwt' -type f | head -n 1)
 check "installed bash completion (${comp#"$dest"})" test -n "$comp"
 check "installed bash completion for p11jwt-agent" \
 	test -f "$(dirname "${comp:-/nonexistent}")/p11jwt-agent"
+# systemd units (system and user), with ExecStart pointing at the installed agent
+for u in system/p11jwt-agent.service system/p11jwt-agent.socket user/p11jwt-agent.service \
+	user/p11jwt-agent.socket; do
+	f=$(find "$dest" -path "*/systemd/$u" -type f | head -n 1)
+	check "installed systemd unit $u" test -n "$f"
+done
+f=$(find "$dest" -path '*/systemd/system/p11jwt-agent.service' -type f | head -n 1)
+check "the system unit starts the installed agent" \
+	grep -q "^ExecStart=${bin#"$dest"}/p11jwt-agent --foreground" "${f:-/nonexistent}"
 # nothing of the test suite is installed
 check "no test programs installed" \
 	test -z "$(find "$dest" -name 'test_*' -o -name 'fuzz_*' -o -name 'p11jwt-bench')"
@@ -83,7 +92,7 @@ check "installed p11jwt has no build-tree RUNPATH" \
 	bash -c "! readelf -d '$bin/p11jwt' | grep -q '$build'"
 
 # ---- man pages -------------------------------------------------------------
-for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5; do
+for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5 man5/p11jwt-agent.conf.5; do
 	page=$man/$f name=$(basename "$f"); sect=${name##*.} name=${name%.*}
 	check "$f has .TH \"$name\" \"$sect\"" grep -q "^\.TH \"$name\" \"$sect\"" "$page"
 	if command -v man >/dev/null 2>&1; then

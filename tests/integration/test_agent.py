@@ -258,16 +258,22 @@ def test_with_agent(agent, tokdir, sock, pin, work):
         check_pair(sock, name, alg, jwk, work)
 
     # header/claims control
+    # (exp within the default max_lifetime of 3600 s from now: the agent
+    # refuses a later one, checked below)
+    exp = int(time.time()) + 1800
     r = cli('sign', '--key', 'ec-p256', '--header', 'kid=custom', '--header', 'typ=at+jwt',
-            '--claim', 'iat:=1700000000', '--claim', 'exp:=4102444800', '--claim', 'jti=fixed',
+            '--claim', 'iat:=1700000000', '--claim', f'exp:={exp}', '--claim', 'jti=fixed',
             '--claim', 'aud:=["a","b"]', '--claim', 'nested:={"x":[1,2]}', sock=sock)
     if t.ok(r.returncode == 0, 'sign with caller header and claims', r.stderr):
         h, c = jwt_parts(r.stdout.strip())
         t.eq((h['kid'], h['typ'], h['alg']), ('custom', 'at+jwt', 'ES256'),
              "caller's kid and typ are kept, alg is set")
         t.eq((c['iat'], c['exp'], c['jti'], c['aud'], c['nested']),
-             (1700000000, 4102444800, 'fixed', ['a', 'b'], {'x': [1, 2]}),
+             (1700000000, exp, 'fixed', ['a', 'b'], {'x': [1, 2]}),
              "caller's iat, exp, jti and JSON claims are kept as sent")
+    r = cli('sign', '--key', 'ec-p256', '--claim', 'exp:=4102444800', sock=sock)
+    t.ok(r.returncode == 4 and 'policy_violation' in r.stderr and 'max_lifetime 3600' in r.stderr,
+         'an exp beyond the default max_lifetime (3600 s) is refused', r.stderr)
 
     claims_file = os.path.join(work, 'claims.json')
     with open(claims_file, 'w') as f:

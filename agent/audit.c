@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+#include "agent/audit.h"
+#include "common/err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The record's members, in the order of the line after the peer. */
+static const char *const audit_members[] = {"op",  "key", "alg", "kid", "iss",
+                                            "sub", "aud", "jti", "exp", NULL};
+
+int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
+               size_t *ret_len)
+{
+	time_t secs = (time_t)(now_ms / 1000);
+	char stamp[64];
+	struct tm tm;
+	json_t *o = NULL;
+	char *s = NULL, *line;
+	size_t n;
+	int r = P11J_E_NOMEM;
+
+	if (gmtime_r(&secs, &tm) == NULL)
+		return err_set(P11J_E_INTERNAL, "time out of range");
+	snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now_ms % 1000));
+	o = json_object();
+	if (o == NULL || json_object_set_new(o, "time", json_string(stamp)) < 0)
+		goto out;
+	if (peer != NULL &&
+	    (json_object_set_new(o, "uid", json_integer((json_int_t)peer->uid)) < 0 ||
+	     json_object_set_new(o, "gid", json_integer((json_int_t)peer->gid)) < 0 ||
+	     json_object_set_new(o, "pid", json_integer((json_int_t)peer->pid)) < 0))
+		goto out;
+	/* only the listed members: whatever else a record might carry (and
+	 * never a JWT or a PIN) stays out of the trail */
+	for (const char *const *m = audit_members; a->fields != NULL && *m != NULL; m++) {
+		json_t *v = json_object_get(a->fields, *m);
+
+		if (v != NULL && json_object_set(o, *m, v) < 0)
+			goto out;
+	}
+	if (json_object_set_new(o, "result",
+	                        json_string(a->result == 0 ? "ok" : err_code_name(a->result))) < 0)
+		goto out;
+	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (s == NULL)
+		goto out;
+	n = strlen(s);
+	line = realloc(s, n + 2);
+	if (line == NULL)
+		goto out;
+	s = NULL;
+	line[n] = '\n';
+	line[n + 1] = '\0';
+	*ret_line = line;
+	*ret_len = n + 1;
+	r = 0;
+out:
+	free(s);
+	json_decref(o);
+	return r < 0 ? err_set(r, "out of memory building an audit line") : 0;
+}
+
+enum sink_kind { SINK_NONE, SINK_SYSLOG, SINK_STDERR, SINK_FILE };
+
+struct audit_sink {
+	enum sink_kind kind;
+	char *path;
+	int fd;
+	pthread_mutex_t mu; /* fd, across a reopen */
+	atomic_bool reopen;
+};
+
+static int open_file(const char *path, int *ret_fd)
+{
+	struct stat st;
+	int fd =
+	    open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
+
+	if (fd < 0)
+		return err_set(P11J_E_SYSTEM, "cannot open audit file '%s': %s", path,
+		               strerror(errno));
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return err_set(P11J_E_SYSTEM, "cannot stat audit file '%s': %s", path,
+		               strerror(errno));
+	}
+	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+		close(fd);
+		return err_set(P11J_E_INSECURE,
+		               "audit file '%s' must be a regular file of ours that group and "
+		               "others cannot write (mode %04o, uid %u)",
+		               path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int audit_open(const char *spec, audit_sink **ret)
+{
+	audit_sink *s = calloc(1, sizeof(*s));
+	int r;
+
+	if (s == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	s->fd = -1;
+	pthread_mutex_init(&s->mu, NULL);
+	if (strcmp(spec, "none") == 0) {
+		s->kind = SINK_NONE;
+	} else if (strcmp(spec, "syslog") == 0) {
+		s->kind = SINK_SYSLOG;
+	} else if (strcmp(spec, "stderr") == 0) {
+		s->kind = SINK_STDERR;
+		s->fd = STDERR_FILENO;
+	} else if (strncmp(spec, "file:", 5) == 0 && spec[5] != '\0') {
+		s->kind = SINK_FILE;
+		s->path = strdup(spec + 5);
+		if (s->path == NULL) {
+			audit_close(s);
+			return err_set(P11J_E_NOMEM, "out of memory");
+		}
+		if ((r = open_file(s->path, &s->fd)) < 0) {
+			audit_close(s);
+			return r;
+		}
+	} else {
+		audit_close(s);
+		return err_set(
+		    P11J_E_BAD_REQUEST,
+		    "audit destination '%.200s' is not none, syslog, stderr or file:PATH", spec);
+	}
+	*ret = s;
+	return 0;
+}
+
+bool audit_enabled(const audit_sink *s)
+{
+	return s != NULL && s->kind != SINK_NONE;
+}
+
+void audit_reopen_later(audit_sink *s)
+{
+	if (s != NULL)
+		atomic_store(&s->reopen, true);
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int audit_write(audit_sink *s, const char *line, size_t len)
+{
+	int r = 0;
+
+	if (s == NULL || s->kind == SINK_NONE)
+		return 0;
+	if (s->kind == SINK_SYSLOG) {
+		/* without the newline: one message per line */
+		syslog(LOG_AUTHPRIV | LOG_INFO, "%.*s",
+		       (int)(len && line[len - 1] == '\n' ? len - 1 : len), line);
+		return 0;
+	}
+	pthread_mutex_lock(&s->mu);
+	if (s->kind == SINK_FILE && atomic_exchange(&s->reopen, false)) {
+		int fd = -1;
+
+		/* keep writing to the old file if the new one cannot be opened */
+		if (open_file(s->path, &fd) == 0) {
+			close(s->fd);
+			s->fd = fd;
+		}
+	}
+	/* O_APPEND and one write() per line: whole lines, even with other
+	 * writers of the file */
+	if (write_all(s->fd, line, len) < 0)
+		r = err_set(P11J_E_SYSTEM, "cannot write the audit record to %s: %s",
+		            s->path ? s->path : "stderr", strerror(errno));
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+void audit_close(audit_sink *s)
+{
+	if (s == NULL)
+		return;
+	if (s->kind == SINK_FILE && s->fd >= 0)
+		close(s->fd);
+	pthread_mutex_destroy(&s->mu);
+	free(s->path);
+	free(s);
+}

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+#include "agent/policy.h"
+#include "common/err.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const default_deny[] = { "jku", "x5u", "jwk" };
+
+static const pol_key pol_defaults = {
+	.max_lifetime = POL_DEFAULT_MAX_LIFETIME,
+	.deny_header = { (char **)default_deny, 3 },
+	.include = POL_INC_ALL,
+};
+
+void pol_key_init(pol_key *p)
+{
+	*p = pol_defaults;
+}
+
+static void list_clear(pol_list *l)
+{
+	if (l->v != (char **)default_deny) {
+		for (size_t i = 0; i < l->n; i++)
+			free(l->v[i]);
+		free(l->v);
+	}
+	l->v = NULL;
+	l->n = 0;
+}
+
+void pol_key_clear(pol_key *p)
+{
+	if (p == NULL)
+		return;
+	free(p->uids);
+	free(p->gids);
+	list_clear(&p->iss);
+	list_clear(&p->sub);
+	list_clear(&p->aud);
+	list_clear(&p->deny_header);
+	pol_key_init(p);
+}
+
+bool pol_is_glob(const char *s)
+{
+	return strpbrk(s, "*?[") != NULL;
+}
+
+bool pol_may_use(const pol_key *p, uid_t owner, uid_t uid, gid_t gid)
+{
+	if (uid == owner || uid == 0)
+		return true;
+	if (p == NULL)
+		return false;
+	for (size_t i = 0; i < p->nuids; i++)
+		if (p->uids[i] == uid)
+			return true;
+	for (size_t i = 0; i < p->ngids; i++)
+		if (p->gids[i] == gid)
+			return true;
+	return false;
+}
+
+static bool list_match(const pol_list *l, const char *s)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		if (strcmp(l->v[i], s) == 0)
+			return true;
+		/* no FNM_PATHNAME: '*' spans '/' in URLs */
+		if (pol_is_glob(l->v[i]) && fnmatch(l->v[i], s, 0) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* One string claim, or (aud) an array whose every element must match. */
+static int check_claim(const pol_list *l, const char *keyname, const char *claim,
+		       const json_t *claims, bool array_ok)
+{
+	const json_t *v = json_object_get(claims, claim), *e;
+	size_t i;
+
+	if (l->n == 0)
+		return 0;
+	if (v == NULL)
+		return err_set(P11J_E_POLICY, "key %s: claim %s is required (policy %s)", keyname,
+			       claim, claim);
+	if (json_is_string(v)) {
+		if (!list_match(l, json_string_value(v)))
+			return err_set(P11J_E_POLICY,
+				       "key %s: claim %s '%.256s' does not match any allowed value "
+				       "(policy %s)", keyname, claim, json_string_value(v), claim);
+		return 0;
+	}
+	if (!array_ok || !json_is_array(v))
+		return err_set(P11J_E_POLICY, "key %s: claim %s must be a string%s (policy %s)",
+			       keyname, claim, array_ok ? " or an array of strings" : "", claim);
+	if (json_array_size(v) == 0)
+		return err_set(P11J_E_POLICY, "key %s: claim %s is an empty array (policy %s)",
+			       keyname, claim, claim);
+	json_array_foreach(v, i, e) {
+		if (!json_is_string(e))
+			return err_set(P11J_E_POLICY,
+				       "key %s: claim %s[%zu] is not a string (policy %s)", keyname,
+				       claim, i, claim);
+		if (!list_match(l, json_string_value(e)))
+			return err_set(P11J_E_POLICY,
+				       "key %s: claim %s '%.256s' does not match any allowed value "
+				       "(policy %s)", keyname, claim, json_string_value(e), claim);
+	}
+	return 0;
+}
+
+static void algs_text(unsigned mask, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
+		if ((mask & JWA_BIT(a)) && o < len)
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "",
+					      jwa_name((jwa_alg)a));
+}
+
+static const char *inc_name(unsigned bit)
+{
+	return bit == POL_INC_X5T ? "x5t" : bit == POL_INC_X5T_S256 ? "x5t#S256" : "x5c";
+}
+
+int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa_alg alg,
+		   const json_t *header, int64_t lifetime, const json_t *claims, int64_t now,
+		   unsigned *inc)
+{
+	int64_t max;
+	const json_t *exp;
+	int64_t left = INT64_MAX;
+	int r;
+
+	if (p == NULL)
+		p = &pol_defaults;
+	max = p->max_lifetime > 0 ? p->max_lifetime : POL_DEFAULT_MAX_LIFETIME;
+	if (p->algs != 0 && !(p->algs & JWA_BIT(alg))) {
+		char buf[128];
+
+		algs_text(p->algs & key_algs, buf, sizeof(buf));
+		return err_set(P11J_E_POLICY, "alg %s not allowed for key %s (allowed: %s)",
+			       jwa_name(alg), keyname, buf[0] ? buf : "none on this token");
+	}
+	if (header != NULL)
+		for (size_t i = 0; i < p->deny_header.n; i++)
+			if (json_object_get(header, p->deny_header.v[i]) != NULL)
+				return err_set(P11J_E_POLICY,
+					       "key %s: header parameter %s may not be set by clients "
+					       "(policy deny_header)", keyname, p->deny_header.v[i]);
+	for (unsigned bit = 1; bit <= POL_INC_X5C; bit <<= 1)
+		if ((*inc & bit) && !((p->include | p->include_auto) & bit))
+			return err_set(P11J_E_POLICY,
+				       "key %s: %s may not be included (policy include)", keyname,
+				       inc_name(bit));
+	if (lifetime > max)
+		return err_set(P11J_E_POLICY, "key %s: lifetime %lld over the key's max_lifetime %lld",
+			       keyname, (long long)lifetime, (long long)max);
+	/* the caller may set exp (or iat) itself: what counts is how long the
+	 * JWT is valid from now */
+	exp = json_object_get(claims, "exp");
+	if (json_is_real(exp)) {
+		/* a NumericDate may have a fraction */
+		double d = json_real_value(exp) - (double)now;
+
+		left = d > (double)INT64_MAX / 2 ? INT64_MAX : d < 0 ? 0 : (int64_t)d + (d > (int64_t)d);
+		if (left > max)
+			return err_set(P11J_E_POLICY,
+				       "key %s: claim exp is %lld s from now, over the key's "
+				       "max_lifetime %lld", keyname, (long long)left, (long long)max);
+	}
+	/* an exp that is not a number makes no NumericDate: verifiers refuse
+	 * the JWT, so it cannot outlive the limit */
+	if (json_is_integer(exp) &&
+	    (__builtin_sub_overflow((int64_t)json_integer_value(exp), now, &left) || left > max))
+		return err_set(P11J_E_POLICY,
+			       "key %s: claim exp is %lld s from now, over the key's max_lifetime "
+			       "%lld", keyname, (long long)left, (long long)max);
+	if ((r = check_claim(&p->iss, keyname, "iss", claims, false)) < 0 ||
+	    (r = check_claim(&p->sub, keyname, "sub", claims, false)) < 0 ||
+	    (r = check_claim(&p->aud, keyname, "aud", claims, true)) < 0)
+		return r;
+	*inc |= p->include_auto;
+	return 0;
+}

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Per-key policy (docs/man/p11jwt-agent.conf.5.scd): who may use a key and
+ * what a JWT signed with it may say. Pure decisions over the request, no
+ * I/O: the protocol handler asks, the configuration fills the rules. A key
+ * without rules (pol NULL) gets the safe defaults: only the agent's own uid
+ * and root, at most POL_DEFAULT_MAX_LIFETIME seconds, no jku/x5u/jwk.
+ */
+#ifndef P11J_POLICY_H
+#define P11J_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <jansson.h>
+#include "jose/jwa.h"
+
+#define POL_DEFAULT_MAX_LIFETIME 3600
+#define POL_MAX_LIFETIME 86400 /* the most a max_lifetime may say */
+
+/* Certificate members a JWT may carry (include = / include_auto =). */
+enum { POL_INC_X5T = 1, POL_INC_X5T_S256 = 2, POL_INC_X5C = 4, POL_INC_ALL = 7 };
+
+typedef struct {
+	char **v;
+	size_t n;
+} pol_list;
+
+typedef struct pol_key {
+	unsigned algs;          /* JWA_BIT mask allowed; 0: whatever the key signs */
+	uid_t *uids;            /* besides the agent's uid and root */
+	size_t nuids;
+	gid_t *gids;            /* the peer's (primary) gid */
+	size_t ngids;
+	int64_t max_lifetime;   /* seconds; 0: POL_DEFAULT_MAX_LIFETIME */
+	pol_list iss, sub, aud; /* exact values or fnmatch(3) globs; n == 0: any */
+	pol_list deny_header;   /* header members clients may not set */
+	unsigned include;       /* POL_INC_* a client may ask for */
+	unsigned include_auto;  /* POL_INC_* added to every JWT */
+} pol_key;
+
+/* Fill p with the defaults (no allocation). */
+void pol_key_init(pol_key *p);
+void pol_key_clear(pol_key *p);
+
+/* Whether uid/gid may use a key under p (NULL: defaults). */
+bool pol_may_use(const pol_key *p, uid_t owner, uid_t uid, gid_t gid);
+
+/* Check a sign request against p (NULL: defaults) before signing: alg,
+ * caller's header (may be NULL), the requested lifetime and the final
+ * claims (with iat/exp filled in), the include mask asked for. On success
+ * *inc gets the include mask to use (asked | include_auto). P11J_E_POLICY
+ * with a message naming the rule otherwise. now: util_now(). */
+int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa_alg alg,
+		   const json_t *header, int64_t lifetime, const json_t *claims, int64_t now,
+		   unsigned *inc);
+
+/* Whether s looks like a glob (has *, ? or [). */
+bool pol_is_glob(const char *s);
+
+#endif

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The agent's current configuration, replaced on SIGHUP. A generation is
+ * the parsed configuration, the tokens it opened and the keyring built from
+ * them (with each key's policy). Requests hold a reference to the
+ * generation they started with (proto_env.acquire/release), so a reload
+ * never frees a keyring or closes a token under a request: the new
+ * generation is built first (opening only tokens whose sections changed,
+ * reusing the others with their login state), swapped in, and the old one
+ * is freed by whoever drops its last reference.
+ */
+#ifndef P11J_RELOAD_H
+#define P11J_RELOAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "agent/config.h"
+#include "agent/keyring.h"
+#include "pkcs11/tok.h"
+
+typedef struct rl_ctx rl_ctx;
+
+typedef struct {
+	/* configuration file, re-read by rl_reload(); NULL: none */
+	const char *path;
+	/* the token from the command line, used when the file has no
+	 * [token] section (or there is no file) */
+	const char *module;
+	const char *const *module_allow; /* NULL-terminated, may be NULL */
+	const char *uri;
+	const char *pin_file;
+	bool allow_unsafe_keys;
+	/* syslog levels (LOG_ERR...) */
+	void (*log)(int level, const char *msg);
+	tok_log_fn tok_log;
+} rl_config;
+
+/* Open the tokens and build the first generation from cfg (taken; NULL:
+ * no file). Fails with the token layer's code and err_msg(). */
+int rl_new(const rl_config *c, cfg_config *cfg, rl_ctx **ret);
+
+/* For proto_env: the current keyring, and a reference to give back. */
+const keyring *rl_acquire(void *r, void **ref);
+void rl_release(void *ref);
+
+/* Re-read the file and switch to it. A file with errors (each logged as
+ * FILE:LINE: message) or a token that does not open keeps the current
+ * generation. */
+int rl_reload(rl_ctx *r);
+
+/* Start the thread that runs rl_reload() after rl_reload_later(). */
+int rl_start(rl_ctx *r);
+/* Async-signal-safe: ask for a reload (SIGHUP). */
+void rl_reload_later(rl_ctx *r);
+
+/* Stop the thread and drop the current generation (after the server has
+ * answered every request). NULL is fine. */
+void rl_free(rl_ctx *r);
+
+/* Tokens of a generation (ref from rl_acquire()). */
+size_t rl_token_count(void *ref);
+tok_ctx *rl_token_at(void *ref, size_t i);
+/* The token a login/lock request names (uri NULL: the only one). */
+int rl_pick_token(void *ref, const char *uri, tok_ctx **ret);
+
+#endif

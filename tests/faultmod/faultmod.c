@@ -1,0 +1,491 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A fault-injecting PKCS#11 module for the tests (built, never installed).
+ * C_GetFunctionList hands out the real module's function list
+ * ($P11JWT_FAULT_TARGET, default SoftHSM) with the calls the agent makes
+ * wrapped; every other call goes straight through. The wrappers obey a
+ * control file named by $P11JWT_FAULT_CTL, re-read whenever its mtime or
+ * size changes:
+ *
+ *   fail C_Sign CKR_DEVICE_REMOVED 3   next 3 calls of C_Sign fail so (0 or
+ *                                      no count: every call)
+ *   removed on|off                     token pulled out: slot lists show no
+ *                                      token, session calls fail
+ *                                      CKR_DEVICE_REMOVED; on the way in,
+ *                                      every session is closed (and so the
+ *                                      user logged out), as on a real card
+ *   delay C_Sign 200ms                 sleep before the call
+ *   always_auth LABEL                  the private key LABEL behaves as
+ *                                      CKA_ALWAYS_AUTHENTICATE: C_Sign after
+ *                                      C_SignInit needs C_Login(CKU_CONTEXT_
+ *                                      SPECIFIC), else CKR_USER_NOT_LOGGED_IN
+ *
+ * Counters start again when the file changes. Each wrapped call appends a
+ * line to $P11JWT_FAULT_LOG ("C_Login 1 rv=0x0"), which tests count.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define MAX_RULES 32
+#define MAX_SESSIONS 256
+
+struct rule {
+	char fn[40];
+	CK_RV rv;
+	long left; /* -1: every call */
+	long delay_ms;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static CK_FUNCTION_LIST *real;
+static CK_FUNCTION_LIST ours;
+static void *real_dl;
+static struct rule rules[MAX_RULES];
+static size_t nrules;
+static int removed;
+static int pending_close;
+/* Held shared around every call into the real module, exclusively while
+ * "removed on" closes every session: SoftHSM must not close a session
+ * another thread is signing in. */
+static pthread_rwlock_t calls = PTHREAD_RWLOCK_INITIALIZER;
+#define REAL(call)                                                                                 \
+	({                                                                                         \
+		CK_RV rv_;                                                                         \
+		pthread_rwlock_rdlock(&calls);                                                     \
+		rv_ = (call);                                                                      \
+		pthread_rwlock_unlock(&calls);                                                     \
+		rv_;                                                                               \
+	})
+static char always_label[128];
+static struct timespec ctl_mtime;
+static off_t ctl_size = -1;
+/* sessions where a C_SignInit on an always_auth key awaits a context login:
+ * 1 needs login, 2 logged in for this operation */
+static struct {
+	CK_SESSION_HANDLE h;
+	int st;
+} aa[MAX_SESSIONS];
+
+static const struct {
+	const char *name;
+	CK_RV rv;
+} rvs[] = {
+    {"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},
+    {"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
+    {"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+    {"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
+    {"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
+    {"CKR_USER_NOT_LOGGED_IN", CKR_USER_NOT_LOGGED_IN},
+    {"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
+    {"CKR_FUNCTION_FAILED", CKR_FUNCTION_FAILED},
+    {"CKR_PIN_INCORRECT", CKR_PIN_INCORRECT},
+    {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
+    {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+};
+
+static void flog(const char *fn, unsigned long arg, CK_RV rv)
+{
+	const char *path = getenv("P11JWT_FAULT_LOG");
+	char line[160];
+	int fd, n;
+
+	if (path == NULL)
+		return;
+	n = snprintf(line, sizeof(line), "%s %lu rv=0x%lx\n", fn, arg, (unsigned long)rv);
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	(void)!write(fd, line, (size_t)n);
+	close(fd);
+}
+
+static void close_all_real(void)
+{
+	CK_SLOT_ID slots[64];
+	CK_ULONG n = 64, i;
+
+	if (real->C_GetSlotList(CK_FALSE, slots, &n) != CKR_OK)
+		return;
+	for (i = 0; i < n; i++)
+		real->C_CloseAllSessions(slots[i]);
+}
+
+/* mu held */
+static void ctl_reload(void)
+{
+	const char *path = getenv("P11JWT_FAULT_CTL");
+	struct stat st;
+	char line[256];
+	FILE *f;
+	int was = removed;
+
+	if (path == NULL || stat(path, &st) < 0) {
+		if (ctl_size != -1) {
+			nrules = 0;
+			removed = 0;
+			always_label[0] = '\0';
+			ctl_size = -1;
+		}
+		return;
+	}
+	if (st.st_size == ctl_size && st.st_mtim.tv_sec == ctl_mtime.tv_sec &&
+	    st.st_mtim.tv_nsec == ctl_mtime.tv_nsec)
+		return;
+	f = fopen(path, "re");
+	if (f == NULL)
+		return;
+	ctl_size = st.st_size;
+	ctl_mtime = st.st_mtim;
+	nrules = 0;
+	removed = 0;
+	always_label[0] = '\0';
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char a[64] = "", b[128] = "", c[64] = "";
+		long d = 0;
+		int k = sscanf(line, "%63s %127s %63s %ld", a, b, c, &d);
+
+		if (k >= 2 && strcmp(a, "removed") == 0) {
+			removed = strcmp(b, "on") == 0;
+		} else if (k >= 2 && strcmp(a, "always_auth") == 0) {
+			snprintf(always_label, sizeof(always_label), "%s", b);
+		} else if (k >= 3 && strcmp(a, "fail") == 0 && nrules < MAX_RULES) {
+			struct rule *r = &rules[nrules++];
+			size_t i;
+
+			memset(r, 0, sizeof(*r));
+			snprintf(r->fn, sizeof(r->fn), "%s", b);
+			r->rv = CKR_GENERAL_ERROR;
+			for (i = 0; i < sizeof(rvs) / sizeof(rvs[0]); i++)
+				if (strcmp(rvs[i].name, c) == 0)
+					r->rv = rvs[i].rv;
+			if (strncmp(c, "0x", 2) == 0)
+				r->rv = strtoul(c, NULL, 16);
+			r->left = k >= 4 && d > 0 ? d : -1;
+		} else if (k >= 3 && strcmp(a, "delay") == 0 && nrules < MAX_RULES) {
+			struct rule *r = &rules[nrules++];
+
+			memset(r, 0, sizeof(*r));
+			snprintf(r->fn, sizeof(r->fn), "%s", b);
+			r->delay_ms = strtol(c, NULL, 10);
+			r->left = -1;
+		}
+	}
+	fclose(f);
+	if (removed && !was)
+		pending_close = 1;
+}
+
+/* CKR_OK: go on to the real module. kind: 0 module-level (never "removed"),
+ * 1 slot/token-level, 2 session-level. */
+static CK_RV pre(const char *fn, int kind)
+{
+	CK_RV rv = CKR_OK;
+	long delay = 0;
+	size_t i;
+
+	pthread_mutex_lock(&mu);
+	ctl_reload();
+	if (removed && kind == 1)
+		rv = CKR_TOKEN_NOT_PRESENT;
+	else if (removed && kind == 2)
+		rv = CKR_DEVICE_REMOVED;
+	for (i = 0; i < nrules && rv == CKR_OK; i++) {
+		struct rule *r = &rules[i];
+
+		if (strcmp(r->fn, fn) != 0)
+			continue;
+		if (r->delay_ms > 0) {
+			delay = r->delay_ms;
+			continue;
+		}
+		if (r->left == 0)
+			continue;
+		if (r->left > 0)
+			r->left--;
+		rv = r->rv;
+	}
+	if (pending_close) {
+		pending_close = 0;
+		pthread_mutex_unlock(&mu);
+		pthread_rwlock_wrlock(&calls);
+		close_all_real();
+		pthread_rwlock_unlock(&calls);
+	} else {
+		pthread_mutex_unlock(&mu);
+	}
+	if (delay > 0) {
+		struct timespec ts = {delay / 1000, (delay % 1000) * 1000000L};
+
+		nanosleep(&ts, NULL);
+	}
+	return rv;
+}
+
+static int aa_find(CK_SESSION_HANDLE h, int add)
+{
+	int i, fr = -1;
+
+	for (i = 0; i < MAX_SESSIONS; i++) {
+		if (aa[i].st != 0 && aa[i].h == h)
+			return i;
+		if (aa[i].st == 0 && fr < 0)
+			fr = i;
+	}
+	if (add && fr >= 0) {
+		aa[fr].h = h;
+		aa[fr].st = 1;
+		return fr;
+	}
+	return -1;
+}
+
+static int is_always_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+	char label[128];
+	CK_OBJECT_CLASS cls = 0;
+	CK_ATTRIBUTE t[2] = {{CKA_LABEL, label, sizeof(label) - 1}, {CKA_CLASS, &cls, sizeof(cls)}};
+	char want[128];
+
+	pthread_mutex_lock(&mu);
+	snprintf(want, sizeof(want), "%s", always_label);
+	pthread_mutex_unlock(&mu);
+	if (want[0] == '\0')
+		return 0;
+	if (REAL(real->C_GetAttributeValue(s, o, t, 2)) != CKR_OK || cls != CKO_PRIVATE_KEY)
+		return 0;
+	label[t[0].ulValueLen < sizeof(label) ? t[0].ulValueLen : 0] = '\0';
+	return strcmp(label, want) == 0;
+}
+
+static CK_RV w_Initialize(void *args)
+{
+	CK_RV rv = REAL(real->C_Initialize(args));
+
+	flog("C_Initialize", 0, rv);
+	return rv;
+}
+
+static CK_RV w_Finalize(void *res)
+{
+	CK_RV rv = REAL(real->C_Finalize(res));
+
+	flog("C_Finalize", 0, rv);
+	return rv;
+}
+
+static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID *list, CK_ULONG *n)
+{
+	CK_RV rv = pre("C_GetSlotList", 0);
+	int rem;
+
+	pthread_mutex_lock(&mu);
+	rem = removed;
+	pthread_mutex_unlock(&mu);
+	if (rv == CKR_OK && rem && present) {
+		*n = 0;
+		return CKR_OK;
+	}
+	if (rv == CKR_OK)
+		rv = REAL(real->C_GetSlotList(present, list, n));
+	return rv;
+}
+
+static CK_RV w_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *ti)
+{
+	CK_RV rv = pre("C_GetTokenInfo", 1);
+
+	return rv == CKR_OK ? REAL(real->C_GetTokenInfo(slot, ti)) : rv;
+}
+
+static CK_RV w_OpenSession(CK_SLOT_ID slot, CK_FLAGS fl, void *app, CK_NOTIFY notify,
+                           CK_SESSION_HANDLE *s)
+{
+	CK_RV rv = pre("C_OpenSession", 1);
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_OpenSession(slot, fl, app, notify, s));
+	flog("C_OpenSession", 0, rv);
+	return rv;
+}
+
+static CK_RV w_CloseSession(CK_SESSION_HANDLE s)
+{
+	CK_RV rv = pre("C_CloseSession", 2);
+	int i;
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_CloseSession(s));
+	pthread_mutex_lock(&mu);
+	if ((i = aa_find(s, 0)) >= 0)
+		aa[i].st = 0;
+	pthread_mutex_unlock(&mu);
+	return rv;
+}
+
+static CK_RV w_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR *pin, CK_ULONG len)
+{
+	CK_RV rv = pre("C_Login", 2);
+	int i;
+
+	if (rv == CKR_OK && user == CKU_CONTEXT_SPECIFIC) {
+		pthread_mutex_lock(&mu);
+		i = aa_find(s, 0);
+		if (i >= 0 && aa[i].st == 1) {
+			/* emulated: any non-empty PIN passes (the agent only
+			 * ever sends the PIN the token accepted at login) */
+			aa[i].st = 2;
+			pthread_mutex_unlock(&mu);
+			rv = pin != NULL && len > 0 ? CKR_OK : CKR_PIN_INCORRECT;
+			flog("C_Login", (unsigned long)user, rv);
+			return rv;
+		}
+		pthread_mutex_unlock(&mu);
+	}
+	if (rv == CKR_OK)
+		rv = REAL(real->C_Login(s, user, pin, len));
+	flog("C_Login", (unsigned long)user, rv);
+	return rv;
+}
+
+static CK_RV w_Logout(CK_SESSION_HANDLE s)
+{
+	CK_RV rv = pre("C_Logout", 2);
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_Logout(s));
+	flog("C_Logout", 0, rv);
+	return rv;
+}
+
+static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE *t,
+                                 CK_ULONG n)
+{
+	CK_RV rv = pre("C_GetAttributeValue", 2);
+	CK_ULONG i;
+
+	if (rv != CKR_OK)
+		return rv;
+	rv = REAL(real->C_GetAttributeValue(s, o, t, n));
+	for (i = 0; i < n; i++)
+		if (t[i].type == CKA_ALWAYS_AUTHENTICATE && t[i].pValue != NULL &&
+		    t[i].ulValueLen >= 1 && is_always_key(s, o)) {
+			*(CK_BBOOL *)t[i].pValue = CK_TRUE;
+			t[i].ulValueLen = 1;
+		}
+	return rv;
+}
+
+static CK_RV w_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	CK_RV rv = pre("C_FindObjectsInit", 2);
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_FindObjectsInit(s, t, n));
+	flog("C_FindObjectsInit", 0, rv);
+	return rv;
+}
+
+static CK_RV w_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *o, CK_ULONG max, CK_ULONG *n)
+{
+	CK_RV rv = pre("C_FindObjects", 2);
+
+	return rv == CKR_OK ? REAL(real->C_FindObjects(s, o, max, n)) : rv;
+}
+
+static CK_RV w_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE k)
+{
+	CK_RV rv = pre("C_SignInit", 2);
+	int i;
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_SignInit(s, m, k));
+	if (rv == CKR_OK && is_always_key(s, k)) {
+		pthread_mutex_lock(&mu);
+		if ((i = aa_find(s, 1)) >= 0)
+			aa[i].st = 1;
+		pthread_mutex_unlock(&mu);
+	}
+	flog("C_SignInit", 0, rv);
+	return rv;
+}
+
+static CK_RV w_Sign(CK_SESSION_HANDLE s, CK_BYTE *d, CK_ULONG dl, CK_BYTE *sig, CK_ULONG *sl)
+{
+	CK_RV rv = pre("C_Sign", 2);
+	int i;
+
+	if (rv == CKR_OK) {
+		pthread_mutex_lock(&mu);
+		i = aa_find(s, 0);
+		if (i >= 0 && aa[i].st == 1 && sig != NULL) {
+			aa[i].st = 0;
+			rv = CKR_USER_NOT_LOGGED_IN;
+		} else if (i >= 0 && sig != NULL) {
+			aa[i].st = 0;
+		}
+		pthread_mutex_unlock(&mu);
+		if (rv != CKR_OK) {
+			/* end the operation in the real module as a failed
+			 * C_Sign would */
+			CK_BYTE tmp[1024];
+			CK_ULONG tl = sizeof(tmp);
+
+			REAL(real->C_Sign(s, d, dl, tmp, &tl));
+		}
+	}
+	if (rv == CKR_OK)
+		rv = REAL(real->C_Sign(s, d, dl, sig, sl));
+	flog("C_Sign", 0, rv);
+	return rv;
+}
+
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST **ret);
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST **ret)
+{
+	CK_RV (*gfl)(CK_FUNCTION_LIST **);
+	const char *target = getenv("P11JWT_FAULT_TARGET");
+	CK_RV rv = CKR_OK;
+
+	if (ret == NULL)
+		return CKR_ARGUMENTS_BAD;
+	pthread_mutex_lock(&mu);
+	if (real == NULL) {
+		real_dl = dlopen(target ? target : "/usr/lib/softhsm/libsofthsm2.so",
+		                 RTLD_NOW | RTLD_LOCAL);
+		gfl = real_dl ? (CK_RV(*)(CK_FUNCTION_LIST **))dlsym(real_dl, "C_GetFunctionList")
+		              : NULL;
+		if (gfl == NULL || (rv = gfl(&real)) != CKR_OK || real == NULL) {
+			real = NULL;
+			pthread_mutex_unlock(&mu);
+			return rv != CKR_OK ? rv : CKR_GENERAL_ERROR;
+		}
+		ours = *real;
+		ours.C_GetFunctionList = C_GetFunctionList;
+		ours.C_Initialize = w_Initialize;
+		ours.C_Finalize = w_Finalize;
+		ours.C_GetSlotList = w_GetSlotList;
+		ours.C_GetTokenInfo = w_GetTokenInfo;
+		ours.C_OpenSession = w_OpenSession;
+		ours.C_CloseSession = w_CloseSession;
+		ours.C_Login = w_Login;
+		ours.C_Logout = w_Logout;
+		ours.C_GetAttributeValue = w_GetAttributeValue;
+		ours.C_FindObjectsInit = w_FindObjectsInit;
+		ours.C_FindObjects = w_FindObjects;
+		ours.C_SignInit = w_SignInit;
+		ours.C_Sign = w_Sign;
+	}
+	pthread_mutex_unlock(&mu);
+	*ret = &ours;
+	return CKR_OK;
+}
