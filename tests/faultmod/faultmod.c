@@ -15,6 +15,11 @@
  *                                      every session is closed (and so the
  *                                      user logged out), as on a real card
  *   delay C_Sign 200ms                 sleep before the call
+ *   pinpad PIN                         the token has a PIN pad
+ *                                      (CKF_PROTECTED_AUTHENTICATION_PATH);
+ *                                      C_Login with a NULL PIN logs in as if
+ *                                      PIN had been typed on it ("C_Login 1
+ *                                      pinpad" in the log)
  *   always_auth LABEL                  the private key LABEL behaves as
  *                                      CKA_ALWAYS_AUTHENTICATE: C_Sign after
  *                                      C_SignInit needs C_Login(CKU_CONTEXT_
@@ -67,6 +72,7 @@ static pthread_rwlock_t calls = PTHREAD_RWLOCK_INITIALIZER;
 		rv_;                                                                               \
 	})
 static char always_label[128];
+static char pinpad_pin[128]; /* "": no PIN pad */
 static struct timespec ctl_mtime;
 static off_t ctl_size = -1;
 /* sessions where a C_SignInit on an always_auth key awaits a context login:
@@ -149,6 +155,7 @@ static void ctl_reload(void)
 	nrules = 0;
 	removed = 0;
 	always_label[0] = '\0';
+	pinpad_pin[0] = '\0';
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char a[64] = "", b[128] = "", c[64] = "";
 		long d = 0;
@@ -156,6 +163,8 @@ static void ctl_reload(void)
 
 		if (k >= 2 && strcmp(a, "removed") == 0) {
 			removed = strcmp(b, "on") == 0;
+		} else if (k >= 2 && strcmp(a, "pinpad") == 0) {
+			snprintf(pinpad_pin, sizeof(pinpad_pin), "%s", b);
 		} else if (k >= 2 && strcmp(a, "always_auth") == 0) {
 			snprintf(always_label, sizeof(always_label), "%s", b);
 		} else if (k >= 3 && strcmp(a, "fail") == 0 && nrules < MAX_RULES) {
@@ -304,7 +313,11 @@ static CK_RV w_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *ti)
 {
 	CK_RV rv = pre("C_GetTokenInfo", 1);
 
-	return rv == CKR_OK ? REAL(real->C_GetTokenInfo(slot, ti)) : rv;
+	if (rv == CKR_OK)
+		rv = REAL(real->C_GetTokenInfo(slot, ti));
+	if (rv == CKR_OK && pinpad_pin[0])
+		ti->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+	return rv;
 }
 
 static CK_RV w_OpenSession(CK_SLOT_ID slot, CK_FLAGS fl, void *app, CK_NOTIFY notify,
@@ -350,6 +363,13 @@ static CK_RV w_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR *pin, C
 			return rv;
 		}
 		pthread_mutex_unlock(&mu);
+	}
+	if (rv == CKR_OK && user == CKU_USER && pin == NULL && pinpad_pin[0]) {
+		/* the user "types" the PIN on the reader's pad */
+		rv = REAL(real->C_Login(s, user, (CK_UTF8CHAR *)pinpad_pin,
+					(CK_ULONG)strlen(pinpad_pin)));
+		flog("C_Login 1 pinpad", 0, rv);
+		return rv;
 	}
 	if (rv == CKR_OK)
 		rv = REAL(real->C_Login(s, user, pin, len));

@@ -114,6 +114,7 @@ def main():
     try:
         test_fault_module(work, tokdir, sockdir, pin)
         test_credentials(work, tokdir, sockdir, pin)
+        test_pinpad(work, tokdir, sockdir, pin)
         test_p11kit_server(work, tokdir, sockdir, pin)
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
@@ -344,6 +345,25 @@ def test_credentials(work, tokdir, sockdir, pin):
     t.ok(ok and r.returncode == 0 and r.stdout.count('.') == 2,
          'PIN from $CREDENTIALS_DIRECTORY/pin: the agent starts logged in',
          a.stderr() if not ok else r.stderr)
+    a.stop()
+
+
+def test_pinpad(work, tokdir, sockdir, pin):
+    """A token with a protected authentication path (PIN pad), emulated by
+    the fault module: with no PIN configured the agent logs in with a NULL
+    PIN, and never sends one."""
+    fault = Fault(os.path.join(work))
+    fault.set(f'pinpad {pin}')
+    sock = os.path.join(sockdir, 'pp', 'agent.sock')
+    a = start_faulty(tokdir, sock, fault)
+    ok = a.ready
+    r = cli('sign', '--key', 'ec-p256', sock=sock) if ok else None
+    t.ok(ok and r.returncode == 0 and r.stdout.count('.') == 2,
+         'PIN pad token: the agent logs in with a NULL PIN and signs',
+         a.stderr() if not ok else r.stderr)
+    logins = [line for line in fault.lines() if line.startswith('C_Login')]
+    t.ok(logins and all('pinpad' in line for line in logins),
+         'every login went through the PIN pad path (no PIN sent)', logins)
     a.stop()
 
 
