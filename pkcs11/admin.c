@@ -11,7 +11,6 @@
 #include "pkcs11/tok-internal.h"
 #include "common/err.h"
 #include "common/util.h"
-#include "jose/jwk.h"
 #include "jose/jws.h"
 
 #include <ctype.h>
@@ -35,7 +34,6 @@
 #define CKM_EC_EDWARDS_KEY_PAIR_GEN 0x1055UL
 #endif
 
-#define ADM_ATTR_MAX 1024 /* modulus (RSA 8192), EC point */
 #define ADM_SIG_MAX 1024  /* RSA 8192 */
 #define ADM_RANDOM_ID_LEN 8
 #define ADM_SUBJECT_MAX 4096
@@ -44,28 +42,20 @@
 /* DER of the curve OIDs for CKA_EC_PARAMS, and for Ed25519 the
  * PrintableString "edwards25519" that SoftHSM 2.6.1 and OpenSC use when
  * they generate the key (softhsm-conf/mktoken's ed25519 key has it). */
-static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
-static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
-                                      'd',  's',  '2', '5', '5', '1', '9'};
-
 static const struct {
 	adm_keytype type;
 	const char *name;
 	CK_ULONG bits;      /* RSA */
-	const uint8_t *par; /* EC, Ed25519 */
+	const uint8_t *par; /* CKA_EC_PARAMS (EC, Ed25519), from the token layer */
 	size_t par_len;
-	const char *crv; /* jwk_pkey_ec curve */
-	size_t field;    /* bytes of one coordinate */
 } kt_table[] = {
-    {ADM_KT_RSA2048, "rsa:2048", 2048, NULL, 0, NULL, 0},
-    {ADM_KT_RSA3072, "rsa:3072", 3072, NULL, 0, NULL, 0},
-    {ADM_KT_RSA4096, "rsa:4096", 4096, NULL, 0, NULL, 0},
-    {ADM_KT_P256, "ec:P-256", 0, oid_p256, sizeof(oid_p256), "P-256", 32},
-    {ADM_KT_P384, "ec:P-384", 0, oid_p384, sizeof(oid_p384), "P-384", 48},
-    {ADM_KT_P521, "ec:P-521", 0, oid_p521, sizeof(oid_p521), "P-521", 66},
-    {ADM_KT_ED25519, "ed25519", 0, str_ed25519, sizeof(str_ed25519), NULL, 32},
+    {ADM_KT_RSA2048, "rsa:2048", 2048, NULL, 0},
+    {ADM_KT_RSA3072, "rsa:3072", 3072, NULL, 0},
+    {ADM_KT_RSA4096, "rsa:4096", 4096, NULL, 0},
+    {ADM_KT_P256, "ec:P-256", 0, tok_oid_p256, sizeof(tok_oid_p256)},
+    {ADM_KT_P384, "ec:P-384", 0, tok_oid_p384, sizeof(tok_oid_p384)},
+    {ADM_KT_P521, "ec:P-521", 0, tok_oid_p521, sizeof(tok_oid_p521)},
+    {ADM_KT_ED25519, "ed25519", 0, tok_str_ed25519, sizeof(tok_str_ed25519)},
 };
 
 /* ---- small helpers --------------------------------------------------- */
@@ -112,58 +102,6 @@ static int object_find(tok_ctx *ctx, CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, C
 	if (ret_h != NULL)
 		*ret_h = got > 0 ? h : CK_INVALID_HANDLE;
 	return 0;
-}
-
-/* A public attribute into a fresh buffer; P11J_E_PKCS11 when absent. */
-static int attr_read(tok_ctx *ctx, CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                     CK_ATTRIBUTE_TYPE t, const char *what, uint8_t **ret, size_t *ret_len)
-{
-	CK_ATTRIBUTE a = {t, NULL, 0};
-	uint8_t *buf;
-	CK_RV rv;
-
-	rv = f->C_GetAttributeValue(s, o, &a, 1);
-	if (rv == CKR_OK && (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0 ||
-	                     a.ulValueLen > ADM_ATTR_MAX))
-		return err_set(P11J_E_PKCS11, "token '%s' gives no usable %s for the new key",
-		               tok_label(ctx), what);
-	if (rv != CKR_OK)
-		return adm_ck(ctx, "C_GetAttributeValue", rv);
-	buf = malloc(a.ulValueLen);
-	if (buf == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
-	a.pValue = buf;
-	rv = f->C_GetAttributeValue(s, o, &a, 1);
-	if (rv != CKR_OK) {
-		free(buf);
-		return adm_ck(ctx, "C_GetAttributeValue", rv);
-	}
-	*ret = buf;
-	*ret_len = a.ulValueLen;
-	return 0;
-}
-
-/* CKA_EC_POINT: a DER OCTET STRING around the point, or the bare point. */
-static const uint8_t *point_unwrap(const uint8_t *p, size_t len, size_t want)
-{
-	size_t hl, cl;
-
-	if (len == want)
-		return p;
-	if (len < 2 || p[0] != 0x04)
-		return NULL;
-	if (p[1] < 0x80) {
-		hl = 2;
-		cl = p[1];
-	} else if (p[1] == 0x81 && len >= 3) {
-		hl = 3;
-		cl = p[2];
-	} else {
-		return NULL;
-	}
-	if (hl + cl != len || cl != want)
-		return NULL;
-	return p + hl;
 }
 
 int adm_open(const tok_config *cfg, tok_ctx **ret)
@@ -335,47 +273,6 @@ static int key_uri(tok_ctx *ctx, CK_FUNCTION_LIST *f, const char *label, const u
 		r = err_set(P11J_E_NOMEM, "cannot format the key URI");
 out:
 	p11_kit_uri_free(u);
-	return r;
-}
-
-static int pub_read(tok_ctx *ctx, CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                    size_t t, EVP_PKEY **ret)
-{
-	uint8_t *a = NULL, *b = NULL;
-	size_t alen = 0, blen = 0, want;
-	const uint8_t *q;
-	int r;
-
-	if (kt_table[t].bits != 0) {
-		r = attr_read(ctx, f, s, o, CKA_MODULUS, "CKA_MODULUS", &a, &alen);
-		if (r == 0)
-			r = attr_read(ctx, f, s, o, CKA_PUBLIC_EXPONENT, "CKA_PUBLIC_EXPONENT", &b,
-			              &blen);
-		if (r == 0)
-			r = jwk_pkey_rsa(a, alen, b, blen, ret);
-		goto out;
-	}
-	r = attr_read(ctx, f, s, o, CKA_EC_POINT, "CKA_EC_POINT", &a, &alen);
-	if (r < 0)
-		goto out;
-	want = kt_table[t].crv != NULL ? 1 + 2 * kt_table[t].field : kt_table[t].field;
-	q = point_unwrap(a, alen, want);
-	if (q == NULL) {
-		r = err_set(P11J_E_PKCS11,
-		            "token '%s' gives a malformed CKA_EC_POINT for the new key",
-		            tok_label(ctx));
-		goto out;
-	}
-	if (kt_table[t].crv != NULL) {
-		r = jwk_pkey_ec(kt_table[t].crv, q, want, ret);
-	} else {
-		*ret = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, q, want);
-		if (*ret == NULL)
-			r = err_set_ossl(P11J_E_CRYPTO, "Ed25519 public key");
-	}
-out:
-	free(a);
-	free(b);
 	return r;
 }
 
@@ -582,7 +479,7 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 		            fl.sign, fl.decrypt, fl.unwrap, fl.derive);
 		goto out;
 	}
-	if ((r = pub_read(ctx, f, s, hpub, t, &k.pub)) < 0)
+	if ((r = tok_pub_from_object(ctx, s, hpub, kt, label, &k.pub)) < 0)
 		goto out;
 	if ((r = key_uri(ctx, f, label, k.id, k.id_len, &k.uri)) < 0)
 		goto out;

@@ -1014,12 +1014,12 @@ static const uint8_t *point_unwrap(const uint8_t *p, size_t len, size_t want)
 	return p + hl;
 }
 
-static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
-static const uint8_t oid_p521[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
+const uint8_t tok_oid_p256[10] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+const uint8_t tok_oid_p384[7] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+const uint8_t tok_oid_p521[7] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23};
 static const uint8_t oid_ed25519[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
-static const uint8_t str_ed25519[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
-                                      'd',  's',  '2', '5', '5', '1', '9'};
+const uint8_t tok_str_ed25519[14] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
+                                     'd',  's',  '2', '5', '5', '1', '9'};
 
 #define BYTES_EQ(p, n, lit) ((n) == sizeof(lit) && memcmp((p), (lit), sizeof(lit)) == 0)
 
@@ -1042,7 +1042,7 @@ static int pub_ec(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, bool ed
 		goto out;
 	}
 	if (edwards) {
-		if (!BYTES_EQ(par, par_len, oid_ed25519) && !BYTES_EQ(par, par_len, str_ed25519)) {
+		if (!BYTES_EQ(par, par_len, oid_ed25519) && !BYTES_EQ(par, par_len, tok_str_ed25519)) {
 			r = err_set(P11J_E_UNSUPPORTED_ALG,
 			            "key '%s' is an Edwards curve other than "
 			            "Ed25519",
@@ -1059,13 +1059,13 @@ static int pub_ec(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, bool ed
 			r = err_set_ossl(P11J_E_CRYPTO, "Ed25519 public key");
 		goto out;
 	}
-	if (BYTES_EQ(par, par_len, oid_p256)) {
+	if (BYTES_EQ(par, par_len, tok_oid_p256)) {
 		group = "P-256";
 		field = 32;
-	} else if (BYTES_EQ(par, par_len, oid_p384)) {
+	} else if (BYTES_EQ(par, par_len, tok_oid_p384)) {
 		group = "P-384";
 		field = 48;
-	} else if (BYTES_EQ(par, par_len, oid_p521)) {
+	} else if (BYTES_EQ(par, par_len, tok_oid_p521)) {
 		group = "P-521";
 		field = 66;
 	} else {
@@ -1088,8 +1088,8 @@ out:
 	return r;
 }
 
-static int pub_from_object(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_KEY_TYPE kt,
-                           const char *name, EVP_PKEY **ret)
+int tok_pub_from_object(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_KEY_TYPE kt,
+                        const char *name, EVP_PKEY **ret)
 {
 	switch (kt) {
 	case CKK_RSA:
@@ -1285,7 +1285,7 @@ static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK
 		goto out;
 
 	if (pubo != CK_INVALID_HANDLE) {
-		r = pub_from_object(ctx, s, pubo, kt, k->name, &k->pub);
+		r = tok_pub_from_object(ctx, s, pubo, kt, k->name, &k->pub);
 		if (r < 0 && r != P11J_E_NOT_FOUND) {
 			tok_log(ctx, TOK_LOG_WARNING, "skipping key '%s': %s", k->name, err_msg());
 			r = 0;
