@@ -9,6 +9,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include "common/err.h"
 #include "jose/jwa.h"
 #include "jose/jws.h"
@@ -51,6 +52,31 @@ static inline int softsign_fn(void *evp_pkey, jwa_alg alg, const uint8_t *in, si
 out:
 	EVP_MD_CTX_free(m);
 	return r;
+}
+
+/* A self-signed certificate for key (CN=t, one hour) as DER in *ret_der
+ * (OPENSSL_free it): what the tests attach to a software key. */
+static inline int softsign_cert(EVP_PKEY *key, uint8_t **ret_der, int *ret_len)
+{
+	X509 *x = X509_new();
+	X509_NAME *n;
+
+	if (x == NULL)
+		return -1;
+	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+	X509_gmtime_adj(X509_getm_notBefore(x), 0);
+	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+	X509_set_pubkey(x, key);
+	n = X509_get_subject_name(x);
+	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"t", -1, -1, 0);
+	X509_set_issuer_name(x, n);
+	if (X509_sign(x, key, EVP_sha256()) <= 0) {
+		X509_free(x);
+		return -1;
+	}
+	*ret_len = i2d_X509(x, ret_der);
+	X509_free(x);
+	return *ret_len > 0 ? 0 : -1;
 }
 
 #endif

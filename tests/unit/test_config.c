@@ -401,25 +401,6 @@ static const char policy_conf[] =
 	"[key mine]\n"
 	"object = ed\n";
 
-static int make_cert(EVP_PKEY *key)
-{
-	X509 *x = X509_new();
-	X509_NAME *n;
-
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), 0);
-	X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-	X509_set_pubkey(x, key);
-	n = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"t", -1, -1, 0);
-	X509_set_issuer_name(x, n);
-	if (X509_sign(x, key, EVP_sha256()) <= 0)
-		return -1;
-	cert_len = i2d_X509(x, &cert_der);
-	X509_free(x);
-	return cert_len > 0 ? 0 : -1;
-}
-
 static int setup(void **state)
 {
 	char *errs = NULL;
@@ -429,7 +410,7 @@ static int setup(void **state)
 	pk[0] = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
 	pk[1] = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	pk[2] = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-	if (pk[0] == NULL || pk[1] == NULL || pk[2] == NULL || make_cert(pk[0]) < 0)
+	if (pk[0] == NULL || pk[1] == NULL || pk[2] == NULL || softsign_cert(pk[0], &cert_der, &cert_len) < 0)
 		return -1;
 	if (cfg_load_string("p.conf", policy_conf, strlen(policy_conf), &pcfg, &errs) < 0) {
 		fprintf(stderr, "%s", errs);
