@@ -29,6 +29,7 @@
 #include "pkcs11/admin.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
+#include "testtoken.h"
 
 #define MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define URI "pkcs11:token=p11jwt-test"
@@ -158,32 +159,9 @@ static void check_objects(tok_ctx *ctx, const char *label, bool rsa)
 
 static int group_setup(void **state)
 {
-	const char *src = getenv("P11JWT_SRCDIR"), *build = getenv("P11JWT_BUILDDIR");
-	char cmd[4096], conf[1100];
-
 	(void)state;
-	/* Keep SoftHSM at one address for the run so LSan can attribute its
-	 * leaks after p11-kit unloads and reloads it. */
-	if (dlopen(MODULE, RTLD_NOW | RTLD_NODELETE) == NULL) {
-		fprintf(stderr, "# cannot load %s: %s\n", MODULE, dlerror());
-		return -1;
-	}
-	if (src == NULL)
-		src = "..";
-	if (build == NULL)
-		build = ".";
-	snprintf(tokdir, sizeof(tokdir), "%s/tests/admin-token", build);
-	snprintf(pinfile, sizeof(pinfile), "%s/pin", tokdir);
-	snprintf(cmd, sizeof(cmd), "'%s/softhsm-conf/mktoken' --force '%s' >/dev/null", src,
-	         tokdir);
-	if (system(cmd) != 0) {
-		fprintf(stderr, "# mktoken failed: %s\n", cmd);
-		return -1;
-	}
-	snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tokdir);
-	setenv("SOFTHSM2_CONF", conf, 1);
-	unsetenv("P11JWT_PIN");
-	return 0;
+	return testtoken_make("admin-token", tokdir, sizeof(tokdir), pinfile, sizeof(pinfile),
+			      NULL, 0);
 }
 
 /* ---- parsing ---------------------------------------------------------- */

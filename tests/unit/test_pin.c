@@ -26,6 +26,7 @@
 #include "common/util.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
+#include "testtoken.h"
 
 #define MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define URI "pkcs11:token=p11jwt-test"
@@ -99,42 +100,20 @@ static int sign_ed(tok_ctx *ctx)
 
 static int group_setup(void **state)
 {
-	const char *src = getenv("P11JWT_SRCDIR"), *build = getenv("P11JWT_BUILDDIR");
-	char cmd[4096], conf[1100];
-	FILE *f;
+	const char *build = getenv("P11JWT_BUILDDIR");
+	char cmd[4096];
 
 	(void)state;
-	if (dlopen(MODULE, RTLD_NOW | RTLD_NODELETE) == NULL)
+	if (testtoken_make("pin-token", tokdir, sizeof(tokdir), pinfile, sizeof(pinfile), pin,
+			   sizeof(pin)) < 0)
 		return -1;
-	if (src == NULL)
-		src = "..";
+	unsetenv("CREDENTIALS_DIRECTORY");
+	/* an extractable key: listed while locked, never usable after login */
+	if (testtoken_keypairgen(pin, "--key-type EC:prime256v1 --label unsafe-ec --id 0f "
+				      "--usage-sign --extractable") < 0)
+		return -1;
 	if (build == NULL)
 		build = ".";
-	snprintf(tokdir, sizeof(tokdir), "%s/tests/pin-token", build);
-	snprintf(pinfile, sizeof(pinfile), "%s/pin", tokdir);
-	snprintf(cmd, sizeof(cmd), "'%s/softhsm-conf/mktoken' --force '%s' >/dev/null", src,
-	         tokdir);
-	if (system(cmd) != 0)
-		return -1;
-	snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tokdir);
-	setenv("SOFTHSM2_CONF", conf, 1);
-	unsetenv("P11JWT_PIN");
-	unsetenv("CREDENTIALS_DIRECTORY");
-	f = fopen(pinfile, "r");
-	if (f == NULL || fgets(pin, sizeof(pin), f) == NULL)
-		return -1;
-	fclose(f);
-	pin[strcspn(pin, "\n")] = '\0';
-	/* an extractable key: listed while locked, never usable after login */
-	setenv("P11JWT_TEST_PIN", pin, 1);
-	snprintf(cmd, sizeof(cmd),
-	         "pkcs11-tool --module %s --token-label p11jwt-test --login "
-	         "--pin env:P11JWT_TEST_PIN --keypairgen --key-type EC:prime256v1 "
-	         "--label unsafe-ec --id 0f --usage-sign --extractable >/dev/null 2>&1",
-	         MODULE);
-	if (system(cmd) != 0)
-		return -1;
-	unsetenv("P11JWT_TEST_PIN");
 	snprintf(tmpdir, sizeof(tmpdir), "%s/tests/pin-tmp", build);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", tmpdir, tmpdir);
 	if (system(cmd) != 0)

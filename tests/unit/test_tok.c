@@ -35,6 +35,7 @@
 #include "common/util.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
+#include "testtoken.h"
 
 #define MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define URI "pkcs11:token=p11jwt-test"
@@ -197,62 +198,27 @@ static void sign_verify(tok_ctx *ctx, const tok_key *k, jwa_alg a, const char *m
 
 static int group_setup(void **state)
 {
-	const char *src = getenv("P11JWT_SRCDIR"), *build = getenv("P11JWT_BUILDDIR");
-	char cmd[4096], conf[1100];
-	FILE *f;
+	const char *build = getenv("P11JWT_BUILDDIR");
+	char cmd[4096];
 
 	(void)state;
-	/* Pin SoftHSM in memory at one address for the whole run, so that
-	 * LeakSanitizer can still attribute its leaks (see above) to
-	 * libsofthsm2.so after p11-kit has unloaded and reloaded it. */
-	if (dlopen(MODULE, RTLD_NOW | RTLD_NODELETE) == NULL) {
-		fprintf(stderr, "# cannot load %s: %s\n", MODULE, dlerror());
+	if (testtoken_make("tok-token", tokdir, sizeof(tokdir), pinfile, sizeof(pinfile), pin,
+			   sizeof(pin)) < 0)
 		return -1;
-	}
-	if (src == NULL)
-		src = "..";
-	if (build == NULL)
-		build = ".";
-	snprintf(tokdir, sizeof(tokdir), "%s/tests/tok-token", build);
-	snprintf(pinfile, sizeof(pinfile), "%s/pin", tokdir);
-	snprintf(cmd, sizeof(cmd), "'%s/softhsm-conf/mktoken' --force '%s' >/dev/null", src,
-	         tokdir);
-	if (system(cmd) != 0) {
-		fprintf(stderr, "# mktoken failed: %s\n", cmd);
-		return -1;
-	}
-	snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tokdir);
-	setenv("SOFTHSM2_CONF", conf, 1);
-	unsetenv("P11JWT_PIN");
-	f = fopen(pinfile, "r");
-	if (f == NULL || fgets(pin, sizeof(pin), f) == NULL)
-		return -1;
-	fclose(f);
-	pin[strcspn(pin, "\n")] = '\0';
-
 	/* A sixth key that breaks the rules: extractable. */
-	setenv("P11JWT_TEST_PIN", pin, 1);
-	snprintf(cmd, sizeof(cmd),
-	         "pkcs11-tool --module %s --token-label p11jwt-test --login "
-	         "--pin env:P11JWT_TEST_PIN --keypairgen --key-type EC:prime256v1 "
-	         "--label unsafe-ec --id 0f --usage-sign --extractable >/dev/null 2>&1",
-	         MODULE);
-	if (system(cmd) != 0) {
+	if (testtoken_keypairgen(pin, "--key-type EC:prime256v1 --label unsafe-ec --id 0f "
+				      "--usage-sign --extractable") < 0) {
 		fprintf(stderr, "# cannot add the extractable key\n");
 		return -1;
 	}
 	/* And one of a kind p11jwt does not serve: RSA under 2048 bits. */
-	snprintf(cmd, sizeof(cmd),
-	         "pkcs11-tool --module %s --token-label p11jwt-test --login "
-	         "--pin env:P11JWT_TEST_PIN --keypairgen --key-type rsa:1024 "
-	         "--label rsa-1024 --id 0e --usage-sign >/dev/null 2>&1",
-	         MODULE);
-	if (system(cmd) != 0) {
+	if (testtoken_keypairgen(pin, "--key-type rsa:1024 --label rsa-1024 --id 0e "
+				      "--usage-sign") < 0) {
 		fprintf(stderr, "# cannot add the RSA-1024 key\n");
 		return -1;
 	}
-	unsetenv("P11JWT_TEST_PIN");
-
+	if (build == NULL)
+		build = ".";
 	snprintf(tmpdir, sizeof(tmpdir), "%s/tests/tok-tmp", build);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", tmpdir, tmpdir);
 	return system(cmd) == 0 ? 0 : -1;
