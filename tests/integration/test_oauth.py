@@ -502,6 +502,22 @@ def test_profiles_dry_run(srv, env, work):
     r = p11jwt('token', '--key', 'ec-p256', '--client-id', 'x', '--token-url',
                'http://127.0.0.1:9/t', '--client-secret', 'x', env=env)
     t.eq(r.returncode, 2, 'there is no option to pass a secret on the command line')
+    base = ['--key', 'ec-p256', '--client-id', 'x', '--token-url', 'http://127.0.0.1:9/t']
+    for args, words, desc in (
+            (['token', *base, '--form', '=v'], 'empty field name', '--form with no name'),
+            (['token', *base, '--grant', 'password'], "--grant 'password'", 'an unknown --grant'),
+            (['token', *base, '--timeout', '0'], '--timeout', '--timeout 0'),
+            (['token', *base, '--lifetime', '-5'], '--lifetime', 'a negative --lifetime'),
+            (['token', *base, '--header', 'nokv'], "no '='", '--header without ='),
+            (['token', *base, '--preset', 'zzz'], "unknown preset 'zzz'", 'an unknown preset'),
+            (['token', '--client-id', 'x', '--token-url', 'http://127.0.0.1:9/t'],
+             '--key NAME is required', 'no --key'),
+            (['call', *base, '-H', 'no colon', 'http://127.0.0.1:9/'], "'Name: value'",
+             'call -H without a colon'),
+            (['call', *base], 'URL to call is missing', 'call without a URL'),
+            (['cache', 'bogus'], "'list' or 'clear'", 'cache with an unknown action')):
+        r = p11jwt(*args, env=env)
+        t.ok(r.returncode == 2 and words in r.stderr, f'{desc}: exit 2, named', r.stderr)
 
 
 def test_bad_server(bad, env, work):
