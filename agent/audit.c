@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "agent/audit.h"
+#include "jose/jsonfast.h"
 #include "common/err.h"
 
 #include <errno.h>
@@ -24,51 +25,61 @@ int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, cha
 	time_t secs = (time_t)(now_ms / 1000);
 	char stamp[64];
 	struct tm tm;
-	json_t *o = NULL;
-	char *s = NULL, *line;
-	size_t n;
-	int r = P11J_E_NOMEM;
+	jsonf_buf b = { 0 };
+	char *line;
+	int r;
 
 	if (gmtime_r(&secs, &tm) == NULL)
 		return err_set(P11J_E_INTERNAL, "time out of range");
 	snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
 	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now_ms % 1000));
-	o = json_object();
-	if (o == NULL || json_object_set_new(o, "time", json_string(stamp)) < 0)
+	/* written straight out (one JSON object per line): time, the peer,
+	 * only the listed members, whatever else a record might carry (and
+	 * never a JWT or a PIN) stays out of the trail, then the result */
+	if ((r = jsonf_reserve(&b, 512)) < 0 || (r = jsonf_str(&b, "{\"time\":")) < 0 ||
+	    (r = jsonf_quote(&b, stamp, strlen(stamp))) < 0)
 		goto out;
 	if (peer != NULL &&
-	    (json_object_set_new(o, "uid", json_integer((json_int_t)peer->uid)) < 0 ||
-	     json_object_set_new(o, "gid", json_integer((json_int_t)peer->gid)) < 0 ||
-	     json_object_set_new(o, "pid", json_integer((json_int_t)peer->pid)) < 0))
+	    ((r = jsonf_str(&b, ",\"uid\":")) < 0 || (r = jsonf_int(&b, peer->uid)) < 0 ||
+	     (r = jsonf_str(&b, ",\"gid\":")) < 0 || (r = jsonf_int(&b, peer->gid)) < 0 ||
+	     (r = jsonf_str(&b, ",\"pid\":")) < 0 || (r = jsonf_int(&b, peer->pid)) < 0))
 		goto out;
-	/* only the listed members: whatever else a record might carry (and
-	 * never a JWT or a PIN) stays out of the trail */
 	for (const char *const *m = audit_members; a->fields != NULL && *m != NULL; m++) {
 		json_t *v = json_object_get(a->fields, *m);
+		size_t mark = b.len;
 
-		if (v != NULL && json_object_set(o, *m, v) < 0)
+		if (v == NULL)
+			continue;
+		if ((r = jsonf_raw(&b, ",\"", 2)) < 0 || (r = jsonf_str(&b, *m)) < 0 ||
+		    (r = jsonf_raw(&b, "\":", 2)) < 0)
+			goto out;
+		r = jsonf_append(&b, v);
+		if (r > 0) { /* a value the fast printer leaves to Jansson */
+			char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+			r = t == NULL ? 0 : jsonf_str(&b, t);
+			if (t == NULL) /* unprintable: the member is left out */
+				b.len = mark;
+			free(t);
+		}
+		if (r < 0)
 			goto out;
 	}
-	if (json_object_set_new(o, "result",
-	                        json_string(a->result == 0 ? "ok" : err_code_name(a->result))) < 0)
+	if ((r = jsonf_str(&b, ",\"result\":")) < 0 ||
+	    (r = jsonf_str(&b, a->result == 0 ? "\"ok\"" : "\"")) < 0 ||
+	    (a->result != 0 && ((r = jsonf_str(&b, err_code_name(a->result))) < 0 ||
+	                        (r = jsonf_raw(&b, "\"", 1)) < 0)) ||
+	    (r = jsonf_raw(&b, "}\n", 2)) < 0)
 		goto out;
-	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	if (s == NULL)
+	if ((line = jsonf_take(&b, ret_len)) == NULL) {
+		r = P11J_E_NOMEM;
 		goto out;
-	n = strlen(s);
-	line = realloc(s, n + 2);
-	if (line == NULL)
-		goto out;
-	s = NULL;
-	line[n] = '\n';
-	line[n + 1] = '\0';
+	}
 	*ret_line = line;
-	*ret_len = n + 1;
-	r = 0;
+	return 0;
 out:
-	free(s);
-	json_decref(o);
-	return r < 0 ? err_set(r, "out of memory building an audit line") : 0;
+	jsonf_free(&b);
+	return err_set(r, "out of memory building an audit line");
 }
 
 enum sink_kind { SINK_NONE, SINK_SYSLOG, SINK_STDERR, SINK_FILE };

@@ -3,6 +3,8 @@
 #include "jose/b64url.h"
 #include "jose/jwk.h"
 #include "common/err.h"
+#include "common/util.h"
+#include "jose/jsonfast.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -63,19 +65,15 @@ int jws_sign_compact(const json_t *header, const json_t *claims, jwa_alg alg, jw
 		     void *ctx, size_t sigmax, char **ret_jwt)
 {
 	char *h = NULL, *c = NULL;
+	size_t hl = 0, cl = 0;
 	int r;
 
 	if (!json_is_object(header) || !json_is_object(claims))
 		return err_set(P11J_E_BAD_REQUEST, "JWS header and claims must be JSON objects");
-	h = json_dumps(header, JSON_COMPACT);
-	c = json_dumps(claims, JSON_COMPACT);
-	if (h == NULL || c == NULL)
-		r = err_set(P11J_E_NOMEM, "out of memory serialising the JWT");
-	else
-		r = jws_sign_compact_raw(h, strlen(h), c, strlen(c), alg, sign, ctx, sigmax,
-					 ret_jwt);
+	if ((r = jsonf_dumps(header, &h, &hl)) == 0 && (r = jsonf_dumps(claims, &c, &cl)) == 0)
+		r = jws_sign_compact_raw(h, hl, c, cl, alg, sign, ctx, sigmax, ret_jwt);
 	free(h);
-	free(c);
+	freezero_buf(c, cl);
 	return r;
 }
 
