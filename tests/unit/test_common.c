@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,6 +51,57 @@ static void test_uuid4_format(void **state)
 	assert_int_equal(a[8], '-');
 	assert_int_equal(a[23], '-');
 	assert_string_not_equal(a, b);
+}
+
+static int cmp_uuid(const void *a, const void *b)
+{
+	return memcmp(a, b, 37);
+}
+
+/* 1000 values cross the per-thread pool's refills (256 per 4 KiB); all
+ * differ and all are well formed */
+static void test_uuid4_many_distinct(void **state)
+{
+	static char u[1000][37];
+
+	(void)state;
+	for (int i = 0; i < 1000; i++) {
+		assert_int_equal(util_uuid4(u[i]), 0);
+		assert_int_equal(strlen(u[i]), 36);
+		assert_int_equal(u[i][14], '4');
+	}
+	qsort(u, 1000, 37, cmp_uuid);
+	for (int i = 1; i < 1000; i++)
+		assert_int_not_equal(memcmp(u[i - 1], u[i], 37), 0);
+}
+
+/* A forked child must not hand out what its parent will: the pool a child
+ * inherits is dropped. */
+static void test_uuid4_fork(void **state)
+{
+	char first[37], parent[37], child[37] = { 0 };
+	int pfd[2], st;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(util_uuid4(first), 0); /* the pool is full now */
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char v[37];
+
+		close(pfd[0]);
+		_exit(util_uuid4(v) == 0 && write(pfd[1], v, 37) == 37 ? 0 : 1);
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], child, 37), 37);
+	close(pfd[0]);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_int_equal(util_uuid4(parent), 0);
+	assert_string_not_equal(child, parent);
+	assert_string_not_equal(child, first);
 }
 
 static void write_file(const char *path, const char *text, mode_t mode)
@@ -170,6 +222,8 @@ int main(void)
 		cmocka_unit_test(test_err_names_roundtrip),
 		cmocka_unit_test(test_err_detail_thread_local),
 		cmocka_unit_test(test_uuid4_format),
+		cmocka_unit_test(test_uuid4_many_distinct),
+		cmocka_unit_test(test_uuid4_fork),
 		cmocka_unit_test(test_read_secret_file_modes),
 		cmocka_unit_test(test_hex),
 		cmocka_unit_test(test_clock_override),
