@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "jose/jwa.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -46,20 +47,43 @@ jwa_alg jwa_from_name(const char *name)
 	return JWA_NONE;
 }
 
+/* The digests, fetched from the default library context once: EVP_sha256()
+ * and friends make OpenSSL 3 fetch the implementation again on every
+ * EVP_DigestInit (a lock and a property lookup per signature). */
+static const EVP_MD *md_fetched[3];
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void md_fetch(void)
+{
+	static const char *const names[3] = { "SHA256", "SHA384", "SHA512" };
+
+	for (int i = 0; i < 3; i++)
+		md_fetched[i] = EVP_MD_fetch(NULL, names[i], NULL);
+}
+
 const EVP_MD *jwa_md(jwa_alg alg)
 {
+	int i;
+
 	if (!jwa_valid(alg))
 		return NULL;
 	switch (jwa_table[alg].md_bits) {
 	case 256:
-		return EVP_sha256();
+		i = 0;
+		break;
 	case 384:
-		return EVP_sha384();
+		i = 1;
+		break;
 	case 512:
-		return EVP_sha512();
+		i = 2;
+		break;
 	default:
 		return NULL;
 	}
+	pthread_once(&md_once, md_fetch);
+	if (md_fetched[i] != NULL)
+		return md_fetched[i];
+	return i == 0 ? EVP_sha256() : i == 1 ? EVP_sha384() : EVP_sha512();
 }
 
 bool jwa_is_rsa(jwa_alg alg)
