@@ -22,7 +22,34 @@ static void kr_key_free(kr_key *k)
 	free(k->x5t);
 	free(k->x5t_s256);
 	free(k->x5c);
+	for (int a = 0; a < JWA__COUNT; a++)
+		free(k->hdr_json[a]);
 	free(k);
+}
+
+/* (Re)build the pre-serialised default headers, after the kid is known. */
+static int kr_key_headers(kr_key *k)
+{
+	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++) {
+		json_t *h;
+		char *t = NULL;
+
+		free(k->hdr_json[a]);
+		k->hdr_json[a] = NULL;
+		k->hdr_len[a] = 0;
+		if (!(k->algs & JWA_BIT(a)))
+			continue;
+		h = json_pack("{s:s,s:s,s:s}", "alg", jwa_name((jwa_alg)a), "typ", "JWT", "kid",
+			      k->kid);
+		if (h != NULL)
+			t = json_dumps(h, JSON_COMPACT);
+		json_decref(h);
+		if (t == NULL)
+			return err_set(P11J_E_NOMEM, "out of memory");
+		k->hdr_json[a] = t;
+		k->hdr_len[a] = strlen(t);
+	}
+	return 0;
 }
 
 static int kr_key_info(kr_key *k)
@@ -112,7 +139,7 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 		r = err_set(P11J_E_NOMEM, "out of memory");
 		goto fail;
 	}
-	if ((r = kr_key_info(k)) < 0)
+	if ((r = kr_key_info(k)) < 0 || (r = kr_key_headers(k)) < 0)
 		goto fail;
 	nk = realloc(kr->keys, (kr->n + 1) * sizeof(*nk));
 	if (nk == NULL) {
@@ -213,7 +240,7 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 	    json_object_set_new(k->info, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->info, "alg", json_string(jwa_name(k->default_alg))) < 0)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	return 0;
+	return kr_key_headers(k);
 }
 
 void kr_sort(keyring *kr)

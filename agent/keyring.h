@@ -34,6 +34,11 @@ typedef struct kr_key {
 	json_t *info;          /* entry of the "keys" op */
 	char *x5t, *x5t_s256, *x5c; /* NULL without a certificate */
 	const pol_key *pol;    /* per-key policy (owned by the config); NULL: defaults */
+	/* the JWS header of a request that sets no header member and asks for no
+	 * certificate, serialised once per alg the key signs:
+	 * {"alg":"...","typ":"JWT","kid":"..."}; NULL for other algs */
+	char *hdr_json[JWA__COUNT];
+	size_t hdr_len[JWA__COUNT];
 } kr_key;
 
 typedef struct {

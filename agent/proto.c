@@ -2,31 +2,37 @@
 #include "agent/proto.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/jsonfast.h"
 #include "jose/jws.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The answer line: resp in compact JSON and a newline. The buffer may hold
+ * a JWT: it is wiped whenever it moves and when freed. */
 static int proto_finish(json_t *resp, char **ret_resp, size_t *ret_len)
 {
-	char *s = json_dumps(resp, JSON_COMPACT);
-	size_t n;
+	jsonf_buf b = { 0 };
 	char *line;
+	int r;
 
-	json_decref(resp);
-	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory serialising a response");
-	n = strlen(s);
-	line = realloc(s, n + 2);
-	if (line == NULL) {
-		free(s);
-		return err_set(P11J_E_NOMEM, "out of memory");
+	r = jsonf_reserve(&b, 512);
+	if (r == 0)
+		r = jsonf_append(&b, resp);
+	if (r > 0) { /* something the fast printer leaves to Jansson */
+		char *s = json_dumps(resp, JSON_COMPACT);
+
+		r = s == NULL ? err_set(P11J_E_NOMEM, "out of memory serialising a response")
+			      : jsonf_str(&b, s);
+		freezero_str(s);
 	}
-	line[n] = '\n';
-	line[n + 1] = '\0';
+	json_decref(resp);
+	if (r < 0 || (r = jsonf_raw(&b, "\n", 1)) < 0 || (line = jsonf_take(&b, ret_len)) == NULL) {
+		jsonf_free(&b);
+		return r < 0 ? r : err_set(P11J_E_NOMEM, "out of memory");
+	}
 	*ret_resp = line;
-	*ret_len = n + 1;
 	return 0;
 }
 
@@ -376,7 +382,9 @@ static int op_sign(const proto_env *env, const proto_peer *peer, const json_t *r
 	const json_t *caller_c = json_object_get(req, "claims");
 	const kr_key *k = NULL;
 	json_t *h = NULL, *c = NULL, *v;
-	char *jwt = NULL;
+	char *jwt = NULL, *hbuf = NULL, *cbuf = NULL;
+	const char *hj;
+	size_t hl, cl;
 	int64_t lifetime;
 	unsigned inc = 0;
 	jwa_alg alg = JWA_NONE;
@@ -400,16 +408,27 @@ static int op_sign(const proto_env *env, const proto_peer *peer, const json_t *r
 		r = err_set(P11J_E_BAD_REQUEST, "key '%s' has no certificate", k->name);
 		goto out;
 	}
-	if ((r = build_header(k, alg, caller_h, inc, &h)) < 0)
+	/* the usual request (no header members, no certificate) gets the
+	 * key's pre-serialised header */
+	if (caller_h == NULL && inc == 0 && k->hdr_json[alg] != NULL) {
+		hj = k->hdr_json[alg];
+		hl = k->hdr_len[alg];
+	} else {
+		if ((r = build_header(k, alg, caller_h, inc, &h)) < 0 ||
+		    (r = jsonf_dumps(h, &hbuf, &hl)) < 0)
+			goto out;
+		hj = hbuf;
+	}
+	if ((r = jsonf_dumps(c, &cbuf, &cl)) < 0)
 		goto out;
-	r = jws_sign_compact(h, c, alg, k->sign, k->sign_ctx, k->sigmax, &jwt);
+	r = jws_sign_compact_raw(hj, hl, cbuf, cl, alg, k->sign, k->sign_ctx, k->sigmax, &jwt);
 	if (r < 0)
 		goto out;
-	if ((r = set(resp, "jwt", json_string(jwt))) < 0 ||
-	    (r = set(resp, "alg", json_string(jwa_name(alg)))) < 0)
+	if ((r = set(resp, "jwt", json_stringn_nocheck(jwt, strlen(jwt)))) < 0 ||
+	    (r = set(resp, "alg", json_string_nocheck(jwa_name(alg)))) < 0)
 		goto out;
-	v = json_object_get(h, "kid");
-	if ((r = set(resp, "kid", json_incref(v))) < 0)
+	v = h != NULL ? json_incref(json_object_get(h, "kid")) : json_string(k->kid);
+	if ((r = set(resp, "kid", v)) < 0)
 		goto out;
 	if ((r = set(resp, "iat", json_incref(json_object_get(c, "iat")))) < 0 ||
 	    (r = set(resp, "exp", json_incref(json_object_get(c, "exp")))) < 0 ||
@@ -417,7 +436,9 @@ static int op_sign(const proto_env *env, const proto_peer *peer, const json_t *r
 		goto out;
 	r = 0;
 out:
-	free(jwt);
+	freezero_str(jwt);
+	freezero_str(cbuf);
+	free(hbuf);
 	json_decref(h);
 	json_decref(c);
 	return r;
@@ -543,7 +564,7 @@ static void audit_fill(const proto_env *env, const json_t *req, const json_t *re
 		return;
 	a->result = result;
 	a->fields = NULL;
-	if (opname == NULL ||
+	if (a->no_fields || opname == NULL ||
 	    (strcmp(opname, "sign") != 0 && strcmp(opname, "login") != 0 &&
 	     strcmp(opname, "lock") != 0))
 		return;

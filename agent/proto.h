@@ -7,6 +7,7 @@
 #ifndef P11J_PROTO_H
 #define P11J_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 #include <jansson.h>
@@ -54,6 +55,7 @@ typedef struct {
 	int result;      /* 0, or the P11J_E_* code of the error answer */
 	json_t *fields;  /* audited requests only, else NULL: op, key, alg, kid,
 			    iss, sub, aud, jti, exp as far as known; owned */
+	bool no_fields;  /* in: only the result is wanted (no audit trail) */
 } proto_audit;
 
 /* Drop a proto_audit's record (fine on a zeroed one). */

@@ -252,6 +252,75 @@ static void test_claim_defaults_and_control(void **state)
 	json_decref(v);
 }
 
+/* The header of a request without header members comes pre-serialised per
+ * key and alg: its bytes must be what the general path would have built,
+ * for every alg the key signs, and follow a kid set by the configuration. */
+static void header_bytes(const char *key, const char *alg, char *out, size_t outlen)
+{
+	char req[256];
+	json_t *v;
+	const char *jwt, *dot;
+	uint8_t *raw = NULL;
+	size_t rawlen = 0;
+
+	snprintf(req, sizeof(req), "{\"op\":\"sign\",\"key\":\"%s\",\"alg\":\"%s\"}", key, alg);
+	v = call(req);
+	jwt = json_string_value(json_object_get(v, "jwt"));
+	assert_non_null(jwt);
+	dot = strchr(jwt, '.');
+	assert_non_null(dot);
+	assert_int_equal(b64u_decode(jwt, (size_t)(dot - jwt), &raw, &rawlen), 0);
+	assert_true(rawlen < outlen);
+	memcpy(out, raw, rawlen);
+	out[rawlen] = '\0';
+	free(raw);
+	json_decref(v);
+}
+
+static void test_preserialised_header(void **state)
+{
+	static const char *const rsa_algs[] = { "RS256", "RS384", "RS512",
+						"PS256", "PS384", "PS512" };
+	char got[512], want[512];
+	kr_key *k = kr.keys[1]; /* p256 */
+	char *old_kid;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rsa_algs); i++) {
+		header_bytes("rsa", rsa_algs[i], got, sizeof(got));
+		snprintf(want, sizeof(want), "{\"alg\":\"%s\",\"typ\":\"JWT\",\"kid\":\"%s\"}",
+			 rsa_algs[i], kr.keys[0]->kid);
+		assert_string_equal(got, want);
+	}
+	header_bytes("ed", "EdDSA", got, sizeof(got));
+	snprintf(want, sizeof(want), "{\"alg\":\"EdDSA\",\"typ\":\"JWT\",\"kid\":\"%s\"}",
+		 kr.keys[4]->kid);
+	assert_string_equal(got, want);
+	/* only the algs the key signs have one */
+	assert_non_null(k->hdr_json[JWA_ES256]);
+	assert_null(k->hdr_json[JWA_ES384]);
+	assert_null(k->hdr_json[JWA_RS256]);
+
+	/* a configured kid (with a character JSON must escape) replaces it */
+	old_kid = strdup(k->kid);
+	assert_int_equal(kr_key_configure(k, NULL, JWA_NONE, "kid/\"2\""), 0);
+	header_bytes("p256", "ES256", got, sizeof(got));
+	assert_string_equal(got, "{\"alg\":\"ES256\",\"typ\":\"JWT\",\"kid\":\"kid/\\\"2\\\"\"}");
+	/* the same request with an explicit empty header takes the general
+	 * path: same bytes */
+	{
+		json_t *v = call("{\"op\":\"sign\",\"key\":\"p256\",\"header\":{}}");
+		const char *jwt = json_string_value(json_object_get(v, "jwt"));
+
+		assert_non_null(jwt);
+		assert_true(strncmp(jwt, "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImtpZC9cIjJcIiJ9.",
+				    61) == 0);
+		json_decref(v);
+	}
+	assert_int_equal(kr_key_configure(k, NULL, JWA_NONE, old_kid), 0);
+	free(old_kid);
+}
+
 static void test_include_certificate(void **state)
 {
 	json_t *v = call("{\"op\":\"sign\",\"key\":\"rsa\",\"include\":[\"x5t\",\"x5t#S256\",\"x5c\"]}");
@@ -416,6 +485,7 @@ int main(void)
 		cmocka_unit_test(test_keys_and_jwks),
 		cmocka_unit_test(test_sign_every_pair),
 		cmocka_unit_test(test_claim_defaults_and_control),
+		cmocka_unit_test(test_preserialised_header),
 		cmocka_unit_test(test_include_certificate),
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_nul_utf8_and_size),
