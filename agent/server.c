@@ -27,6 +27,7 @@
 #define DRAIN_MS 1000                /* discard input this long after a fatal error line */
 #define DRAIN_MAX (4 * 1024 * 1024)
 #define TICK_MS 250                  /* timer resolution */
+#define TURN_ROUNDS 8                /* read-serve-send rounds per epoll event */
 #define STOP_DEADLINE_MS 10000       /* srv_stop(): in-flight answers get this long */
 
 enum conn_state {
@@ -39,8 +40,11 @@ struct conn {
 	enum conn_state state;
 	proto_peer peer;
 	/* owned by the thread holding the connection's one-shot event */
-	char *in; /* unprocessed input: at most IN_CAP bytes */
+	char *in; /* unprocessed input: at most IN_CAP bytes (served lines are
+		     wiped at once) */
 	size_t in_len, in_cap;
+	size_t in_hwm; /* how far into in anything was ever written: what a
+			  free must wipe */
 	char *out; /* unsent answers (signed JWTs: wiped when freed) */
 	size_t out_len, out_off, out_cap;
 	bool eof; /* the client shut down its side */
@@ -216,7 +220,7 @@ static void conn_free_bufs(struct conn *c)
 	if (c->out)
 		freezero_buf(c->out, c->out_cap);
 	c->in = c->out = NULL;
-	c->in_len = c->in_cap = c->out_len = c->out_off = c->out_cap = 0;
+	c->in_len = c->in_cap = c->in_hwm = c->out_len = c->out_off = c->out_cap = 0;
 }
 
 /* Only the owner (the thread holding its one-shot event) closes. The list
@@ -302,7 +306,7 @@ static int conn_fatal(struct conn *c, int code, const char *msg)
 	if (c->in) {
 		freezero_buf(c->in, c->in_cap);
 		c->in = NULL;
-		c->in_len = c->in_cap = 0;
+		c->in_len = c->in_cap = c->in_hwm = 0;
 	}
 	c->state = C_DRAIN;
 	atomic_store(&c->line_since, 0);
@@ -348,6 +352,8 @@ static int conn_read(srv *s, struct conn *c, char *scratch)
 			return 0;
 		}
 		c->in_len += (size_t)n;
+		if (c->in_len > c->in_hwm)
+			c->in_hwm = c->in_len;
 		if ((size_t)n < room)
 			return 0; /* drained the socket */
 	}
@@ -358,14 +364,18 @@ static int conn_read(srv *s, struct conn *c, char *scratch)
 /* Answer every complete line in the buffer, in order, on this thread. */
 static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 {
+	size_t off = 0; /* served bytes at the front of c->in, already wiped */
+	int r = 0;
+
 	while (c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
-		char *nl = c->in_len ? memchr(c->in, '\n', c->in_len) : NULL;
+		char *line = c->in + off;
+		char *nl = c->in_len > off ? memchr(line, '\n', c->in_len - off) : NULL;
 		proto_audit aud = { 0 };
 		char *resp = NULL;
 		size_t len, rlen = 0;
 
 		if (nl == NULL) {
-			if (c->in_len == IN_CAP) {
+			if (c->in_len - off == IN_CAP) {
 				srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
 					(unsigned)c->peer.uid, (int)c->peer.pid);
 				count_error(s, P11J_E_REQUEST_TOO_LARGE);
@@ -376,10 +386,12 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 		}
 		if (atomic_load(&s->stopping) && c->answered_in_stop)
 			break; /* stopping: the line being served was answered */
-		len = (size_t)(nl - c->in);
-		if (proto_handle_ex(s->cfg.env, &c->peer, c->in, len, &aud, &resp, &rlen) < 0) {
+		len = (size_t)(nl - line);
+		aud.no_fields = s->cfg.audit == NULL; /* nobody reads the record */
+		if (proto_handle_ex(s->cfg.env, &c->peer, line, len, &aud, &resp, &rlen) < 0) {
 			proto_audit_clear(&aud);
-			return -1; /* out of memory: drop this client */
+			r = -1; /* out of memory: drop this client */
+			break;
 		}
 		if (aud.fields != NULL && s->cfg.audit != NULL &&
 		    s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud) < 0 && aud.result == 0) {
@@ -390,24 +402,34 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 			if (proto_error_line(NULL, P11J_E_INTERNAL, "cannot write the audit record",
 					     &resp, &rlen) < 0) {
 				proto_audit_clear(&aud);
-				return -1;
+				r = -1;
+				break;
 			}
 		}
 		atomic_fetch_add_explicit(&s->n_requests, 1, memory_order_relaxed);
 		count_error(s, aud.result);
 		proto_audit_clear(&aud);
-		c->in_len -= len + 1;
-		memmove(c->in, nl + 1, c->in_len);
-		memset(c->in + c->in_len, 0, len + 1); /* the request leaves the buffer */
-		if (conn_queue(c, resp, rlen) < 0)
-			return -1;
+		memset(line, 0, len + 1); /* the request leaves the buffer */
+		off += len + 1;
+		if (conn_queue(c, resp, rlen) < 0) {
+			r = -1;
+			break;
+		}
 		if (atomic_load(&s->stopping))
 			c->answered_in_stop = true;
 	}
+	if (off > 0) { /* what is left moves to the front once */
+		c->in_len -= off;
+		memmove(c->in, c->in + off, c->in_len);
+		memset(c->in + c->in_len, 0, off);
+	}
+	if (r < 0)
+		return r;
 	if (c->in_len == 0 && c->in) {
-		freezero_buf(c->in, c->in_cap);
+		/* only the part ever written can hold anything */
+		freezero_buf(c->in, c->in_hwm);
 		c->in = NULL;
-		c->in_cap = 0;
+		c->in_cap = c->in_hwm = 0;
 	}
 	/* a partial line starts its clock; a complete one (waiting because of
 	 * unsent output) does not */
@@ -441,10 +463,27 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 	}
 	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, scratch) < 0)
 		goto close;
-	if (conn_serve_lines(s, c, now) < 0)
-		goto close;
-	if (conn_flush(c, now) < 0)
-		goto close;
+	for (int round = 1;; round++) {
+		size_t had;
+
+		if (conn_serve_lines(s, c, now) < 0)
+			goto close;
+		if (conn_flush(c, now) < 0)
+			goto close;
+		/* A pipelining client has usually sent more while we signed:
+		 * take it now rather than by a trip through epoll_ctl and
+		 * epoll_wait. A few rounds at most, so that one busy client
+		 * cannot keep this thread forever. */
+		if (round == TURN_ROUNDS || c->state != C_OPEN || c->eof || c->out_len != 0 ||
+		    atomic_load(&c->kick) != KICK_NONE || atomic_load(&s->stopping))
+			break;
+		had = c->in_len;
+		if (conn_read(s, c, scratch) < 0)
+			goto close;
+		if (c->in_len == had)
+			break;
+		now = now_ms();
+	}
 	if (c->state == C_DRAIN && c->out_len == 0 && !c->wr_shut) {
 		shutdown(c->fd, SHUT_WR);
 		c->wr_shut = true;
