@@ -14,7 +14,8 @@
  *                                      CKR_DEVICE_REMOVED; on the way in,
  *                                      every session is closed (and so the
  *                                      user logged out), as on a real card
- *   delay C_Sign 200ms                 sleep before the call
+ *   delay C_Sign 200ms [N]             sleep before the call (the next N
+ *                                      calls only, when N is given)
  *   pinpad PIN                         the token has a PIN pad
  *                                      (CKF_PROTECTED_AUTHENTICATION_PATH);
  *                                      C_Login with a NULL PIN logs in as if
@@ -186,7 +187,7 @@ static void ctl_reload(void)
 			memset(r, 0, sizeof(*r));
 			snprintf(r->fn, sizeof(r->fn), "%s", b);
 			r->delay_ms = strtol(c, NULL, 10);
-			r->left = -1;
+			r->left = k >= 4 && d > 0 ? d : -1;
 		}
 	}
 	fclose(f);
@@ -214,6 +215,10 @@ static CK_RV pre(const char *fn, int kind)
 		if (strcmp(r->fn, fn) != 0)
 			continue;
 		if (r->delay_ms > 0) {
+			if (r->left == 0)
+				continue;
+			if (r->left > 0)
+				r->left--;
 			delay = r->delay_ms;
 			continue;
 		}

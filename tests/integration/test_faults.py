@@ -140,6 +140,7 @@ def test_fault_module(work, tokdir, sockdir, pin):
         pin_lifecycle(a, sock, fault, pin)
         faults(a, sock, fault, pin)
         always_auth(a, sock, fault, pin)
+        stalled_worker(a, sock, fault)
     finally:
         rc = a.stop()
         err = a.stderr()
@@ -147,6 +148,38 @@ def test_fault_module(work, tokdir, sockdir, pin):
         t.ok(pin not in err and 'wrong-pin-1' not in err, 'no PIN in the agent log', err)
         t.ok('token_unavailable until the token is back' in err and "is back" in err,
              'the agent logs the loss and the return of the token', err)
+        t.ok('clients moved to other threads' in err,
+             'the agent logs moving the stuck thread\'s clients', err[-2000:])
+
+
+def stalled_worker(a, sock, fault):
+    # Each connection belongs to one signing thread. One request stuck in
+    # C_Sign (3 s here) must not hold up the other clients of its thread:
+    # they move to free threads. 9 clients on 4 threads: two or more share
+    # the stuck one's thread whatever the assignment.
+    time.sleep(0.6)  # past any fault back-off from the tests before
+    slow = Conn(sock)
+    others = [Conn(sock) for _ in range(8)]
+    t.ok(all(sign(c).get('ok') for c in others), '8 clients sign before the stall')
+    fault.set('delay C_Sign 3000ms 1')
+    t0 = time.monotonic()
+    slow.send(b'{"op":"sign","key":"ec-p256","claims":{"sub":"slow"}}\n')
+    time.sleep(0.15)  # the slow request is in C_Sign now
+    lat = []
+    for c in others:
+        t1 = time.monotonic()
+        r = sign(c)
+        lat.append((time.monotonic() - t1, bool(r.get('ok'))))
+    t.ok(all(ok for _, ok in lat), 'every other client is answered during the stall', lat)
+    t.ok(max(d for d, _ in lat) < 1.0 and time.monotonic() - t0 < 2.5,
+         'no other client waits for the stuck request (each answered within 1 s)',
+         [round(d, 3) for d, _ in lat])
+    r = slow.line()
+    t.ok(r.get('ok') and time.monotonic() - t0 >= 3.0, 'the slow request is answered after it',
+         r)
+    fault.set('')
+    for c in [slow] + others:
+        c.close()
 
 
 def pin_lifecycle(a, sock, fault, pin):
