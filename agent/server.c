@@ -352,12 +352,15 @@ static int conn_read(srv *s, struct conn *c, char *scratch)
 		}
 		if (c->eof || c->in_len >= IN_CAP)
 			return 0;
-		if (c->in_cap - c->in_len < READ_CHUNK && c->in_cap < IN_CAP) {
-			size_t want = c->in_len + READ_CHUNK;
+		/* 4 KiB to start (requests are small), doubled when less than
+		 * 1 KiB is left, up to one maximal line */
+		if (c->in_cap - c->in_len < 1024 && c->in_cap < IN_CAP) {
+			size_t want = c->in_cap ? 2 * c->in_cap : 4096;
 
-			if (want > IN_CAP)
-				want = IN_CAP;
-			if (util_secret_reserve(&c->in, &c->in_cap, c->in_len, want - c->in_len) < 0)
+			if (want > IN_CAP + 1)
+				want = IN_CAP + 1;
+			if (util_secret_reserve(&c->in, &c->in_cap, c->in_len,
+						want - c->in_len - 1) < 0)
 				return -1;
 		}
 		room = (c->in_cap < IN_CAP ? c->in_cap : IN_CAP) - c->in_len;
@@ -378,11 +381,18 @@ static int conn_read(srv *s, struct conn *c, char *scratch)
 	return 0;
 }
 
-/* Answer every complete line in the buffer, in order, on this thread. */
+/* Answer every complete line in the buffer, in order, on this thread.
+ * Returns how many were answered, or -1 when the connection must close. */
 static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
-	int r = 0;
+	int r = 0, served = 0, total = 0;
+	bool mid_flushed = false;
+
+	/* complete lines in the buffer: a batch from a pipelining client */
+	for (const char *p = c->in, *end = c->in + c->in_len;
+	     p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+		total++;
 
 	while (c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
@@ -432,8 +442,21 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 			r = -1;
 			break;
 		}
+		/* Half way through a batch of pipelined requests, what is
+		 * answered goes out: the client sends more while we sign the
+		 * rest, so the token does not sit idle between batches. Once
+		 * per batch only: every send wakes the client, which costs
+		 * more than it saves. */
+		if (!mid_flushed && served + 1 >= total - served - 1 && served + 1 < total) {
+			mid_flushed = true;
+			if (conn_flush(c, now) < 0) {
+				r = -1;
+				break;
+			}
+		}
 		if (atomic_load(&s->stopping))
 			c->answered_in_stop = true;
+		served++;
 	}
 	if (off > 0) { /* what is left moves to the front once */
 		c->in_len -= off;
@@ -442,12 +465,6 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 	}
 	if (r < 0)
 		return r;
-	if (c->in_len == 0 && c->in) {
-		/* only the part ever written can hold anything */
-		freezero_buf(c->in, c->in_hwm);
-		c->in = NULL;
-		c->in_cap = c->in_hwm = 0;
-	}
 	/* a partial line starts its clock; a complete one (waiting because of
 	 * unsent output) does not */
 	if (c->state == C_OPEN && c->in_len && !memchr(c->in, '\n', c->in_len)) {
@@ -456,7 +473,7 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 	} else {
 		atomic_store(&c->line_since, 0);
 	}
-	return 0;
+	return served;
 }
 
 /* The owner's turn on c: one event's worth of work, then re-arm or close. */
@@ -481,17 +498,19 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, scratch) < 0)
 		goto close;
 	for (int round = 1;; round++) {
+		int served = conn_serve_lines(s, c, now);
 		size_t had;
 
-		if (conn_serve_lines(s, c, now) < 0)
+		if (served < 0 || conn_flush(c, now) < 0)
 			goto close;
-		if (conn_flush(c, now) < 0)
-			goto close;
-		/* A pipelining client has usually sent more while we signed:
-		 * take it now rather than by a trip through epoll_ctl and
-		 * epoll_wait. A few rounds at most, so that one busy client
-		 * cannot keep this thread forever. */
-		if (round == TURN_ROUNDS || c->state != C_OPEN || c->eof || c->out_len != 0 ||
+		/* A pipelining client (more than one request in a round) has
+		 * usually sent more while we signed: take it now rather than by
+		 * a trip through epoll_ctl and epoll_wait. A client that waits
+		 * for each answer is not asked again (it has nothing yet). A
+		 * few rounds at most, so that one client cannot keep this
+		 * thread forever. */
+		if (served < 2 || round == TURN_ROUNDS || c->state != C_OPEN || c->eof ||
+		    c->out_len != 0 ||
 		    atomic_load(&c->kick) != KICK_NONE || atomic_load(&s->stopping))
 			break;
 		had = c->in_len;
@@ -513,6 +532,13 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 		goto close;
 	if ((events & EPOLLHUP) && c->state != C_DRAIN && c->out_len > 0)
 		goto close; /* gone both ways: nobody to read the answers */
+	if (c->in_len == 0 && c->in) {
+		/* an idle connection holds no buffer; only the part ever
+		 * written can hold anything */
+		freezero_buf(c->in, c->in_hwm);
+		c->in = NULL;
+		c->in_cap = c->in_hwm = 0;
+	}
 	conn_rearm(s, c);
 	return;
 close:
