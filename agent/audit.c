@@ -187,9 +187,17 @@ int audit_write(audit_sink *s, const char *line, size_t len)
 	if (s == NULL || s->kind == SINK_NONE)
 		return 0;
 	if (s->kind == SINK_SYSLOG) {
-		/* without the newline: one message per line */
-		syslog(LOG_AUTHPRIV | LOG_INFO, "%.*s",
-		       (int)(len && line[len - 1] == '\n' ? len - 1 : len), line);
+		/* one message per line, without its newline */
+		while (len > 0) {
+			const char *nl = memchr(line, '\n', len);
+			size_t n = nl ? (size_t)(nl - line) : len;
+
+			if (n > 0)
+				syslog(LOG_AUTHPRIV | LOG_INFO, "%.*s", (int)n, line);
+			n += nl ? 1 : 0;
+			line += n;
+			len -= n;
+		}
 		return 0;
 	}
 	pthread_mutex_lock(&s->mu);
@@ -202,8 +210,8 @@ int audit_write(audit_sink *s, const char *line, size_t len)
 			s->fd = fd;
 		}
 	}
-	/* O_APPEND and one write() per line: whole lines, even with other
-	 * writers of the file */
+	/* O_APPEND and one write() per batch of whole lines: whole lines,
+	 * even with other writers of the file */
 	if (write_all(s->fd, line, len) < 0)
 		r = err_set(P11J_E_SYSTEM, "cannot write the audit record to %s: %s",
 		            s->path ? s->path : "stderr", strerror(errno));

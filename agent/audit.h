@@ -30,8 +30,9 @@ typedef struct audit_sink audit_sink;
  * if missing (O_APPEND, O_NOFOLLOW); an existing one must be a regular file
  * of ours that group and others cannot write. */
 int audit_open(const char *spec, audit_sink **ret);
-/* One write() (or one syslog() call) per line, so that lines from several
- * threads never interleave. P11J_E_SYSTEM when a file write fails. */
+/* One or more whole lines: one write() for all of them (or one syslog()
+ * call per line), so that lines from several threads never interleave.
+ * P11J_E_SYSTEM when a file write fails. */
 int audit_write(audit_sink *s, const char *line, size_t len);
 /* Async-signal-safe: the next audit_write() reopens the file first (for
  * log rotation on SIGHUP). */

@@ -350,28 +350,42 @@ nomem:
 	return err_set(P11J_E_NOMEM, "out of memory");
 }
 
-static int audit_record(void *ud, const proto_peer *peer, const proto_audit *a)
+/* once a minute at most: a full disk must not flood the log */
+static void audit_failed(void)
+{
+	static _Atomic uint64_t last_ms;
+	uint64_t now = mono_ms(), prev = last_ms;
+
+	if (prev == 0 || now - prev >= 60000)
+		if (atomic_compare_exchange_strong(&last_ms, &prev, now))
+			logmsg(LOG_ERR, "audit: %s; refusing to hand out JWTs", err_msg());
+}
+
+static int audit_record(void *ud, const proto_peer *peer, const proto_audit *a, char **ret_line,
+			size_t *ret_len)
 {
 	struct timespec ts;
-	char *line = NULL;
-	size_t len = 0;
 	int r;
 
 	(void)ud;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	r = audit_line(a, peer, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &line, &len);
-	if (r == 0)
-		r = audit_write(the_audit, line, len);
-	free(line);
-	if (r < 0) {
-		static _Atomic uint64_t last_ms;
-		uint64_t now = mono_ms(), prev = last_ms;
+	r = audit_line(a, peer, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, ret_line,
+		       ret_len);
+	if (r < 0)
+		audit_failed();
+	return r;
+}
 
-		/* once a minute at most: a full disk must not flood the log */
-		if (prev == 0 || now - prev >= 60000)
-			if (atomic_compare_exchange_strong(&last_ms, &prev, now))
-				logmsg(LOG_ERR, "audit: %s; refusing to hand out JWTs", err_msg());
-	}
+/* A batch of records: one write for a file or stderr, one message per
+ * record for syslog. */
+static int audit_records_write(void *ud, const char *buf, size_t len)
+{
+	int r;
+
+	(void)ud;
+	r = audit_write(the_audit, buf, len);
+	if (r < 0)
+		audit_failed();
 	return r;
 }
 
@@ -392,6 +406,7 @@ static int serve(const struct opts *o, int lfd)
 			  .line_timeout_ms = o->line_timeout_ms,
 			  .log = srv_logger,
 			  .audit = audit_enabled(the_audit) ? audit_record : NULL,
+			  .audit_write = audit_enabled(the_audit) ? audit_records_write : NULL,
 			  .on_stopping = on_stopping };
 	struct sigaction sa = { .sa_handler = on_signal };
 	int r;

@@ -202,6 +202,23 @@ fail:
 
 /* ---- connections -------------------------------------------------------- */
 
+/* A worker's own buffers: socket reads while draining, and the audit
+ * records of the requests it is answering, written in one go (wbuf). */
+struct wctx {
+	char *scratch;
+	char *abuf;
+	size_t alen, acap;
+};
+
+/* Answers held until the audit records of their requests are written. */
+#define PEND_MAX 16
+struct pend {
+	char *resp;
+	size_t len;
+	int result;
+	bool audited_ok; /* a successful audited request: refused if its record is lost */
+};
+
 enum { KICK_NONE, KICK_LINE, KICK_HARD };
 
 static uint32_t conn_events(const struct conn *c)
@@ -381,13 +398,46 @@ static int conn_read(srv *s, struct conn *c, char *scratch)
 	return 0;
 }
 
+/* Write the batch's audit records (one write), then queue its answers in
+ * order. If the records cannot be written, every successful audited
+ * answer of the batch becomes an error: no JWT leaves without its record. */
+static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, int *np)
+{
+	int ar = 0, r = 0;
+
+	if (w->alen > 0) {
+		ar = s->cfg.audit_write(s->cfg.audit_ud, w->abuf, w->alen);
+		w->alen = 0;
+	}
+	for (int i = 0; i < *np; i++) {
+		if (ar < 0 && p[i].audited_ok) {
+			freezero_buf(p[i].resp, p[i].len);
+			p[i].resp = NULL;
+			p[i].result = P11J_E_INTERNAL;
+			if (proto_error_line(NULL, P11J_E_INTERNAL, "cannot write the audit record",
+					     &p[i].resp, &p[i].len) < 0)
+				r = -1;
+		}
+		atomic_fetch_add_explicit(&s->n_requests, 1, memory_order_relaxed);
+		count_error(s, p[i].result);
+		if (r == 0 && p[i].resp != NULL && conn_queue(c, p[i].resp, p[i].len) < 0)
+			r = -1; /* conn_queue freed it */
+		else if (r < 0 && p[i].resp != NULL)
+			freezero_buf(p[i].resp, p[i].len);
+		p[i].resp = NULL;
+	}
+	*np = 0;
+	return r;
+}
+
 /* Answer every complete line in the buffer, in order, on this thread.
  * Returns how many were answered, or -1 when the connection must close. */
-static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
+static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
-	int r = 0, served = 0, total = 0;
+	int r = 0, served = 0, total = 0, np = 0;
 	bool mid_flushed = false;
+	struct pend pend[PEND_MAX];
 
 	/* complete lines in the buffer: a batch from a pipelining client */
 	for (const char *p = c->in, *end = c->in + c->in_len;
@@ -398,8 +448,8 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 		char *line = c->in + off;
 		char *nl = c->in_len > off ? memchr(line, '\n', c->in_len - off) : NULL;
 		proto_audit aud = { 0 };
-		char *resp = NULL;
-		size_t len, rlen = 0;
+		char *resp = NULL, *al = NULL;
+		size_t len, rlen = 0, alen = 0;
 
 		if (nl == NULL) {
 			if (c->in_len - off == IN_CAP) {
@@ -420,44 +470,49 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 			r = -1; /* out of memory: drop this client */
 			break;
 		}
-		if (aud.fields != NULL && s->cfg.audit != NULL &&
-		    s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud) < 0 && aud.result == 0) {
-			/* fail closed: the JWT is not handed out without its record */
-			freezero_buf(resp, rlen);
-			resp = NULL;
-			aud.result = P11J_E_INTERNAL;
-			if (proto_error_line(NULL, P11J_E_INTERNAL, "cannot write the audit record",
-					     &resp, &rlen) < 0) {
-				proto_audit_clear(&aud);
-				r = -1;
-				break;
+		pend[np] = (struct pend){ .resp = resp, .len = rlen, .result = aud.result };
+		if (aud.fields != NULL && s->cfg.audit != NULL) {
+			if (s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud, &al, &alen) == 0 &&
+			    util_secret_reserve(&w->abuf, &w->acap, w->alen, alen) == 0) {
+				memcpy(w->abuf + w->alen, al, alen);
+				w->alen += alen;
+				pend[np].audited_ok = aud.result == 0;
+			} else if (aud.result == 0) {
+				/* no record, no JWT */
+				freezero_buf(resp, rlen);
+				pend[np].resp = NULL;
+				pend[np].result = P11J_E_INTERNAL;
+				if (proto_error_line(NULL, P11J_E_INTERNAL,
+						     "cannot write the audit record", &pend[np].resp,
+						     &pend[np].len) < 0)
+					r = -1;
 			}
+			free(al);
 		}
-		atomic_fetch_add_explicit(&s->n_requests, 1, memory_order_relaxed);
-		count_error(s, aud.result);
+		np++;
 		proto_audit_clear(&aud);
 		memset(line, 0, len + 1); /* the request leaves the buffer */
 		off += len + 1;
-		if (conn_queue(c, resp, rlen) < 0) {
-			r = -1;
+		if (r < 0)
 			break;
-		}
+		if (atomic_load(&s->stopping))
+			c->answered_in_stop = true;
+		served++;
 		/* Half way through a batch of pipelined requests, what is
 		 * answered goes out: the client sends more while we sign the
 		 * rest, so the token does not sit idle between batches. Once
 		 * per batch only: every send wakes the client, which costs
 		 * more than it saves. */
-		if (!mid_flushed && served + 1 >= total - served - 1 && served + 1 < total) {
+		if (!mid_flushed && served >= total - served && served < total) {
 			mid_flushed = true;
-			if (conn_flush(c, now) < 0) {
-				r = -1;
+			if ((r = conn_commit(s, c, w, pend, &np)) < 0 || (r = conn_flush(c, now)) < 0)
 				break;
-			}
+		} else if (np == PEND_MAX && (r = conn_commit(s, c, w, pend, &np)) < 0) {
+			break;
 		}
-		if (atomic_load(&s->stopping))
-			c->answered_in_stop = true;
-		served++;
 	}
+	if (np > 0 && conn_commit(s, c, w, pend, &np) < 0)
+		r = -1;
 	if (off > 0) { /* what is left moves to the front once */
 		c->in_len -= off;
 		memmove(c->in, c->in + off, c->in_len);
@@ -477,7 +532,7 @@ static int conn_serve_lines(srv *s, struct conn *c, uint64_t now)
 }
 
 /* The owner's turn on c: one event's worth of work, then re-arm or close. */
-static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
+static void conn_turn(srv *s, struct conn *c, uint32_t events, struct wctx *w)
 {
 	uint64_t now = now_ms();
 	int kick = atomic_load(&c->kick);
@@ -495,10 +550,10 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 		conn_flush(c, now);
 		goto close;
 	}
-	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, scratch) < 0)
+	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, w->scratch) < 0)
 		goto close;
 	for (int round = 1;; round++) {
-		int served = conn_serve_lines(s, c, now);
+		int served = conn_serve_lines(s, c, w, now);
 		size_t had;
 
 		if (served < 0 || conn_flush(c, now) < 0)
@@ -514,7 +569,7 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, char *scratch)
 		    atomic_load(&c->kick) != KICK_NONE || atomic_load(&s->stopping))
 			break;
 		had = c->in_len;
-		if (conn_read(s, c, scratch) < 0)
+		if (conn_read(s, c, w->scratch) < 0)
 			goto close;
 		if (c->in_len == had)
 			break;
@@ -674,9 +729,9 @@ static void *worker_main(void *arg)
 	struct worker_arg *wa = arg;
 	srv *s = wa->s;
 	int ep = s->ep[wa->idx];
-	char *scratch = malloc(READ_CHUNK);
+	struct wctx w = { .scratch = malloc(READ_CHUNK) };
 
-	if (scratch == NULL)
+	if (w.scratch == NULL)
 		return NULL;
 	for (;;) {
 		/* one event at a time: while this thread serves a connection,
@@ -711,7 +766,7 @@ static void *worker_main(void *arg)
 				s->wcur[wa->idx] = ev[i].data.ptr;
 				s->wbusy[wa->idx] = now_ms() | 1;
 				pthread_mutex_unlock(&s->mu);
-				conn_turn(s, ev[i].data.ptr, ev[i].events, scratch);
+				conn_turn(s, ev[i].data.ptr, ev[i].events, &w);
 				pthread_mutex_lock(&s->mu);
 				s->wcur[wa->idx] = NULL;
 				s->wbusy[wa->idx] = 0;
@@ -719,7 +774,8 @@ static void *worker_main(void *arg)
 			}
 		}
 	}
-	free(scratch);
+	free(w.scratch);
+	freezero_buf(w.abuf, w.acap);
 	return NULL;
 }
 

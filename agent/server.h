@@ -28,10 +28,15 @@ typedef struct {
 	unsigned line_timeout_ms; /* a partial line older than this drops the client
 				     (0: SRV_LINE_TIMEOUT_MS) */
 	srv_log_fn log;
-	/* Called on the serving thread for each audited request (sign, login,
-	 * lock) before its answer is queued. A failure turns a successful
+	/* The audit trail (both set, or neither). audit() is called on the
+	 * serving thread for each audited request (sign, login, lock) and
+	 * returns its record (a malloc'ed line); audit_write() is then called
+	 * with the records of a batch of requests, one after the other, before
+	 * any of their answers is sent. A failure of either turns a successful
 	 * answer into an "internal" error: no JWT leaves without its record. */
-	int (*audit)(void *ud, const proto_peer *peer, const proto_audit *a);
+	int (*audit)(void *ud, const proto_peer *peer, const proto_audit *a, char **ret_line,
+		     size_t *ret_len);
+	int (*audit_write)(void *ud, const char *buf, size_t len);
 	void *audit_ud;
 	/* Called once when srv_stop() takes effect (sd_notify STOPPING=1). */
 	void (*on_stopping)(void *ud);
