@@ -2,6 +2,7 @@
 #include "cli/client.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/jsonfast.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -240,8 +241,9 @@ int agc_call(const char *path, json_t *req, int timeout_ms, json_t **ret_resp,
 	struct sockaddr_un sa;
 	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : AGC_TIMEOUT_MS);
 	agc_origin where = AGC_LOCAL;
-	char *line = NULL, *answer = NULL;
-	size_t len, alen = 0;
+	jsonf_buf line = { 0 }; /* may carry a PIN (login): wiped when freed */
+	char *answer = NULL;
+	size_t alen = 0;
 	json_t *id = NULL, *resp = NULL;
 	json_error_t jerr;
 	int fd = -1, r;
@@ -254,24 +256,30 @@ int agc_call(const char *path, json_t *req, int timeout_ms, json_t **ret_resp,
 	/* The id only has to tell our answer from a confused one. */
 	id = json_integer((json_int_t)(((uint32_t)getpid() << 12) ^ (uint32_t)now_ms()) * 16 +
 			  (seq++ & 15));
-	if (id == NULL || json_object_set(req, "id", id) < 0 ||
-	    (line = json_dumps(req, JSON_COMPACT)) == NULL) {
+	if (id == NULL || json_object_set(req, "id", id) < 0) {
 		r = err_set(P11J_E_NOMEM, "out of memory");
 		goto out;
 	}
-	len = strlen(line);
-	if (len + 1 > AGC_MAX_REQUEST) {
+	r = jsonf_append(&line, req);
+	if (r > 0) { /* what the fast printer leaves to Jansson */
+		char *t = json_dumps(req, JSON_COMPACT);
+
+		r = t == NULL ? err_set(P11J_E_NOMEM, "out of memory") : jsonf_str(&line, t);
+		freezero_str(t);
+	}
+	/* the line and its newline in one send: the agent reads it at once */
+	if (r < 0 || (r = jsonf_raw(&line, "\n", 1)) < 0)
+		goto out;
+	if (line.len > AGC_MAX_REQUEST) {
 		r = err_set(P11J_E_REQUEST_TOO_LARGE,
-			    "the request is %zu bytes; the agent reads at most %d per line", len + 1,
+			    "the request is %zu bytes; the agent reads at most %d per line", line.len,
 			    AGC_MAX_REQUEST);
 		goto out;
 	}
 	where = AGC_TRANSPORT;
 	if ((r = connect_to(path, deadline, &fd)) < 0)
 		goto out;
-	/* Two sends rather than a copy: the agent reads a stream anyway. */
-	if ((r = send_all(fd, path, line, len, deadline)) < 0 ||
-	    (r = send_all(fd, path, "\n", 1, deadline)) < 0)
+	if ((r = send_all(fd, path, line.p, line.len, deadline)) < 0)
 		goto out;
 	if ((r = recv_line(fd, path, deadline, &answer, &alen)) < 0)
 		goto out;
@@ -294,7 +302,7 @@ out:
 		*origin = where;
 	if (fd >= 0)
 		close(fd);
-	freezero_str(line); /* may carry a PIN (login) */
+	jsonf_free(&line);
 	free(answer);
 	json_decref(id);
 	json_decref(resp);
