@@ -148,15 +148,11 @@ def test_fault_module(work, tokdir, sockdir, pin):
         t.ok(pin not in err and 'wrong-pin-1' not in err, 'no PIN in the agent log', err)
         t.ok('token_unavailable until the token is back' in err and "is back" in err,
              'the agent logs the loss and the return of the token', err)
-        t.ok('clients moved to other threads' in err,
-             'the agent logs moving the stuck thread\'s clients', err[-2000:])
 
 
 def stalled_worker(a, sock, fault):
-    # Each connection belongs to one signing thread. One request stuck in
-    # C_Sign (3 s here) must not hold up the other clients of its thread:
-    # they move to free threads. 9 clients on 4 threads: two or more share
-    # the stuck one's thread whatever the assignment.
+    # One request stuck in C_Sign (3 s here: a PIN pad, a slow remote HSM)
+    # holds one signing thread; the other clients go on with the others.
     time.sleep(0.6)  # past any fault back-off from the tests before
     slow = Conn(sock)
     others = [Conn(sock) for _ in range(8)]
