@@ -1416,8 +1416,16 @@ int main(int argc, char **argv)
 			     ALGS[a].alg, t, raw[a][t - 1].cpu, ag[a][t - 1].cpu, ag[a][t - 1].client_cpu,
 			     agp[a][t - 1].cpu, agp[a][t - 1].client_cpu);
 		}
-	if (O.quick != NULL)
+	if (O.quick != NULL) {
+		for (size_t a = 0; a < NALGS; a++) {
+			if (strcmp(O.quick, ALGS[a].alg) != 0)
+				continue;
+			res_t r = bench_agent(ALGS[a].key, ALGS[a].alg, 256, 1);
+			note("%s 256 clients one at a time: %.0f/s p50 %.1f us p99 %.1f us (p99/p50 %.2f)",
+			     ALGS[a].alg, r.rate, r.p50, r.p99, r.p50 > 0 ? r.p99 / r.p50 : 0);
+		}
 		exit(0); /* cleanup() stops the agent */
+	}
 	static const int nclients[] = {1, 2, 16, 256};
 	res_t conc[4][2];
 	for (int i = 0; i < 4; i++)
