@@ -28,6 +28,7 @@
 #define DRAIN_MAX (4 * 1024 * 1024)
 #define TICK_MS 250                  /* timer resolution */
 #define TURN_ROUNDS 8                /* read-serve-send rounds per epoll event */
+#define TURN_REQUESTS 8              /* requests answered per epoll event at most */
 #define STOP_DEADLINE_MS 10000       /* srv_stop(): in-flight answers get this long */
 
 enum conn_state {
@@ -413,9 +414,10 @@ static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, i
 	return r;
 }
 
-/* Answer every complete line in the buffer, in order, on this thread.
- * Returns how many were answered, or -1 when the connection must close. */
-static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now)
+/* Answer the complete lines in the buffer, in order, on this thread, at
+ * most budget of them. Returns how many were answered, or -1 when the
+ * connection must close. */
+static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now, int budget)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
 	int r = 0, served = 0, total = 0, np = 0;
@@ -424,10 +426,10 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 
 	/* complete lines in the buffer: a batch from a pipelining client */
 	for (const char *p = c->in, *end = c->in + c->in_len;
-	     p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+	     total < budget && p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
 		total++;
 
-	while (c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
+	while (served < budget && c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
 		char *nl = c->in_len > off ? memchr(line, '\n', c->in_len - off) : NULL;
 		proto_audit aud = { 0 };
@@ -535,8 +537,8 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, struct wctx *w)
 	}
 	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, w->scratch) < 0)
 		goto close;
-	for (int round = 1;; round++) {
-		int served = conn_serve_lines(s, c, w, now);
+	for (int round = 1, budget = TURN_REQUESTS;; round++) {
+		int served = conn_serve_lines(s, c, w, now, budget);
 		size_t had;
 
 		if (served < 0 || conn_flush(c, now) < 0)
@@ -544,11 +546,14 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, struct wctx *w)
 		/* A pipelining client (more than one request in a round) has
 		 * usually sent more while we signed: take it now rather than by
 		 * a trip through epoll_ctl and epoll_wait. A client that waits
-		 * for each answer is not asked again (it has nothing yet). A
-		 * few rounds at most, so that one client cannot keep this
-		 * thread forever. */
-		if (served < 2 || round == TURN_ROUNDS || c->state != C_OPEN || c->eof ||
-		    c->out_len != 0 ||
+		 * for each answer is not asked again (it has nothing yet). At
+		 * most TURN_REQUESTS answers per turn, so that the other
+		 * clients get their turn: letting a turn go on while its client
+		 * kept sending made them wait whole cycles (p99 of 0.5 s with
+		 * 256 pipelining clients). */
+		budget -= served > 0 ? served : 0;
+		if (served < 2 || budget <= 0 || round == TURN_ROUNDS || c->state != C_OPEN ||
+		    c->eof || c->out_len != 0 ||
 		    atomic_load(&c->kick) != KICK_NONE || atomic_load(&s->stopping))
 			break;
 		had = c->in_len;
