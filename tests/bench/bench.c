@@ -1295,6 +1295,15 @@ int main(int argc, char **argv)
 	if (optind != argc || O.duration <= 0 || O.reps < 1 || O.reps > 16 || O.proc_runs < 1 ||
 	    O.depth < 1 || O.depth > 64 || O.idle_conns < 0)
 		usage(2);
+	if (O.quick != NULL) {
+		size_t a = 0;
+		while (a < NALGS && strcmp(O.quick, ALGS[a].alg) != 0)
+			a++;
+		if (a == NALGS)
+			die("--quick %s: not one of RS256, PS256, ES256, ES384, EdDSA", O.quick);
+	} else if (O.load > 0) {
+		die("--load needs --quick ALG");
+	}
 	if (access(O.agent, X_OK) < 0 || access(O.cli, X_OK) < 0)
 		die("%s or %s is not built", O.agent, O.cli);
 
@@ -1373,10 +1382,8 @@ int main(int argc, char **argv)
 	 * the token is never idle waiting for the socket). */
 	if (O.quick != NULL && O.load > 0) {
 		size_t a = 0;
-		while (a < NALGS && strcmp(O.quick, ALGS[a].alg) != 0)
+		while (strcmp(O.quick, ALGS[a].alg) != 0)
 			a++;
-		if (a == NALGS)
-			die("--quick %s: not one of RS256, PS256, ES256, ES384, EdDSA", O.quick);
 		double d = O.duration;
 		O.duration = O.load;
 		res_t l = bench_agent(ALGS[a].key, ALGS[a].alg, 1, O.depth);
