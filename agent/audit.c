@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,11 +89,73 @@ enum sink_kind { SINK_NONE, SINK_SYSLOG, SINK_STDERR, SINK_FILE };
 
 struct audit_sink {
 	enum sink_kind kind;
-	char *path;
+	char *path; /* the file, or the syslog socket */
 	int fd;
-	pthread_mutex_t mu; /* fd, across a reopen */
+	pthread_mutex_t mu; /* fd, across a reopen or reconnect */
 	atomic_bool reopen;
+	bool fell_back; /* "auto" found no syslog socket: stderr */
 };
+
+/* Syslog is spoken here rather than through syslog(3), which drops a
+ * record without a word when nothing listens at /dev/log: the audit trail
+ * must know when a record is lost, to refuse the JWT (fail closed). */
+static int syslog_connect(const char *path, int *ret_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return err_set(P11J_E_BAD_REQUEST, "syslog socket path '%s' is too long", path);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return err_set(P11J_E_SYSTEM, "socket: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		close(fd);
+		return err_set(P11J_E_SYSTEM, "no syslog daemon listening at %s: %s", path,
+		               strerror(e));
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+/* One line as one syslog message, in the format syslog(3) uses:
+ * "<PRI>Mmm dd hh:mm:ss p11jwt-agent[PID]: line". s->mu held. */
+static int syslog_send(audit_sink *s, const char *line, size_t n)
+{
+	char head[96], stamp[32];
+	struct tm tm;
+	time_t now = time(NULL);
+	struct iovec iov[2];
+	size_t hl;
+
+	if (localtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%b %e %T", &tm) == 0)
+		stamp[0] = '\0';
+	hl = (size_t)snprintf(head, sizeof(head), "<%d>%s p11jwt-agent[%d]: ",
+	                      LOG_AUTHPRIV | LOG_INFO, stamp, (int)getpid());
+	iov[0] = (struct iovec){ .iov_base = head, .iov_len = hl };
+	iov[1] = (struct iovec){ .iov_base = (void *)line, .iov_len = n };
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+		ssize_t w;
+
+		if (s->fd < 0 && syslog_connect(s->path, &s->fd) < 0)
+			return P11J_E_SYSTEM;
+		do
+			w = sendmsg(s->fd, &mh, MSG_NOSIGNAL);
+		while (w < 0 && errno == EINTR);
+		if (w >= 0)
+			return 0;
+		/* the daemon restarted (a new socket at the path): once more */
+		err_set(P11J_E_SYSTEM, "cannot send the audit record to syslog at %s: %s", s->path,
+		        strerror(errno));
+		close(s->fd);
+		s->fd = -1;
+	}
+	return P11J_E_SYSTEM;
+}
 
 static int open_file(const char *path, int *ret_fd)
 {
@@ -119,6 +184,11 @@ static int open_file(const char *path, int *ret_fd)
 
 int audit_open(const char *spec, audit_sink **ret)
 {
+	return audit_open_at(spec, "/dev/log", ret);
+}
+
+int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret)
+{
 	audit_sink *s = calloc(1, sizeof(*s));
 	int r;
 
@@ -128,8 +198,26 @@ int audit_open(const char *spec, audit_sink **ret)
 	pthread_mutex_init(&s->mu, NULL);
 	if (strcmp(spec, "none") == 0) {
 		s->kind = SINK_NONE;
-	} else if (strcmp(spec, "syslog") == 0) {
+	} else if (strcmp(spec, "syslog") == 0 || strcmp(spec, "auto") == 0) {
 		s->kind = SINK_SYSLOG;
+		s->path = strdup(syslog_path);
+		if (s->path == NULL) {
+			audit_close(s);
+			return err_set(P11J_E_NOMEM, "out of memory");
+		}
+		if ((r = syslog_connect(s->path, &s->fd)) < 0) {
+			if (strcmp(spec, "syslog") == 0) {
+				audit_close(s);
+				return r;
+			}
+			/* auto: wherever the agent's stderr goes (the journal
+			 * under systemd, the container's log) */
+			free(s->path);
+			s->path = NULL;
+			s->kind = SINK_STDERR;
+			s->fd = STDERR_FILENO;
+			s->fell_back = true;
+		}
 	} else if (strcmp(spec, "stderr") == 0) {
 		s->kind = SINK_STDERR;
 		s->fd = STDERR_FILENO;
@@ -148,7 +236,8 @@ int audit_open(const char *spec, audit_sink **ret)
 		audit_close(s);
 		return err_set(
 		    P11J_E_BAD_REQUEST,
-		    "audit destination '%.200s' is not none, syslog, stderr or file:PATH", spec);
+		    "audit destination '%.200s' is not auto, syslog, stderr, file:PATH or none",
+		    spec);
 	}
 	*ret = s;
 	return 0;
@@ -157,6 +246,17 @@ int audit_open(const char *spec, audit_sink **ret)
 bool audit_enabled(const audit_sink *s)
 {
 	return s != NULL && s->kind != SINK_NONE;
+}
+
+const char *audit_where(const audit_sink *s)
+{
+	if (s == NULL || s->kind == SINK_NONE)
+		return "none";
+	if (s->kind == SINK_SYSLOG)
+		return "syslog";
+	if (s->kind == SINK_FILE)
+		return "file";
+	return s->fell_back ? "stderr (no syslog daemon listening at /dev/log)" : "stderr";
 }
 
 void audit_reopen_later(audit_sink *s)
@@ -186,21 +286,22 @@ int audit_write(audit_sink *s, const char *line, size_t len)
 
 	if (s == NULL || s->kind == SINK_NONE)
 		return 0;
+	pthread_mutex_lock(&s->mu);
 	if (s->kind == SINK_SYSLOG) {
 		/* one message per line, without its newline */
-		while (len > 0) {
+		while (len > 0 && r == 0) {
 			const char *nl = memchr(line, '\n', len);
 			size_t n = nl ? (size_t)(nl - line) : len;
 
 			if (n > 0)
-				syslog(LOG_AUTHPRIV | LOG_INFO, "%.*s", (int)n, line);
+				r = syslog_send(s, line, n);
 			n += nl ? 1 : 0;
 			line += n;
 			len -= n;
 		}
-		return 0;
+		pthread_mutex_unlock(&s->mu);
+		return r;
 	}
-	pthread_mutex_lock(&s->mu);
 	if (s->kind == SINK_FILE && atomic_exchange(&s->reopen, false)) {
 		int fd = -1;
 
@@ -223,7 +324,7 @@ void audit_close(audit_sink *s)
 {
 	if (s == NULL)
 		return;
-	if (s->kind == SINK_FILE && s->fd >= 0)
+	if ((s->kind == SINK_FILE || s->kind == SINK_SYSLOG) && s->fd >= 0)
 		close(s->fd);
 	pthread_mutex_destroy(&s->mu);
 	free(s->path);

@@ -4,7 +4,9 @@
  * token's login state (sign, login, lock), allowed or refused. The record is
  * filled by proto_handle_ex() without I/O; audit_line() turns it into the
  * line (pure, unit-tested) and an audit sink writes it: a file opened
- * O_APPEND with one write() per line, syslog (LOG_AUTHPRIV), or nowhere.
+ * O_APPEND with one write() per batch of lines, syslog (LOG_AUTHPRIV, over
+ * our own /dev/log socket so that a lost record is noticed), stderr, or
+ * nowhere.
  * Never the JWT, the PIN or a signature: only the fields listed here.
  */
 #ifndef P11J_AUDIT_H
@@ -26,13 +28,21 @@ int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, cha
 
 typedef struct audit_sink audit_sink;
 
-/* spec: "none", "syslog", "stderr" or "file:PATH". A file is created 0600
- * if missing (O_APPEND, O_NOFOLLOW); an existing one must be a regular file
- * of ours that group and others cannot write. */
+/* spec: "auto", "syslog", "stderr", "file:PATH" or "none". A file is
+ * created 0600 if missing (O_APPEND, O_NOFOLLOW); an existing one must be a
+ * regular file of ours that group and others cannot write. "syslog" needs a
+ * daemon listening at /dev/log now (P11J_E_SYSTEM otherwise); "auto" is
+ * syslog if one listens, else stderr. */
 int audit_open(const char *spec, audit_sink **ret);
-/* One or more whole lines: one write() for all of them (or one syslog()
- * call per line), so that lines from several threads never interleave.
- * P11J_E_SYSTEM when a file write fails. */
+/* The same with another socket than /dev/log for syslog (tests). */
+int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret);
+/* "syslog", "file", "stderr" (with why, if "auto" fell back) or "none". */
+const char *audit_where(const audit_sink *s);
+/* One or more whole lines: one write() for all of them (or one syslog
+ * message per line), so that lines from several threads never interleave.
+ * P11J_E_SYSTEM when a line cannot be written: the file fails, or the
+ * syslog socket refuses it twice (it is reconnected in between, for a
+ * daemon that restarted). */
 int audit_write(audit_sink *s, const char *line, size_t len);
 /* Async-signal-safe: the next audit_write() reopens the file first (for
  * log rotation on SIGHUP). */

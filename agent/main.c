@@ -119,8 +119,9 @@ static void usage(FILE *f)
 	      "                        p11jwt-agent.conf(5)); re-read on SIGHUP\n"
 	      "  --check-config FILE   check FILE, print every error as FILE:LINE: message,\n"
 	      "                        exit 0 when valid, 2 when not (opens no token)\n"
-	      "  --audit DEST          audit trail of sign, login and lock requests: syslog\n"
-	      "                        (LOG_AUTHPRIV, the default), file:PATH, stderr or none\n"
+	      "  --audit DEST          audit trail of sign, login and lock requests: auto (the\n"
+	      "                        default: syslog if a daemon listens at /dev/log, else\n"
+	      "                        stderr), syslog (LOG_AUTHPRIV), file:PATH, stderr or none\n"
 	      "  --kill                stop the agent named by $P11JWT_AGENT_PID\n"
 	      "  --version, --help\n"
 	      "\n"
@@ -520,7 +521,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct opts o = { .token = "pkcs11:", .max_conns = 1024, .audit = "syslog",
+	struct opts o = { .token = "pkcs11:", .max_conns = 1024, .audit = "auto",
 			  .activated_fd = -1 };
 	char sockbuf[108];
 
@@ -596,8 +597,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "p11jwt-agent: --audit: %s\n", err_msg());
 		return r == P11J_E_BAD_REQUEST ? EXIT_USAGE : EXIT_RUNTIME;
 	}
-	if (strcmp(o.audit, "syslog") == 0)
-		openlog("p11jwt-agent", LOG_PID, LOG_DAEMON);
+	if (strncmp(audit_where(the_audit), "stderr", 6) == 0) {
+		/* in the background stderr is /dev/null: the trail would be lost */
+		if (!o.foreground) {
+			fprintf(stderr,
+				"p11jwt-agent: --audit: the audit trail would go to stderr%s, which "
+				"an agent in the background closes; use --audit file:PATH, "
+				"--foreground, or --audit none\n",
+				strcmp(o.audit, "auto") == 0
+					? " (no syslog daemon listens at /dev/log)"
+					: "");
+			audit_close(the_audit);
+			return EXIT_USAGE;
+		}
+		if (strcmp(o.audit, "auto") == 0)
+			fprintf(stderr, "p11jwt-agent: audit trail: %s\n", audit_where(the_audit));
+	}
 	if (o.socket == NULL) {
 		if (default_socket(sockbuf, sizeof(sockbuf)) < 0) {
 			fprintf(stderr, "p11jwt-agent: default socket path too long; use --socket\n");

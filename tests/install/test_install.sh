@@ -143,8 +143,11 @@ mkdir -m 0700 "$tmp/run"
 sock=$tmp/run/agent.sock
 unset P11JWT_AGENT_SOCK P11JWT_AGENT_PID P11JWT_PIN
 
+# the audit trail in a file: in the background there is no stderr, and a
+# build machine may have no syslog daemon
 if "$bin/p11jwt-agent" --print-env --module "$module" --token 'pkcs11:token=p11jwt-test' \
-	--pin-file "$tmp/token/pin" --socket "$sock" >"$tmp/env.sh" 2>"$tmp/agent.err"; then
+	--pin-file "$tmp/token/pin" --socket "$sock" --audit "file:$tmp/run/audit.log" \
+	>"$tmp/env.sh" 2>"$tmp/agent.err"; then
 	ok "installed agent starts (--print-env)"
 else
 	notok "installed agent starts (--print-env)"; diag "$tmp/agent.err"

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +74,12 @@ class Agent:
             args += ['--pin-file', os.path.join(tokdir, 'pin')]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
+        # read stderr as it comes: with no syslog daemon (--audit auto) the
+        # audit trail goes there, and a full pipe would stop the agent
+        self._err = []
+        self._drain = threading.Thread(target=lambda: self._err.extend(self.proc.stderr),
+                                       daemon=True)
+        self._drain.start()
         self.env_lines = []
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -98,10 +105,8 @@ class Agent:
         """Everything the agent wrote to stderr; only once it has exited."""
         if self.proc.poll() is None:
             return '(agent still running)'
-        try:
-            return self.proc.stderr.read()
-        except Exception:  # noqa: BLE001
-            return ''
+        self._drain.join(timeout=10)
+        return ''.join(self._err)
 
 
 def cli(*args, sock=None, input=None, env=None):
@@ -682,17 +687,30 @@ def test_event_loop(tokdir, work):
 
 def test_detached(tokdir, work):
     sock = os.path.join(work, 'detached', 'agent.sock')
+    audit = os.path.join(work, 'detached-audit.log')
+    # in the background stderr is /dev/null: an audit trail there would be
+    # lost, so the agent refuses to start (also what --audit auto does on a
+    # machine with no syslog daemon)
+    r = run([AGENT, '--module', MODULE, '--token', TOKEN_URI, '--pin-file',
+             os.path.join(tokdir, 'pin'), '--socket', sock, '--audit', 'stderr'], timeout=60)
+    t.ok(r.returncode == 2 and 'audit trail would go to stderr' in r.stderr and
+         '--audit file:PATH' in r.stderr and not os.path.exists(sock),
+         'background agent refuses an audit trail on stderr (exit 2)', r.stderr)
     script = f'''
 set -e
 eval "$({AGENT} --print-env --module {MODULE} --token {TOKEN_URI} \
-        --pin-file {tokdir}/pin --socket {sock})" >/dev/null
+        --pin-file {tokdir}/pin --socket {sock} --audit file:{audit})" >/dev/null
 test "$P11JWT_AGENT_SOCK" = "{sock}"
 {CLI} keys --json | /usr/bin/python3 -c 'import json,sys; assert len(json.load(sys.stdin)) == 5'
+{CLI} sign --key ec-p256 --claim sub=detached >/dev/null
 echo "pid=$P11JWT_AGENT_PID"
 {AGENT} --kill
 '''
     r = run(['bash', '-c', script], timeout=60)
     t.ok(r.returncode == 0, 'detached agent: eval --print-env, use it, --kill', r.stdout + r.stderr)
+    lines = open(audit).read().splitlines() if os.path.exists(audit) else []
+    t.ok(len(lines) == 1 and '"sub":"detached"' in lines[0] and '"result":"ok"' in lines[0],
+         'detached agent: its audit file has the signature', lines)
     pid = next((int(l[4:]) for l in r.stdout.splitlines() if l.startswith('pid=')), None)
     gone = False
     for _ in range(50):

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <openssl/evp.h>
 
@@ -289,6 +291,88 @@ static int fake_status(void *ud, json_t *resp)
 	return json_object_set_new(resp, "requests", json_integer(77)) < 0 ? P11J_E_NOMEM : 0;
 }
 
+/* A stand-in syslog daemon: a datagram socket bound at path. */
+static int fake_syslogd(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = { .tv_sec = 5 };
+
+	assert_true(fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	unlink(path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void expect_message(int fd, const char *line)
+{
+	char buf[512], want[128];
+	ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+	const char *colon;
+
+	assert_true(n > 0);
+	buf[n] = '\0';
+	/* "<86>Nov 23 14:15:09 p11jwt-agent[PID]: line", as syslog(3) sends */
+	assert_true(strncmp(buf, "<86>", 4) == 0); /* LOG_AUTHPRIV | LOG_INFO */
+	snprintf(want, sizeof(want), " p11jwt-agent[%d]: ", (int)getpid());
+	colon = strstr(buf, want);
+	assert_non_null(colon);
+	assert_int_equal(colon - buf, 4 + 15); /* "Mmm dd hh:mm:ss" */
+	assert_string_equal(colon + strlen(want), line);
+}
+
+/* The syslog sink speaks to the socket itself, so that a record that
+ * cannot be delivered is an error (and the JWT refused), never a silent
+ * loss as with syslog(3) when nothing listens. */
+static void test_syslog_sink(void **state)
+{
+	char dir[] = "/tmp/p11j-syslog-XXXXXX", path[128];
+	audit_sink *s = NULL;
+	int d;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/log", dir);
+
+	/* nobody listens: "syslog" refuses to start, "auto" falls back */
+	assert_int_equal(audit_open_at("syslog", path, &s), P11J_E_SYSTEM);
+	assert_non_null(strstr(err_msg(), path));
+	assert_int_equal(audit_open_at("auto", path, &s), 0);
+	assert_true(audit_enabled(s));
+	assert_string_equal(audit_where(s), "stderr (no syslog daemon listening at /dev/log)");
+	audit_close(s);
+
+	d = fake_syslogd(path);
+	assert_int_equal(audit_open_at("auto", path, &s), 0);
+	assert_string_equal(audit_where(s), "syslog");
+	/* a batch: one message per line, without the newline */
+	assert_int_equal(audit_write(s, "{\"a\":1}\n{\"b\":2}\n", 16), 0);
+	expect_message(d, "{\"a\":1}");
+	expect_message(d, "{\"b\":2}");
+
+	/* the daemon goes away: the write fails, loudly */
+	close(d);
+	unlink(path);
+	assert_int_equal(audit_write(s, "{\"c\":3}\n", 8), P11J_E_SYSTEM);
+	assert_non_null(strstr(err_msg(), path));
+
+	/* it comes back (a new socket at the path): reconnected */
+	d = fake_syslogd(path);
+	assert_int_equal(audit_write(s, "{\"d\":4}\n", 8), 0);
+	expect_message(d, "{\"d\":4}");
+	/* restarted once more while connected: the stale socket is replaced */
+	close(d);
+	d = fake_syslogd(path);
+	assert_int_equal(audit_write(s, "{\"e\":5}\n", 8), 0);
+	expect_message(d, "{\"e\":5}");
+	audit_close(s);
+	close(d);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void test_status_op(void **state)
 {
 	json_t *resp = NULL;
@@ -324,7 +408,7 @@ int main(void)
 	    cmocka_unit_test(test_sign_ok_line),   cmocka_unit_test(test_sign_refused_lines),
 	    cmocka_unit_test(test_not_audited),    cmocka_unit_test(test_pin_never_recorded),
 	    cmocka_unit_test(test_claims_bounded), cmocka_unit_test(test_file_sink),
-	    cmocka_unit_test(test_status_op),
+	    cmocka_unit_test(test_syslog_sink),    cmocka_unit_test(test_status_op),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
