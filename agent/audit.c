@@ -56,14 +56,10 @@ int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, cha
 		if ((r = jsonf_raw(&b, ",\"", 2)) < 0 || (r = jsonf_str(&b, *m)) < 0 ||
 		    (r = jsonf_raw(&b, "\":", 2)) < 0)
 			goto out;
-		r = jsonf_append(&b, v);
-		if (r > 0) { /* a value the fast printer leaves to Jansson */
-			char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-
-			r = t == NULL ? 0 : jsonf_str(&b, t);
-			if (t == NULL) /* unprintable: the member is left out */
-				b.len = mark;
-			free(t);
+		r = jsonf_append_any(&b, v);
+		if (r > 0) { /* unprintable: the member is left out */
+			b.len = mark;
+			r = 0;
 		}
 		if (r < 0)
 			goto out;
@@ -93,7 +89,6 @@ struct audit_sink {
 	int fd;
 	pthread_mutex_t mu; /* fd, across a reopen or reconnect */
 	atomic_bool reopen;
-	bool fell_back; /* "auto" found no syslog socket: stderr */
 };
 
 /* Syslog is spoken here rather than through syslog(3), which drops a
@@ -216,7 +211,6 @@ int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret)
 			s->path = NULL;
 			s->kind = SINK_STDERR;
 			s->fd = STDERR_FILENO;
-			s->fell_back = true;
 		}
 	} else if (strcmp(spec, "stderr") == 0) {
 		s->kind = SINK_STDERR;
@@ -248,15 +242,9 @@ bool audit_enabled(const audit_sink *s)
 	return s != NULL && s->kind != SINK_NONE;
 }
 
-const char *audit_where(const audit_sink *s)
+bool audit_on_stderr(const audit_sink *s)
 {
-	if (s == NULL || s->kind == SINK_NONE)
-		return "none";
-	if (s->kind == SINK_SYSLOG)
-		return "syslog";
-	if (s->kind == SINK_FILE)
-		return "file";
-	return s->fell_back ? "stderr (no syslog daemon listening at /dev/log)" : "stderr";
+	return s != NULL && s->kind == SINK_STDERR;
 }
 
 void audit_reopen_later(audit_sink *s)

@@ -18,15 +18,8 @@ static int proto_finish(json_t *resp, char **ret_resp, size_t *ret_len)
 	int r;
 
 	r = jsonf_reserve(&b, 512);
-	if (r == 0)
-		r = jsonf_append(&b, resp);
-	if (r > 0) { /* something the fast printer leaves to Jansson */
-		char *s = json_dumps(resp, JSON_COMPACT);
-
-		r = s == NULL ? err_set(P11J_E_NOMEM, "out of memory serialising a response")
-			      : jsonf_str(&b, s);
-		freezero_str(s);
-	}
+	if (r == 0 && (r = jsonf_append_any(&b, resp)) > 0)
+		r = err_set(P11J_E_NOMEM, "out of memory serialising a response");
 	json_decref(resp);
 	if (r < 0 || (r = jsonf_raw(&b, "\n", 1)) < 0 || (line = jsonf_take(&b, ret_len)) == NULL) {
 		jsonf_free(&b);

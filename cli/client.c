@@ -260,13 +260,8 @@ int agc_call(const char *path, json_t *req, int timeout_ms, json_t **ret_resp,
 		r = err_set(P11J_E_NOMEM, "out of memory");
 		goto out;
 	}
-	r = jsonf_append(&line, req);
-	if (r > 0) { /* what the fast printer leaves to Jansson */
-		char *t = json_dumps(req, JSON_COMPACT);
-
-		r = t == NULL ? err_set(P11J_E_NOMEM, "out of memory") : jsonf_str(&line, t);
-		freezero_str(t);
-	}
+	if ((r = jsonf_append_any(&line, req)) > 0)
+		r = err_set(P11J_E_NOMEM, "out of memory");
 	/* the line and its newline in one send: the agent reads it at once */
 	if (r < 0 || (r = jsonf_raw(&line, "\n", 1)) < 0)
 		goto out;

@@ -264,6 +264,22 @@ int jsonf_append(jsonf_buf *b, const json_t *v)
 	return r;
 }
 
+int jsonf_append_any(jsonf_buf *b, const json_t *v)
+{
+	int r = jsonf_append(b, v);
+	char *s;
+
+	if (r <= 0 || v == NULL)
+		return r;
+	/* json_dumps also fails on invalid UTF-8 and on cycles, but only
+	 * *_nocheck constructors or a bug make those */
+	if ((s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)) == NULL)
+		return 1;
+	r = jsonf_str(b, s);
+	freezero_str(s);
+	return r;
+}
+
 int jsonf_raw(jsonf_buf *b, const void *s, size_t n)
 {
 	int r;
@@ -341,16 +357,9 @@ int jsonf_dumps(const json_t *v, char **ret, size_t *ret_len)
 	char *out;
 	int r;
 
-	r = jsonf_append(&b, v);
-	if (r > 0) {
-		char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-
-		/* json_dumps also fails on invalid UTF-8 and on cycles, but only
-		 * *_nocheck constructors or a bug make those */
-		r = s == NULL ? err_set(P11J_E_NOMEM, "json_dumps failed (out of memory?)")
-			      : jsonf_str(&b, s);
-		freezero_str(s);
-	}
+	r = jsonf_append_any(&b, v);
+	if (r > 0)
+		r = err_set(P11J_E_NOMEM, "json_dumps failed (out of memory?)");
 	if (r < 0 || (out = jsonf_take(&b, ret_len)) == NULL) {
 		jsonf_free(&b);
 		return r < 0 ? r : err_set(P11J_E_NOMEM, "out of memory");

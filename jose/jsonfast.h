@@ -40,6 +40,12 @@ typedef struct {
  * with b->len likewise unchanged. */
 int jsonf_append(jsonf_buf *b, const json_t *v);
 
+/* jsonf_append(), and for what it declines the text of json_dumps(v,
+ * JSON_COMPACT | JSON_ENCODE_ANY): 0; 1 when Jansson cannot print v either
+ * (invalid UTF-8 made with a *_nocheck constructor, a cycle) or runs out of
+ * memory, b->len then unchanged; P11J_E_NOMEM. */
+int jsonf_append_any(jsonf_buf *b, const json_t *v);
+
 /* Append n raw bytes / a NUL-terminated string / a decimal int64. 0 or
  * P11J_E_NOMEM. */
 int jsonf_raw(jsonf_buf *b, const void *s, size_t n);
