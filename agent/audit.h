@@ -36,8 +36,8 @@ typedef struct audit_sink audit_sink;
 int audit_open(const char *spec, audit_sink **ret);
 /* The same with another socket than /dev/log for syslog (tests). */
 int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret);
-/* "syslog", "file", "stderr" (with why, if "auto" fell back) or "none". */
-const char *audit_where(const audit_sink *s);
+/* Whether the records go to stderr ("stderr", or "auto" with no syslog). */
+bool audit_on_stderr(const audit_sink *s);
 /* One or more whole lines: one write() for all of them (or one syslog
  * message per line), so that lines from several threads never interleave.
  * P11J_E_SYSTEM when a line cannot be written: the file fails, or the

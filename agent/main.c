@@ -597,7 +597,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "p11jwt-agent: --audit: %s\n", err_msg());
 		return r == P11J_E_BAD_REQUEST ? EXIT_USAGE : EXIT_RUNTIME;
 	}
-	if (strncmp(audit_where(the_audit), "stderr", 6) == 0) {
+	if (audit_on_stderr(the_audit)) {
 		/* in the background stderr is /dev/null: the trail would be lost */
 		if (!o.foreground) {
 			fprintf(stderr,
@@ -611,7 +611,8 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		if (strcmp(o.audit, "auto") == 0)
-			fprintf(stderr, "p11jwt-agent: audit trail: %s\n", audit_where(the_audit));
+			fprintf(stderr, "p11jwt-agent: audit trail: stderr (no syslog daemon listening "
+				"at /dev/log)\n");
 	}
 	if (o.socket == NULL) {
 		if (default_socket(sockbuf, sizeof(sockbuf)) < 0) {
