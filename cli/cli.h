@@ -23,6 +23,13 @@ typedef struct {
 	const char *socket; /* --socket, or NULL for the default */
 } cli_ctx;
 
+/* p11jwt-cmds.so (cmds.c): the commands that need libcrypto, which p11jwt
+ * loads with dlopen() when one of them runs (main.c). Its two symbols: the
+ * version string, which must be the program's, and the entry point, which
+ * runs argv[0]'s command and returns the exit status. */
+#define P11JWT_CMDS_MODULE "p11jwt-cmds.so"
+typedef int (*p11jwt_cmds_run_fn)(const char *socket, int argc, char **argv);
+
 /* help.c: the option table and everything printed or parsed from it. */
 void cli_usage(FILE *f, const char *cmd);
 void cli_usage_all(FILE *f);

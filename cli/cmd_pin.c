@@ -2,12 +2,12 @@
 /* p11jwt login, p11jwt lock: the agent's PIN lifecycle (docs/protocol.md). */
 #include "cli/cli.h"
 #include "common/err.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
-#include <openssl/crypto.h>
 
 #define PIN_MAX 256
 
@@ -52,7 +52,7 @@ static int pin_read(int fd, bool tty, const char *prompt, char *buf, size_t cap)
 	if (r == 0 && n == cap && !nl)
 		r = err_set(P11J_E_BAD_REQUEST, "the PIN is longer than %d bytes", PIN_MAX);
 	if (r < 0) {
-		OPENSSL_cleanse(buf, cap);
+		util_wipe(buf, cap);
 		return r;
 	}
 	if (n > 0 && buf[n - 1] == '\r')
@@ -109,7 +109,7 @@ int cmd_login(cli_ctx *ctx, int argc, char **argv)
 		json_decref(req);
 		req = NULL;
 	}
-	OPENSSL_cleanse(pin, sizeof(pin));
+	util_wipe(pin, sizeof(pin));
 	if (req != NULL && token != NULL && json_object_set_new(req, "token", json_string(token)) < 0) {
 		json_decref(req);
 		req = NULL;

@@ -9,9 +9,11 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,19 +21,40 @@
 
 #ifndef P11JWT_ADMIN
 /*
- * keygen, csr and cert talk to the token directly, so they need p11-kit and
- * a PKCS#11 module in the process. They live in a second program,
- * p11jwt-admin (libexecdir), which this one runs: the everyday commands and
- * the network-facing ones (token, call) never load PKCS#11 code, and start
- * faster. Found next to this program first (the build tree), then in
+ * Two helpers of this program live in libexecdir: p11jwt-admin (keygen,
+ * csr and cert talk to the token directly, so they need p11-kit and a
+ * PKCS#11 module in the process) and p11jwt-cmds.so (the commands that need
+ * libcrypto: keys, jwks, decode, verify, token, call, cache). What remains
+ * here, the agent's commands (sign, status, login, lock), loads neither
+ * PKCS#11 code nor libcrypto and starts in half the time. A helper is
+ * found next to this program first (the build tree), then in
  * $P11JWT_LIBEXECDIR (tests of an installed tree), then where it was
  * installed.
  */
-static int cmd_admin_exec(cli_ctx *ctx, int argc, char **argv)
+static bool libexec_find(const char *name, int mode, char *path, size_t size)
 {
-	char self[PATH_MAX], path[PATH_MAX + 32];
+	char self[PATH_MAX];
 	const char *env = getenv("P11JWT_LIBEXECDIR");
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n > 0) {
+		self[n] = '\0';
+		snprintf(path, size, "%s/%s", dirname(self), name);
+		if (access(path, mode) == 0)
+			return true;
+	}
+	if (env && env[0] == '/') {
+		snprintf(path, size, "%s/%s", env, name);
+		if (access(path, mode) == 0)
+			return true;
+	}
+	snprintf(path, size, "%s/%s", P11JWT_LIBEXECDIR, name);
+	return access(path, mode) == 0;
+}
+
+static int cmd_admin_exec(cli_ctx *ctx, int argc, char **argv)
+{
+	char path[PATH_MAX + 32];
 	char **args = calloc((size_t)argc + 4, sizeof(*args));
 	size_t k = 0;
 
@@ -45,25 +68,42 @@ static int cmd_admin_exec(cli_ctx *ctx, int argc, char **argv)
 	for (int i = 0; i < argc; i++)
 		args[k++] = argv[i];
 	args[k] = NULL;
-	if (n > 0) {
-		self[n] = '\0';
-		snprintf(path, sizeof(path), "%s/p11jwt-admin", dirname(self));
-		if (access(path, X_OK) == 0)
-			execv(path, args);
-	}
-	if (env && env[0] == '/') {
-		snprintf(path, sizeof(path), "%s/p11jwt-admin", env);
-		if (access(path, X_OK) == 0)
-			execv(path, args);
-	}
-	snprintf(path, sizeof(path), "%s/p11jwt-admin", P11JWT_LIBEXECDIR);
-	execv(path, args);
+	if (libexec_find("p11jwt-admin", X_OK, path, sizeof(path)))
+		execv(path, args);
 	free(args);
 	return cli_fail(err_set(P11J_E_NOT_FOUND, "cannot run %s: %s", path, strerror(errno)));
+}
+
+static int cmd_module(cli_ctx *ctx, int argc, char **argv)
+{
+	char path[PATH_MAX + 32];
+	const char *ver;
+	p11jwt_cmds_run_fn run;
+	void *h;
+
+	if (!libexec_find(P11JWT_CMDS_MODULE, R_OK, path, sizeof(path)))
+		return cli_fail(err_set(P11J_E_NOT_FOUND, "cannot load %s: %s", path,
+					strerror(errno)));
+	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (h == NULL)
+		return cli_fail(err_set(P11J_E_NOT_FOUND, "cannot load %s", dlerror()));
+	ver = dlsym(h, "p11jwt_cmds_version");
+	run = (p11jwt_cmds_run_fn)dlsym(h, "p11jwt_cmds_run");
+	if (ver == NULL || run == NULL || strcmp(ver, P11JWT_VERSION) != 0)
+		return cli_fail(err_set(P11J_E_NOT_FOUND, "%s is not p11jwt %s's command module",
+					path, P11JWT_VERSION));
+	return run(ctx->socket, argc, argv);
 }
 #define cmd_keygen cmd_admin_exec
 #define cmd_csr cmd_admin_exec
 #define cmd_cert cmd_admin_exec
+#define cmd_keys cmd_module
+#define cmd_jwks cmd_module
+#define cmd_decode cmd_module
+#define cmd_verify cmd_module
+#define cmd_token cmd_module
+#define cmd_call cmd_module
+#define cmd_cache cmd_module
 #endif
 
 static const struct {
@@ -118,10 +158,14 @@ int main(int argc, char **argv)
 			int st;
 
 			optind = 0; /* full getopt reset for the command's own argv */
+#ifdef P11JWT_ADMIN
 			if (http_global_init() < 0)
 				return 5;
+#endif
 			st = cmds[k].fn(&ctx, argc - i, argv + i);
+#ifdef P11JWT_ADMIN
 			http_global_cleanup();
+#endif
 			return st;
 		}
 	}

@@ -3,7 +3,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <openssl/err.h>
 
 static const struct {
 	int code;
@@ -106,15 +105,4 @@ void err_clear(void)
 {
 	err_have = 0;
 	err_buf[0] = '\0';
-}
-
-int err_set_ossl(int code, const char *what)
-{
-	unsigned long e = ERR_get_error();
-	char reason[256] = "no detail from OpenSSL";
-
-	if (e != 0)
-		ERR_error_string_n(e, reason, sizeof(reason));
-	ERR_clear_error();
-	return err_set(code, "%s failed: %s", what, reason);
 }

@@ -5,20 +5,25 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <openssl/crypto.h>
-#include <openssl/rand.h>
+
+/* glibc's explicit_bzero: a wipe the compiler may not drop, as
+ * OPENSSL_cleanse is, without making every program load libcrypto (the
+ * CLI's agent commands do not, see docs/design.md). */
+void util_wipe(void *p, size_t len)
+{
+	explicit_bzero(p, len);
+}
 
 void freezero_buf(void *p, size_t len)
 {
 	if (p == NULL)
 		return;
-	OPENSSL_cleanse(p, len);
+	util_wipe(p, len);
 	free(p);
 }
 
@@ -72,7 +77,7 @@ void util_wipe_free(void *p)
 {
 	if (p == NULL)
 		return;
-	OPENSSL_cleanse(p, malloc_usable_size(p));
+	util_wipe(p, malloc_usable_size(p));
 	free(p);
 }
 
@@ -160,7 +165,7 @@ int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, si
 			if (buf != NULL) {
 				memcpy(nb, buf, len);
 				if (secret)
-					OPENSSL_cleanse(buf, cap);
+					util_wipe(buf, cap);
 				free(buf);
 			}
 			buf = nb;
@@ -198,69 +203,12 @@ int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, si
 	r = 0;
 out:
 	if (buf != NULL) {
-		OPENSSL_cleanse(buf, cap);
+		util_wipe(buf, cap);
 		free(buf);
 	}
 	if (fd >= 0)
 		close(fd);
 	return r;
-}
-
-/* Random bytes for jti values, drawn from RAND_bytes 4 KiB at a time per
- * thread: one DRBG call (and its locks) per 256 JWTs instead of one per JWT.
- * Each 16 bytes are used once and wiped as they are taken; a forked child
- * starts with an empty buffer so it never repeats its parent's values. */
-#define UUID_POOL 4096
-static _Thread_local struct {
-	uint8_t b[UUID_POOL];
-	size_t off; /* bytes used; UUID_POOL when empty */
-	unsigned gen;
-} uuid_pool = { .off = UUID_POOL };
-static _Atomic unsigned uuid_fork_gen;
-static pthread_once_t uuid_once = PTHREAD_ONCE_INIT;
-
-static void uuid_on_fork(void)
-{
-	uuid_fork_gen++;
-}
-
-static void uuid_register(void)
-{
-	pthread_atfork(NULL, NULL, uuid_on_fork);
-}
-
-int util_uuid4(char out[37])
-{
-	static const char hex[] = "0123456789abcdef";
-	unsigned gen;
-	uint8_t b[16];
-	size_t o = 0;
-
-	pthread_once(&uuid_once, uuid_register);
-	gen = uuid_fork_gen;
-	if (uuid_pool.gen != gen || uuid_pool.off + sizeof(b) > UUID_POOL) {
-		if (RAND_bytes(uuid_pool.b, UUID_POOL) != 1) {
-			OPENSSL_cleanse(uuid_pool.b, UUID_POOL);
-			uuid_pool.off = UUID_POOL;
-			return err_set_ossl(P11J_E_CRYPTO, "RAND_bytes");
-		}
-		uuid_pool.off = 0;
-		uuid_pool.gen = gen;
-	}
-	memcpy(b, uuid_pool.b + uuid_pool.off, sizeof(b));
-	OPENSSL_cleanse(uuid_pool.b + uuid_pool.off, sizeof(b));
-	uuid_pool.off += sizeof(b);
-	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-	for (size_t i = 0; i < 16; i++) {
-		if (i == 4 || i == 6 || i == 8 || i == 10)
-			out[o++] = '-';
-		out[o++] = hex[b[i] >> 4];
-		out[o++] = hex[b[i] & 15];
-	}
-	out[o] = '\0';
-	OPENSSL_cleanse(b, sizeof(b));
-	return 0;
 }
 
 int util_hex(const uint8_t *in, size_t len, char **ret)

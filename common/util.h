@@ -9,7 +9,9 @@
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Free after wiping len bytes (OPENSSL_cleanse). NULL is fine. */
+/* Wipe len bytes in a way the compiler may not drop (explicit_bzero). */
+void util_wipe(void *p, size_t len);
+/* Free after wiping len bytes (util_wipe). NULL is fine. */
 void freezero_buf(void *p, size_t len);
 /* Free a NUL-terminated secret string after wiping it. */
 void freezero_str(char *s);

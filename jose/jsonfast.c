@@ -26,7 +26,6 @@
 
 #include <stdbool.h>
 #include <string.h>
-#include <openssl/crypto.h>
 
 _Static_assert(sizeof(json_int_t) <= sizeof(int64_t), "json_int_t wider than int64_t");
 
@@ -73,7 +72,7 @@ static int jf_reserve(jsonf_buf *b, size_t need)
 static void jf_rollback(jsonf_buf *b, size_t start)
 {
 	if (b->len > start)
-		OPENSSL_cleanse(b->p + start, b->len - start);
+		util_wipe(b->p + start, b->len - start);
 	b->len = start;
 }
 

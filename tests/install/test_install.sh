@@ -55,6 +55,7 @@ version=$(meson introspect "$build" --projectinfo |
 for f in "$bin/p11jwt" "$bin/p11jwt-agent" "$libexec/p11jwt-admin"; do
 	check "installed executable ${f#"$dest"}" test -x "$f" -a -f "$f"
 done
+check "installed command module ${libexec#"$dest"}/p11jwt-cmds.so" test -f "$libexec/p11jwt-cmds.so"
 for f in man1/p11jwt.1 man8/p11jwt-agent.8 man5/p11jwt-profile.5 man5/p11jwt-agent.conf.5; do
 	check "installed man page ${man#"$dest"}/$f" test -s "$man/$f"
 done
@@ -87,6 +88,15 @@ check "installed p11jwt keygen runs p11jwt-admin ('$out')" \
 	grep -qF 'usage: p11jwt [--socket PATH] keygen --module' <<<"$out"
 check "installed p11jwt does not link p11-kit (PKCS#11 stays in p11jwt-admin)" \
 	bash -c "! readelf -d '$bin/p11jwt' | grep -q 'libp11-kit'"
+check "installed p11jwt does not link libcrypto (it stays in p11jwt-cmds.so)" \
+	bash -c "! readelf -d '$bin/p11jwt' | grep -q 'libcrypto'"
+# the commands in the module run from the installed tree
+out=$(P11JWT_LIBEXECDIR="$libexec" "$bin/p11jwt" token --help 2>&1 | head -n 1)
+check "installed p11jwt token loads p11jwt-cmds.so ('$out')" \
+	grep -qF 'usage: p11jwt [--socket PATH] token' <<<"$out"
+out=$(P11JWT_LIBEXECDIR=/nonexistent "$bin/p11jwt" token --help 2>&1)
+check "without its module, p11jwt token says so ('$out')" \
+	bash -c "[[ '$out' == *'not_found: cannot load'*'p11jwt-cmds.so'* ]]"
 # they do not load anything from the build tree
 check "installed p11jwt has no build-tree RUNPATH" \
 	bash -c "! readelf -d '$bin/p11jwt' | grep -q '$build'"
@@ -139,6 +149,7 @@ else
 	echo "1..$n"; exit 1
 fi
 export SOFTHSM2_CONF=$tmp/token/softhsm2.conf
+export P11JWT_LIBEXECDIR=$libexec # keys and jwks are in p11jwt-cmds.so
 mkdir -m 0700 "$tmp/run"
 sock=$tmp/run/agent.sock
 unset P11JWT_AGENT_SOCK P11JWT_AGENT_PID P11JWT_PIN

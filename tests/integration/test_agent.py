@@ -45,6 +45,19 @@ DEFAULT_ALG = {'rsa-2048': 'RS256', 'ec-p256': 'ES256', 'ec-p384': 'ES384',
 t = Tap()
 
 
+def copy_cli(dirpath):
+    """A copy of the CLI, with the command module it loads, in dirpath:
+    for a uid that cannot reach the build tree."""
+    cli_copy = os.path.join(dirpath, 'p11jwt-copy')
+    if not os.path.exists(cli_copy):
+        shutil.copy(CLI, cli_copy)
+        os.chmod(cli_copy, 0o755)
+        mod = os.path.join(dirpath, 'p11jwt-cmds.so')
+        shutil.copy(os.path.join(os.path.dirname(CLI), 'p11jwt-cmds.so'), mod)
+        os.chmod(mod, 0o644)
+    return cli_copy
+
+
 def b64u_dec(s):
     return base64.urlsafe_b64decode(s + '=' * (-len(s) % 4))
 
@@ -503,9 +516,7 @@ def check_other_uid(sock):
     os.chmod(sock, 0o666)
     # nobody may not be able to reach the build tree (a clone under /root):
     # run a copy of the CLI from the world-traversable socket area
-    cli_copy = os.path.join(w, 'p11jwt-copy')
-    shutil.copy(CLI, cli_copy)
-    os.chmod(cli_copy, 0o755)
+    cli_copy = copy_cli(w)
     try:
         r = run(['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups',
                  cli_copy, '--socket', sock, 'keys'])

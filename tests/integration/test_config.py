@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_agent import (AGENT, BUILD, CLI, MKTOKEN, MODULE, TOKEN_URI, Agent, Conn,  # noqa: E402
-                        jwt_parts, run, t)
+                        copy_cli, jwt_parts, run, t)
 
 import jwt as pyjwt  # noqa: E402  (Debian python3-jwt, independent verifier)
 
@@ -244,10 +244,7 @@ def check_violations(sock):
 
 
 def as_nobody(sockdir, *args):
-    cli_copy = os.path.join(sockdir, 'p11jwt-copy')
-    if not os.path.exists(cli_copy):
-        shutil.copy(CLI, cli_copy)
-        os.chmod(cli_copy, 0o755)
+    cli_copy = copy_cli(sockdir)
     return run(['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups',
                 cli_copy, *args])
 
