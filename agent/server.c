@@ -525,10 +525,10 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
  * machine (the idle CPU halts; the wake-up is an inter-processor
  * interrupt), so the worker that answered watches the connection up to
  * LINGER_NS longer while it is not armed in epoll (no other worker is
- * woken for it). Only while every other worker is idle, so that it never
- * delays anyone else's request, and yielding the CPU between looks, so
- * that a client thread waiting for this CPU runs first. True when input
- * (or EOF, or an error) came. */
+ * woken for it). Only while every other worker is idle (it stops as soon
+ * as one gets work), so that it never delays anyone else's request, and
+ * yielding the CPU between looks, so that a client thread waiting for this
+ * CPU runs first. True when input (or EOF, or an error) came. */
 static bool conn_linger(srv *s, struct conn *c)
 {
 	unsigned idle = atomic_load_explicit(&s->n_idle, memory_order_relaxed);
@@ -547,6 +547,9 @@ static bool conn_linger(srv *s, struct conn *c)
 		if (poll(&p, 1, 0) != 0)
 			return true; /* input, or an error that the read will see */
 		sched_yield(); /* a thread waiting for this CPU (a client) goes first */
+		/* another worker got work: the CPUs are needed, stop */
+		if (atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers)
+			return false;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		if ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec - start > LINGER_NS)
 			return false;
