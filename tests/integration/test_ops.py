@@ -25,21 +25,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import Tap  # noqa: E402
-
-SRC = os.environ.get('P11JWT_SRCDIR') or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), '..', '..'))
-BUILD = os.environ.get('P11JWT_BUILDDIR') or os.path.join(SRC, 'build')
-AGENT = os.path.join(BUILD, 'agent', 'p11jwt-agent')
-CLI = os.path.join(BUILD, 'cli', 'p11jwt')
-MKTOKEN = os.path.join(SRC, 'softhsm-conf', 'mktoken')
-MODULE = '/usr/lib/softhsm/libsofthsm2.so'
-TOKEN_URI = 'pkcs11:token=p11jwt-test'
+from test_agent import (AGENT, BUILD, CLI, MKTOKEN, MODULE, SRC, TOKEN_URI,  # noqa: E402
+                        run)
 
 t = Tap()
-
-
-def run(args, env=None, timeout=60):
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def agent_args(tokdir, sock, extra=()):

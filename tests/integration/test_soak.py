@@ -31,13 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import Tap  # noqa: E402
-
-SRC = os.environ.get('P11JWT_SRCDIR') or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), '..', '..'))
-BUILD = os.environ.get('P11JWT_BUILDDIR') or os.path.join(SRC, 'build')
-AGENT = os.path.join(BUILD, 'agent', 'p11jwt-agent')
-MKTOKEN = os.path.join(SRC, 'softhsm-conf', 'mktoken')
-MODULE = '/usr/lib/softhsm/libsofthsm2.so'
+from test_agent import AGENT, BUILD, MKTOKEN, MODULE  # noqa: E402
 
 t = Tap()
 
