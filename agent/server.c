@@ -103,12 +103,17 @@ static void srv_log(const srv *s, int level, const char *fmt, ...)
 	s->cfg.log(level, buf);
 }
 
-static uint64_t now_ms(void)
+static uint64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_ns() / 1000000;
 }
 
 static int make_socket_dir(const char *path)
@@ -531,16 +536,13 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
  * CPU runs first. True when input (or EOF, or an error) came. */
 static bool conn_linger(srv *s, struct conn *c)
 {
-	unsigned idle = atomic_load_explicit(&s->n_idle, memory_order_relaxed);
 	uint64_t start;
-	struct timespec ts;
 
-	if (c->state != C_OPEN || c->eof || c->out_len != 0 ||
-	    atomic_load(&s->stopping) || atomic_load(&c->kick) != KICK_NONE || s->nworkers < 2 ||
-	    idle + 1 < s->nworkers)
+	if (c->state != C_OPEN || c->eof || c->out_len != 0 || atomic_load(&s->stopping) ||
+	    atomic_load(&c->kick) != KICK_NONE || s->nworkers < 2 ||
+	    atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers)
 		return false;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	start = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	start = now_ns();
 	for (;;) {
 		struct pollfd p = { .fd = c->fd, .events = POLLIN };
 
@@ -548,10 +550,8 @@ static bool conn_linger(srv *s, struct conn *c)
 			return true; /* input, or an error that the read will see */
 		sched_yield(); /* a thread waiting for this CPU (a client) goes first */
 		/* another worker got work: the CPUs are needed, stop */
-		if (atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers)
-			return false;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec - start > LINGER_NS)
+		if (atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers ||
+		    now_ns() - start > LINGER_NS)
 			return false;
 	}
 }
