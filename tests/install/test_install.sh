@@ -94,9 +94,23 @@ check "installed p11jwt does not link libcrypto (it stays in p11jwt-cmds.so)" \
 out=$(P11JWT_LIBEXECDIR="$libexec" "$bin/p11jwt" token --help 2>&1 | head -n 1)
 check "installed p11jwt token loads p11jwt-cmds.so ('$out')" \
 	grep -qF 'usage: p11jwt [--socket PATH] token' <<<"$out"
-out=$(P11JWT_LIBEXECDIR=/nonexistent "$bin/p11jwt" token --help 2>&1)
-check "without its module, p11jwt token says so ('$out')" \
-	bash -c "[[ '$out' == *'not_found: cannot load'*'p11jwt-cmds.so'* ]]"
+out=$(P11JWT_LIBEXECDIR=/nonexistent "$bin/p11jwt" token --help 2>&1); st=$?
+check "without its module, p11jwt token exits 2 and says so ('$out')" \
+	bash -c "[ $st = 2 ] && [[ '$out' == *'not_found: cannot load'*'p11jwt-cmds.so'* ]]"
+# a module next to the program is taken first: a file that is not a shared
+# object, and a shared object that is not our module, are refused
+mkdir "$tmp/fake"
+cp "$bin/p11jwt" "$tmp/fake/p11jwt"
+echo 'not a shared object' >"$tmp/fake/p11jwt-cmds.so"
+out=$("$tmp/fake/p11jwt" jwks 2>&1); st=$?
+check "a module that is not a shared object: exit 2, not_found ('$out')" \
+	bash -c "[ $st = 2 ] && [[ '$out' == 'p11jwt: not_found: cannot load '*'p11jwt-cmds.so'* ]]"
+jansson=$(ldd "$bin/p11jwt" | awk '/libjansson/ {print $3}')
+cp "$jansson" "$tmp/fake/p11jwt-cmds.so"
+out=$("$tmp/fake/p11jwt" jwks 2>&1); st=$?
+want="p11jwt: not_found: $tmp/fake/p11jwt-cmds.so is not p11jwt $version's command module"
+check "a shared object without our entry points: exit 2, not_found" \
+	test "$st:$out" = "2:$want" || diag <<<"$out"
 # they do not load anything from the build tree
 check "installed p11jwt has no build-tree RUNPATH" \
 	bash -c "! readelf -d '$bin/p11jwt' | grep -q '$build'"
