@@ -73,7 +73,6 @@ struct srv {
 	struct conn *conns;
 	size_t nconns;
 	_Atomic bool stopping, quit;
-	_Atomic unsigned n_idle; /* workers waiting in epoll_wait() */
 	/* counters for srv_get_stats() */
 	_Atomic uint64_t n_requests, n_accepted, n_refused;
 	_Atomic uint64_t n_errors[SRV_NCODES];
@@ -424,18 +423,17 @@ static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, i
 
 /* Answer the complete lines in the buffer, in order, on this thread, at
  * most budget of them. Returns how many were answered, or -1 when the
- * connection must close. */
+ * connection must close. The answers of a batch are queued together and
+ * the caller sends them in one send(): every send wakes the client, which
+ * costs the sender several µs on a virtual machine. (Sending half a batch
+ * early, so that a pipelining client refills while we sign the rest, was
+ * measured: since the worker lingers for the client's next batch, the
+ * extra wake-ups cost more than the idle time they save.) */
 static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now, int budget)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
-	int r = 0, served = 0, total = 0, np = 0;
-	bool mid_flushed = false;
+	int r = 0, served = 0, np = 0;
 	struct pend pend[PEND_MAX];
-
-	/* complete lines in the buffer: a batch from a pipelining client */
-	for (const char *p = c->in, *end = c->in + c->in_len;
-	     total < budget && p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
-		total++;
 
 	while (served < budget && c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
@@ -491,18 +489,8 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 		if (atomic_load(&s->stopping))
 			c->answered_in_stop = true;
 		served++;
-		/* Half way through a batch of pipelined requests, what is
-		 * answered goes out: the client sends more while we sign the
-		 * rest, so the token does not sit idle between batches. Once
-		 * per batch only: every send wakes the client, which costs
-		 * more than it saves. */
-		if (!mid_flushed && served >= total - served && served < total) {
-			mid_flushed = true;
-			if ((r = conn_commit(s, c, w, pend, &np)) < 0 || (r = conn_flush(c, now)) < 0)
-				break;
-		} else if (np == PEND_MAX && (r = conn_commit(s, c, w, pend, &np)) < 0) {
+		if (np == PEND_MAX && (r = conn_commit(s, c, w, pend, &np)) < 0)
 			break;
-		}
 	}
 	if (np > 0 && conn_commit(s, c, w, pend, &np) < 0)
 		r = -1;
@@ -524,34 +512,39 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 	return served;
 }
 
-/* A client that sends one request at a time sends the next a few tens of
- * microseconds after our answer. Going to sleep in epoll_wait() and being
- * woken for it costs the agent about 30 µs more per request on a virtual
- * machine (the idle CPU halts; the wake-up is an inter-processor
- * interrupt), so the worker that answered watches the connection up to
- * LINGER_NS longer while it is not armed in epoll (no other worker is
- * woken for it). Only while every other worker is idle (it stops as soon
- * as one gets work), so that it never delays anyone else's request, and
- * yielding the CPU between looks, so that a client thread waiting for this
- * CPU runs first. True when input (or EOF, or an error) came. */
+/* The client of a connection whose answers just went out usually sends
+ * again a few tens of microseconds later: the next request of a client
+ * that waits for each answer, the next batch of a pipelining one. Going
+ * to sleep in epoll_wait() and being woken for it costs the agent about
+ * 30 µs more per request on a virtual machine (the idle CPU halts; the
+ * wake-up is an inter-processor interrupt), so the worker that answered
+ * watches the connection up to LINGER_NS longer before arming it in epoll
+ * (so no other worker is woken for it). Only while nothing else waits:
+ * the epoll set itself is watched too, and any ready connection (or a new
+ * one, or the stop signal) ends it, so that lingering never delays anyone
+ * else's request. It yields the CPU between looks, so that a client thread
+ * waiting for this CPU runs first. True when input (or EOF, or an error)
+ * came on c. */
 static bool conn_linger(srv *s, struct conn *c)
 {
 	uint64_t start;
 
 	if (c->state != C_OPEN || c->eof || c->out_len != 0 || atomic_load(&s->stopping) ||
-	    atomic_load(&c->kick) != KICK_NONE || s->nworkers < 2 ||
-	    atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers)
+	    atomic_load(&c->kick) != KICK_NONE)
 		return false;
 	start = now_ns();
 	for (;;) {
-		struct pollfd p = { .fd = c->fd, .events = POLLIN };
+		struct pollfd p[2] = {
+			{ .fd = c->fd, .events = POLLIN },
+			{ .fd = s->ep, .events = POLLIN }, /* readable: something is ready */
+		};
 
-		if (poll(&p, 1, 0) != 0)
-			return true; /* input, or an error that the read will see */
+		if (poll(p, 2, 0) != 0)
+			/* input, or an error that the read will see; unless
+			 * someone else waits: then c queues behind them */
+			return p[0].revents != 0 && p[1].revents == 0;
 		sched_yield(); /* a thread waiting for this CPU (a client) goes first */
-		/* another worker got work: the CPUs are needed, stop */
-		if (atomic_load_explicit(&s->n_idle, memory_order_relaxed) + 1 < s->nworkers ||
-		    now_ns() - start > LINGER_NS)
+		if (now_ns() - start > LINGER_NS)
 			return false;
 	}
 }
@@ -727,9 +720,7 @@ static void *worker_main(void *arg)
 		struct epoll_event ev;
 		int n;
 
-		atomic_fetch_add_explicit(&s->n_idle, 1, memory_order_relaxed);
 		n = epoll_wait(s->ep, &ev, 1, TICK_MS);
-		atomic_fetch_sub_explicit(&s->n_idle, 1, memory_order_relaxed);
 
 		if (n < 0 && errno != EINTR)
 			break;
