@@ -11,7 +11,8 @@
  *   2. the agent (p11jwt-agent --foreground on that token): `sign` requests
  *      over the socket from client threads, 1/2/16/256 clients, one request
  *      at a time and pipelined; every answer must carry "ok":true;
- *   3. agent / raw at 1 and 2 clients;
+ *   3. agent / raw at 1 and 2 clients, and the same for the smallest socket
+ *      signer (a bound for any signer behind a socket, see floor_worker);
  *   4. the agent's VmRSS idle and with 1,000 idle connections;
  *   5. whole-process medians: p11jwt sign, pkcs11-tool --sign, openssl with
  *      the libp11 engine, p11jwt token on a cache hit (a local HTTP token
@@ -725,18 +726,23 @@ static long proc_status(pid_t pid, const char *field)
 	return v;
 }
 
-static int agent_connect(void)
+static int sock_connect(const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sockpath);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		close(fd);
 		return -1;
 	}
 	return fd;
+}
+
+static int agent_connect(void)
+{
+	return sock_connect(sockpath);
 }
 
 typedef struct {
@@ -830,7 +836,7 @@ static long audit_count(void)
 }
 
 typedef struct {
-	const char *req;
+	const char *req, *path; /* path: the socket (NULL: the agent's) */
 	size_t reqlen;
 	int depth;
 	long ops, errors;
@@ -845,7 +851,7 @@ typedef struct {
 static void *cli_worker(void *p)
 {
 	cli_arg *w = p;
-	conn_t c = {.fd = agent_connect(), .cap = 16384};
+	conn_t c = {.fd = sock_connect(w->path ? w->path : sockpath), .cap = 16384};
 	uint64_t sent[64];
 	int head = 0, out = 0, refill = 0;
 	bool stopping = false;
@@ -906,15 +912,127 @@ done:
 	return NULL;
 }
 
-static void bench_agent_rep(const char *key, const char *alg, int clients, int depth,
-                            reps_t *r_)
+/* ---- the smallest socket signer ----------------------------------------
+ *
+ * What any signer behind a Unix socket pays here, without the agent's
+ * work: one thread per connection (as if each client had a worker of its
+ * own), its own session, C_SignInit + C_Sign exactly as the raw loop does
+ * for each request line (the line is not parsed), and an answer line with
+ * the base64 signature. It reads, waits and sends the way the agent does
+ * (the best of the ways measured, agent/server.c): whatever is there is
+ * read without waiting, the answers to what was read go out in one send()
+ * once all are signed, and an empty buffer is watched for 50 us, yielding
+ * the CPU between looks, before the thread sleeps in poll(). No JSON, no
+ * policy, no audit record, no event loop. Its rate over raw's, in the
+ * same run, is about the most a socket signer can reach on this machine
+ * with these clients; the agent's ratio is read against it. */
+typedef struct {
+	int lfd, idx;
+	size_t a;
+	uint64_t cpu_ns;
+	long errors;
+} floor_arg;
+
+static void *floor_worker(void *p)
+{
+	floor_arg *w = p;
+	size_t cap = 65536, len = 0, olen = 0;
+	char *in = malloc(cap), *out = malloc(cap);
+	int fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+	uint64_t c0 = thread_cpu_ns(), idle_since = 0;
+	bool eof = false;
+
+	if (in == NULL || out == NULL || fd < 0)
+		die("floor server: %s", fd < 0 ? strerror(errno) : "out of memory");
+	while (!eof) {
+		ssize_t n = recv(fd, in + len, cap - len, MSG_DONTWAIT);
+		int total = 0, served = 0;
+		size_t off = 0;
+
+		if (n == 0)
+			eof = true;
+		else if (n > 0)
+			len += (size_t)n;
+		else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			break;
+		for (char *q = in; (q = memchr(q, '\n', (size_t)(in + len - q))) != NULL; q++)
+			total++;
+		if (total == 0) {
+			struct pollfd pf = {.fd = fd, .events = POLLIN};
+			if (n >= 0)
+				idle_since = 0;
+			else if (idle_since == 0)
+				idle_since = now_ns();
+			if (n < 0 && now_ns() - idle_since < 50000)
+				sched_yield(); /* a client thread waiting for this CPU runs */
+			else if (!eof && n < 0 && poll(&pf, 1, -1) < 0 && errno != EINTR)
+				break;
+			continue;
+		}
+		idle_since = 0;
+		while (served < total) {
+			char *nl = memchr(in + off, '\n', len - off);
+			uint8_t sig[512];
+			CK_ULONG sl = sizeof(sig);
+
+			off = (size_t)(nl - in) + 1;
+			if (raw_sign(sess[w->idx], w->a, sig, &sl) != CKR_OK) {
+				w->errors++;
+				olen += (size_t)snprintf(out + olen, cap - olen, "{\"ok\":false}\n");
+			} else {
+				olen += (size_t)snprintf(out + olen, cap - olen, "{\"ok\":true,\"sig\":\"");
+				olen += (size_t)EVP_EncodeBlock((unsigned char *)out + olen, sig, (int)sl);
+				olen += (size_t)snprintf(out + olen, cap - olen, "\"}\n");
+			}
+			served++;
+			if (served == total) {
+				if (send_all(fd, out, olen) < 0)
+					eof = true;
+				olen = 0;
+			}
+		}
+		memmove(in, in + off, len - off);
+		len -= off;
+	}
+	w->cpu_ns = thread_cpu_ns() - c0;
+	close(fd);
+	free(in);
+	free(out);
+	return NULL;
+}
+
+/* Clients against the agent (a == NULL) or against the smallest socket
+ * signer for ALGS[*a]. */
+static void clients_rep(const size_t *a, const char *key, const char *alg, int clients,
+                        int depth, reps_t *r_)
 {
 #define r (*r_)
-	char req[256];
+	char req[256], fpath[sizeof(sockpath)];
 	int n = snprintf(req, sizeof(req),
 	                 "{\"op\":\"sign\",\"key\":\"%s\",\"alg\":\"%s\",\"claims\":{\"iss\":\"bench\","
 	                 "\"sub\":\"bench\",\"aud\":\"https://x\"}}\n",
 	                 key, alg);
+	floor_arg fw[2] = {0};
+	pthread_t fth[2];
+	int lfd = -1;
+
+	if (a != NULL) {
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+		if (clients > 2)
+			die("the floor server runs at most 2 clients");
+		snprintf(fpath, sizeof(fpath), "%s/floor.sock", tmpdir);
+		memcpy(sa.sun_path, fpath, sizeof(fpath));
+		unlink(fpath);
+		lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    listen(lfd, 8) < 0)
+			die("floor server socket: %s", strerror(errno));
+		for (int i = 0; i < clients; i++) {
+			fw[i] = (floor_arg){.lfd = lfd, .idx = i, .a = *a};
+			pthread_create(&fth[i], NULL, floor_worker, &fw[i]);
+		}
+	}
 	pthread_attr_t at;
 	pthread_attr_init(&at);
 	pthread_attr_setstacksize(&at, 256 * 1024);
@@ -927,13 +1045,14 @@ static void bench_agent_rep(const char *key, const char *alg, int clients, int d
 		pthread_barrier_init(&barrier, NULL, (unsigned)clients + 1);
 		for (int i = 0; i < clients; i++) {
 			w[i].req = req;
+			w[i].path = a != NULL ? fpath : NULL;
 			w[i].reqlen = (size_t)n;
 			w[i].depth = depth;
 			if (pthread_create(&th[i], &at, cli_worker, &w[i]) != 0)
 				die("pthread_create");
 		}
 		pthread_barrier_wait(&barrier);
-		uint64_t start = now_ns(), acpu0 = proc_cpu_ns(agent_pid);
+		uint64_t start = now_ns(), acpu0 = a != NULL ? 0 : proc_cpu_ns(agent_pid);
 		sleep_s(O.duration);
 		atomic_store(&stop_flag, true);
 		uint64_t stop = now_ns();
@@ -950,7 +1069,16 @@ static void bench_agent_rep(const char *key, const char *alg, int clients, int d
 		pthread_barrier_destroy(&barrier);
 		/* the agent's CPU over the run and its draining: the clients
 		 * have all their answers once joined */
-		double acpu = (double)(proc_cpu_ns(agent_pid) - acpu0);
+		double acpu = a != NULL ? 0 : (double)(proc_cpu_ns(agent_pid) - acpu0);
+		for (int i = 0; a != NULL && i < clients; i++) {
+			pthread_join(fth[i], NULL);
+			acpu += (double)fw[i].cpu_ns;
+			r.errors += fw[i].errors;
+		}
+		if (lfd >= 0) {
+			close(lfd);
+			unlink(fpath);
+		}
 		reps_add(&r, (double)ops, (double)(stop - start) / 1e9, &all, acpu, ccpu);
 		free(all.v);
 		free(w);
@@ -958,6 +1086,12 @@ static void bench_agent_rep(const char *key, const char *alg, int clients, int d
 	}
 	pthread_attr_destroy(&at);
 #undef r
+}
+
+static void bench_agent_rep(const char *key, const char *alg, int clients, int depth,
+                            reps_t *r)
+{
+	clients_rep(NULL, key, alg, clients, depth, r);
 }
 
 static res_t bench_agent(const char *key, const char *alg, int clients, int depth)
@@ -1411,26 +1545,30 @@ int main(int argc, char **argv)
 	double ipc_us = ipc_floor_us(false), ipc_poll_us = ipc_floor_us(true);
 	note("socket round trip floor (two threads, no work): p50 %.1f us, %.1f us with the "
 	     "server side polling", ipc_us, ipc_poll_us);
-	res_t ag[NALGS][2], agp[NALGS][2];
-	double ratio[NALGS][2], ratio_p[NALGS][2];
+	res_t ag[NALGS][2], agp[NALGS][2], flp[NALGS][2];
+	double ratio[NALGS][2], ratio_p[NALGS][2], ratio_f[NALGS][2];
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 1; t <= 2; t++) {
 			if (O.quick != NULL && strcmp(O.quick, ALGS[a].alg) != 0)
 				continue;
-			reps_t rr = {0}, ra = {0}, rp = {0};
-			double pr[16], pp[16];
+			reps_t rr = {0}, ra = {0}, rp = {0}, rf = {0};
+			double pr[16], pp[16], pfl[16];
 			for (int rep = 0; rep < O.reps; rep++) {
 				bench_raw(a, t, &rr);
 				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, 1, &ra);
 				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, O.depth, &rp);
+				clients_rep(&a, ALGS[a].key, ALGS[a].alg, t, O.depth, &rf);
 				pr[rep] = rr.rate[rep] > 0 ? ra.rate[rep] / rr.rate[rep] : 0;
 				pp[rep] = rr.rate[rep] > 0 ? rp.rate[rep] / rr.rate[rep] : 0;
+				pfl[rep] = rr.rate[rep] > 0 ? rf.rate[rep] / rr.rate[rep] : 0;
 			}
 			raw[a][t - 1] = reps_result(&rr);
 			ag[a][t - 1] = reps_result(&ra);
 			agp[a][t - 1] = reps_result(&rp);
+			flp[a][t - 1] = reps_result(&rf);
 			ratio[a][t - 1] = median(pr, O.reps);
 			ratio_p[a][t - 1] = median(pp, O.reps);
+			ratio_f[a][t - 1] = median(pfl, O.reps);
 			note("%s %d: raw %.0f/s p50 %.1f us, agent %.0f/s p50 %.1f us (errors %ld), "
 			     "ratio %.3f; pipelined %.0f/s ratio %.3f",
 			     ALGS[a].alg, t, raw[a][t - 1].rate, raw[a][t - 1].p50, ag[a][t - 1].rate,
@@ -1440,6 +1578,10 @@ int main(int argc, char **argv)
 			     "time, %.1f + %.1f pipelined",
 			     ALGS[a].alg, t, raw[a][t - 1].cpu, ag[a][t - 1].cpu, ag[a][t - 1].client_cpu,
 			     agp[a][t - 1].cpu, agp[a][t - 1].client_cpu);
+			note("%s %d: smallest socket signer, pipelined: %.0f/s ratio %.3f (errors %ld), "
+			     "CPU %.1f + client %.1f us per signature",
+			     ALGS[a].alg, t, flp[a][t - 1].rate, ratio_f[a][t - 1], flp[a][t - 1].errors,
+			     flp[a][t - 1].cpu, flp[a][t - 1].client_cpu);
 		}
 	if (O.quick != NULL) {
 		for (size_t a = 0; a < NALGS; a++) {
@@ -1555,7 +1697,7 @@ int main(int argc, char **argv)
 			snprintf(name, sizeof(name), "agent / raw, %s, %d client%s, pipelined x%d",
 			         ALGS[a].alg, t + 1, t ? "s" : "", O.depth);
 			add_target(name, ratio_p[a][t] >= ALGS[a].target && agp[a][t].errors == 0, tg,
-			           "%.3f", ratio_p[a][t]);
+			           "%.3f (smallest socket signer %.3f)", ratio_p[a][t], ratio_f[a][t]);
 			snprintf(name, sizeof(name), "agent / raw, %s, %d client%s, one at a time",
 			         ALGS[a].alg, t + 1, t ? "s" : "");
 			add_target(name, ratio[a][t] >= ALGS[a].target && ag[a][t].errors == 0, tg,
@@ -1607,11 +1749,16 @@ int main(int argc, char **argv)
 	           "per-repetition ratios. Agent clients send one request at a time (each "
 	           "waits a whole socket round trip: %.0f µs p50 here with no work at all, "
 	           "%.0f µs when the server side polls instead of sleeping, as the agent "
-	           "does) or keep %d in flight (pipelined).\n\n",
+	           "does) or keep %d in flight (pipelined). The last ratio is the smallest "
+	           "socket signer's, pipelined the same way: a thread per connection that "
+	           "signs each request line with the raw loop's C_SignInit + C_Sign and "
+	           "answers with the signature, with none of the agent's work (no JSON, "
+	           "policy or audit), as a bound for any signer behind a socket here.\n\n",
 	        ipc_us, ipc_poll_us, O.depth);
 	fprintf(m, "| alg | key | threads / clients | raw /s | raw p50 µs | agent /s | agent p50 µs "
-	           "| agent ÷ raw | agent pipelined /s | pipelined ÷ raw | target |\n");
-	fprintf(m, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+	           "| agent ÷ raw | agent pipelined /s | pipelined ÷ raw | target | smallest "
+	           "socket signer ÷ raw |\n");
+	fprintf(m, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 0; t < 2; t++) {
 			char tg[48] = "—";
@@ -1619,10 +1766,12 @@ int main(int argc, char **argv)
 				snprintf(tg, sizeof(tg), "≥ %.2f: %s / %s", ALGS[a].target,
 				         ratio_p[a][t] >= ALGS[a].target ? "PASS" : "FAIL",
 				         ratio[a][t] >= ALGS[a].target ? "PASS" : "FAIL");
-			fprintf(m, "| %s | %s | %d | %.0f | %.1f | %.0f | %.1f | %.3f | %.0f | %.3f | %s |\n",
+			fprintf(m,
+			        "| %s | %s | %d | %.0f | %.1f | %.0f | %.1f | %.3f | %.0f | %.3f | %s "
+			        "| %.3f |\n",
 			        ALGS[a].alg, ALGS[a].key, t + 1, raw[a][t].rate, raw[a][t].p50,
 			        ag[a][t].rate, ag[a][t].p50, ratio[a][t], agp[a][t].rate, ratio_p[a][t],
-			        tg);
+			        tg, ratio_f[a][t]);
 		}
 	fprintf(m, "\nTarget column: pipelined / one at a time.\n");
 	fprintf(m, "\n### CPU time per signature\n\n"
@@ -1630,13 +1779,14 @@ int main(int argc, char **argv)
 	           "the bench's client threads, over each run, divided by the signatures made "
 	           "(µs, medians). Agent minus raw is what the agent spends per request.\n\n"
 	           "| alg | threads / clients | raw | agent, one at a time | agent, pipelined | "
-	           "agent − raw, pipelined | client, pipelined |\n"
-	           "|---|---|---:|---:|---:|---:|---:|\n");
+	           "agent − raw, pipelined | client, pipelined | smallest socket signer, "
+	           "pipelined |\n"
+	           "|---|---|---:|---:|---:|---:|---:|---:|\n");
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 0; t < 2; t++)
-			fprintf(m, "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |\n", ALGS[a].alg, t + 1,
-			        raw[a][t].cpu, ag[a][t].cpu, agp[a][t].cpu, agp[a][t].cpu - raw[a][t].cpu,
-			        agp[a][t].client_cpu);
+			fprintf(m, "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", ALGS[a].alg,
+			        t + 1, raw[a][t].cpu, ag[a][t].cpu, agp[a][t].cpu,
+			        agp[a][t].cpu - raw[a][t].cpu, agp[a][t].client_cpu, flp[a][t].cpu);
 	fprintf(m, "\n### Agent, ES256 (ec-p256), by concurrent clients\n\n");
 	fprintf(m, "| clients | mode | requests/s | p50 µs | p99 µs | errors |\n");
 	fprintf(m, "|---:|---|---:|---:|---:|---:|\n");
@@ -1706,11 +1856,14 @@ int main(int argc, char **argv)
 		for (size_t a = 0; a < NALGS; a++)
 			for (int t = 0; t < 2; t++)
 				json_array_append_new(
-				    ja, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o,s:f,s:f,s:o*}", "alg", ALGS[a].alg,
-				                  "key", ALGS[a].key, "threads", t + 1, "raw",
+				    ja, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o,s:o,s:f,s:f,s:f,s:o*}", "alg",
+				                  ALGS[a].alg, "key", ALGS[a].key, "threads", t + 1, "raw",
 				                  res_json(raw[a][t]), "agent", res_json(ag[a][t]),
-				                  "agent_pipelined", res_json(agp[a][t]), "ratio",
-				                  ratio[a][t], "ratio_pipelined", ratio_p[a][t], "target",
+				                  "agent_pipelined", res_json(agp[a][t]),
+				                  "smallest_socket_signer_pipelined", res_json(flp[a][t]),
+				                  "ratio", ratio[a][t], "ratio_pipelined", ratio_p[a][t],
+				                  "ratio_smallest_socket_signer_pipelined", ratio_f[a][t],
+				                  "target",
 				                  ALGS[a].target > 0 ? json_real(ALGS[a].target) : NULL));
 		for (int i = 0; i < 4; i++)
 			for (int k = 0; k < 2; k++) {
