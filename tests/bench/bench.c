@@ -76,6 +76,7 @@ static struct {
 	double duration;
 	int reps, proc_runs, depth, idle_conns;
 	double load;
+	int load_clients;
 	bool keep;
 } O = {
     .agent = BENCH_BUILDDIR "/agent/p11jwt-agent",
@@ -87,6 +88,7 @@ static struct {
     .proc_runs = 30,
     .depth = 8,
     .idle_conns = 1000,
+    .load_clients = 1,
 };
 
 static char tmpdir[96], tokdir[PATH_MAX], sockpath[108], pin[128];
@@ -1286,6 +1288,7 @@ static void usage(int code)
 	        "                    EdDSA) at 1 and 2 clients, on stderr; for profiling\n"
 	        "  --load SEC        with --quick: only a pipelined client on the agent for\n"
 	        "                    SEC seconds (attach perf to the agent meanwhile)\n"
+	        "  --load-clients N  with --load: N pipelined clients instead of 1\n"
 	        "  --audit DEST      the agent's --audit (default: file:TMPDIR/audit.log,\n"
 	        "                    one record per signature, counted at the end)\n",
 	        O.agent, O.cli, O.module, O.mktoken);
@@ -1420,7 +1423,7 @@ int main(int argc, char **argv)
 	    {"mktoken", 1, 0, 'k'},  {"duration", 1, 0, 'd'}, {"reps", 1, 0, 'r'},
 	    {"proc-runs", 1, 0, 'p'}, {"depth", 1, 0, 'D'},   {"idle-conns", 1, 0, 'i'},
 	    {"json", 1, 0, 'j'},     {"markdown", 1, 0, 'M'}, {"keep", 0, 0, 'K'},
-	    {"quick", 1, 0, 'q'},    {"load", 1, 0, 'L'},     {"audit", 1, 0, 'A'},    {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+	    {"quick", 1, 0, 'q'},    {"load", 1, 0, 'L'},     {"load-clients", 1, 0, 'N'},     {"audit", 1, 0, 'A'},    {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
@@ -1438,13 +1441,15 @@ int main(int argc, char **argv)
 		case 'K': O.keep = true; break;
 		case 'q': O.quick = optarg; break;
 		case 'L': O.load = atof(optarg); break;
+		case 'N': O.load_clients = atoi(optarg); break;
 		case 'A': O.audit = optarg; break;
 		case 'h': usage(0); break;
 		default: usage(2);
 		}
 	}
 	if (optind != argc || O.duration <= 0 || O.reps < 1 || O.reps > 16 || O.proc_runs < 1 ||
-	    O.depth < 1 || O.depth > 64 || O.idle_conns < 0)
+	    O.depth < 1 || O.depth > 64 || O.idle_conns < 0 || O.load_clients < 1 ||
+	    O.load_clients > MAX_CLIENTS)
 		usage(2);
 	if (O.quick != NULL) {
 		size_t a = 0;
@@ -1537,7 +1542,7 @@ int main(int argc, char **argv)
 			a++;
 		double d = O.duration;
 		O.duration = O.load;
-		res_t l = bench_agent(ALGS[a].key, ALGS[a].alg, 1, O.depth);
+		res_t l = bench_agent(ALGS[a].key, ALGS[a].alg, O.load_clients, O.depth);
 		O.duration = d;
 		note("load %s: %.0f/s, agent CPU %.1f us per signature", O.quick, l.rate, l.cpu);
 		exit(0);
