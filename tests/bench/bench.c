@@ -1550,30 +1550,34 @@ int main(int argc, char **argv)
 	double ipc_us = ipc_floor_us(false), ipc_poll_us = ipc_floor_us(true);
 	note("socket round trip floor (two threads, no work): p50 %.1f us, %.1f us with the "
 	     "server side polling", ipc_us, ipc_poll_us);
-	res_t ag[NALGS][2], agp[NALGS][2], flp[NALGS][2];
-	double ratio[NALGS][2], ratio_p[NALGS][2], ratio_f[NALGS][2];
+	res_t ag[NALGS][2], agp[NALGS][2], flp[NALGS][2], fl1[NALGS][2];
+	double ratio[NALGS][2], ratio_p[NALGS][2], ratio_f[NALGS][2], ratio_f1[NALGS][2];
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 1; t <= 2; t++) {
 			if (O.quick != NULL && strcmp(O.quick, ALGS[a].alg) != 0)
 				continue;
-			reps_t rr = {0}, ra = {0}, rp = {0}, rf = {0};
-			double pr[16], pp[16], pfl[16];
+			reps_t rr = {0}, ra = {0}, rp = {0}, rf = {0}, rf1 = {0};
+			double pr[16], pp[16], pfl[16], pfl1[16];
 			for (int rep = 0; rep < O.reps; rep++) {
 				bench_raw(a, t, &rr);
 				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, 1, &ra);
 				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, O.depth, &rp);
 				clients_rep(&a, ALGS[a].key, ALGS[a].alg, t, O.depth, &rf);
+				clients_rep(&a, ALGS[a].key, ALGS[a].alg, t, 1, &rf1);
 				pr[rep] = rr.rate[rep] > 0 ? ra.rate[rep] / rr.rate[rep] : 0;
 				pp[rep] = rr.rate[rep] > 0 ? rp.rate[rep] / rr.rate[rep] : 0;
 				pfl[rep] = rr.rate[rep] > 0 ? rf.rate[rep] / rr.rate[rep] : 0;
+				pfl1[rep] = rr.rate[rep] > 0 ? rf1.rate[rep] / rr.rate[rep] : 0;
 			}
 			raw[a][t - 1] = reps_result(&rr);
 			ag[a][t - 1] = reps_result(&ra);
 			agp[a][t - 1] = reps_result(&rp);
 			flp[a][t - 1] = reps_result(&rf);
+			fl1[a][t - 1] = reps_result(&rf1);
 			ratio[a][t - 1] = median(pr, O.reps);
 			ratio_p[a][t - 1] = median(pp, O.reps);
 			ratio_f[a][t - 1] = median(pfl, O.reps);
+			ratio_f1[a][t - 1] = median(pfl1, O.reps);
 			note("%s %d: raw %.0f/s p50 %.1f us, agent %.0f/s p50 %.1f us (errors %ld), "
 			     "ratio %.3f; pipelined %.0f/s ratio %.3f",
 			     ALGS[a].alg, t, raw[a][t - 1].rate, raw[a][t - 1].p50, ag[a][t - 1].rate,
@@ -1584,9 +1588,11 @@ int main(int argc, char **argv)
 			     ALGS[a].alg, t, raw[a][t - 1].cpu, ag[a][t - 1].cpu, ag[a][t - 1].client_cpu,
 			     agp[a][t - 1].cpu, agp[a][t - 1].client_cpu);
 			note("%s %d: smallest socket signer, pipelined: %.0f/s ratio %.3f (errors %ld), "
-			     "CPU %.1f + client %.1f us per signature",
+			     "CPU %.1f + client %.1f us per signature; one at a time: %.0f/s p50 %.1f us "
+			     "ratio %.3f",
 			     ALGS[a].alg, t, flp[a][t - 1].rate, ratio_f[a][t - 1], flp[a][t - 1].errors,
-			     flp[a][t - 1].cpu, flp[a][t - 1].client_cpu);
+			     flp[a][t - 1].cpu, flp[a][t - 1].client_cpu, fl1[a][t - 1].rate,
+			     fl1[a][t - 1].p50, ratio_f1[a][t - 1]);
 		}
 	if (O.quick != NULL) {
 		for (size_t a = 0; a < NALGS; a++) {
@@ -1706,12 +1712,13 @@ int main(int argc, char **argv)
 			snprintf(name, sizeof(name), "agent / raw, %s, %d client%s, one at a time",
 			         ALGS[a].alg, t + 1, t ? "s" : "");
 			add_target(name, ratio[a][t] >= ALGS[a].target && ag[a][t].errors == 0, tg,
-			           "%.3f (round trip floor %.0f us)", ratio[a][t], ipc_poll_us);
+			           "%.3f (smallest socket signer %.3f)", ratio[a][t], ratio_f1[a][t]);
 		}
 	}
 	add_target("agent p50 - raw p50, ES256, 1 client", ag[2][0].p50 <= raw[2][0].p50 + 30,
-	           "<= 30 us", "%.1f us (%.1f - %.1f)", ag[2][0].p50 - raw[2][0].p50, ag[2][0].p50,
-	           raw[2][0].p50);
+	           "<= 30 us", "%.1f us (%.1f - %.1f; smallest socket signer %.1f us)",
+	           ag[2][0].p50 - raw[2][0].p50, ag[2][0].p50, raw[2][0].p50,
+	           fl1[2][0].p50 - raw[2][0].p50);
 	add_target("· agent's own time: p50 agent - raw - socket round trip (server polling), "
 	           "ES256, 1 client",
 	           ag[2][0].p50 - raw[2][0].p50 - ipc_poll_us <= 30, "<= 30 us",
@@ -1754,15 +1761,15 @@ int main(int argc, char **argv)
 	           "per-repetition ratios. Agent clients send one request at a time (each "
 	           "waits a whole socket round trip: %.0f µs p50 here with no work at all, "
 	           "%.0f µs when the server side polls instead of sleeping, as the agent "
-	           "does) or keep %d in flight (pipelined). The last ratio is the smallest "
-	           "socket signer's, pipelined the same way: a thread per connection that "
+	           "does) or keep %d in flight (pipelined). The last column is the smallest "
+	           "socket signer's, with the same clients: a thread per connection that "
 	           "signs each request line with the raw loop's C_SignInit + C_Sign and "
 	           "answers with the signature, with none of the agent's work (no JSON, "
 	           "policy or audit), as a bound for any signer behind a socket here.\n\n",
 	        ipc_us, ipc_poll_us, O.depth);
 	fprintf(m, "| alg | key | threads / clients | raw /s | raw p50 µs | agent /s | agent p50 µs "
 	           "| agent ÷ raw | agent pipelined /s | pipelined ÷ raw | target | smallest "
-	           "socket signer ÷ raw |\n");
+	           "socket signer ÷ raw, pipelined / one at a time |\n");
 	fprintf(m, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 0; t < 2; t++) {
@@ -1773,10 +1780,10 @@ int main(int argc, char **argv)
 				         ratio[a][t] >= ALGS[a].target ? "PASS" : "FAIL");
 			fprintf(m,
 			        "| %s | %s | %d | %.0f | %.1f | %.0f | %.1f | %.3f | %.0f | %.3f | %s "
-			        "| %.3f |\n",
+			        "| %.3f / %.3f |\n",
 			        ALGS[a].alg, ALGS[a].key, t + 1, raw[a][t].rate, raw[a][t].p50,
 			        ag[a][t].rate, ag[a][t].p50, ratio[a][t], agp[a][t].rate, ratio_p[a][t],
-			        tg, ratio_f[a][t]);
+			        tg, ratio_f[a][t], ratio_f1[a][t]);
 		}
 	fprintf(m, "\nTarget column: pipelined / one at a time.\n");
 	fprintf(m, "\n### CPU time per signature\n\n"
@@ -1861,13 +1868,15 @@ int main(int argc, char **argv)
 		for (size_t a = 0; a < NALGS; a++)
 			for (int t = 0; t < 2; t++)
 				json_array_append_new(
-				    ja, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o,s:o,s:f,s:f,s:f,s:o*}", "alg",
+				    ja, json_pack("{s:s,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:f,s:f,s:f,s:f,s:o*}", "alg",
 				                  ALGS[a].alg, "key", ALGS[a].key, "threads", t + 1, "raw",
 				                  res_json(raw[a][t]), "agent", res_json(ag[a][t]),
 				                  "agent_pipelined", res_json(agp[a][t]),
 				                  "smallest_socket_signer_pipelined", res_json(flp[a][t]),
+				                  "smallest_socket_signer", res_json(fl1[a][t]),
 				                  "ratio", ratio[a][t], "ratio_pipelined", ratio_p[a][t],
 				                  "ratio_smallest_socket_signer_pipelined", ratio_f[a][t],
+				                  "ratio_smallest_socket_signer", ratio_f1[a][t],
 				                  "target",
 				                  ALGS[a].target > 0 ? json_real(ALGS[a].target) : NULL));
 		for (int i = 0; i < 4; i++)
