@@ -28,7 +28,6 @@
 #define DRAIN_MS 1000                /* discard input this long after a fatal error line */
 #define DRAIN_MAX (4 * 1024 * 1024)
 #define TICK_MS 250                  /* timer resolution */
-#define TURN_ROUNDS 8                /* read-serve-send rounds per epoll event */
 #define TURN_REQUESTS 8              /* requests answered per epoll event at most */
 #define STOP_DEADLINE_MS 10000       /* srv_stop(): in-flight answers get this long */
 #define LINGER_NS 50000              /* watch a quiet connection this long before epoll */
@@ -423,12 +422,13 @@ static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, i
 
 /* Answer the complete lines in the buffer, in order, on this thread, at
  * most budget of them. Returns how many were answered, or -1 when the
- * connection must close. The answers of a batch are queued together and
- * the caller sends them in one send(): every send wakes the client, which
- * costs the sender several µs on a virtual machine. (Sending half a batch
- * early, so that a pipelining client refills while we sign the rest, was
- * measured: since the worker lingers for the client's next batch, the
- * extra wake-ups cost more than the idle time they save.) */
+ * connection must close. Answers are queued, not sent, except just before
+ * the last complete line in the buffer is signed: then everything answered
+ * so far goes out in one send(), so that a pipelining client sends its
+ * next requests while that signature is made, and the token does not wait
+ * for them. Every send wakes the client, which costs the sender several µs
+ * on a virtual machine, so there is one per batch; the caller sends the
+ * rest when nothing more came (conn_turn). */
 static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now, int budget)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
@@ -455,6 +455,10 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 		if (atomic_load(&s->stopping) && c->answered_in_stop)
 			break; /* stopping: the line being served was answered */
 		len = (size_t)(nl - line);
+		if ((np > 0 || c->out_len > c->out_off) &&
+		    memchr(nl + 1, '\n', c->in_len - off - len - 1) == NULL &&
+		    ((r = conn_commit(s, c, w, pend, &np)) < 0 || (r = conn_flush(c, now)) < 0))
+			break;
 		aud.no_fields = s->cfg.audit == NULL; /* nobody reads the record */
 		if (proto_handle_ex(s->cfg.env, &c->peer, line, len, &aud, &resp, &rlen) < 0) {
 			proto_audit_clear(&aud);
@@ -510,6 +514,15 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 		atomic_store(&c->line_since, 0);
 	}
 	return served;
+}
+
+/* Something in the epoll set is ready: a connection, a new client or the
+ * stop signal waits for a worker. */
+static bool others_ready(srv *s)
+{
+	struct pollfd p = { .fd = s->ep, .events = POLLIN };
+
+	return poll(&p, 1, 0) > 0;
 }
 
 /* The client of a connection whose answers just went out usually sends
@@ -573,32 +586,41 @@ again:
 	}
 	if ((events & (EPOLLIN | EPOLLHUP)) && conn_read(s, c, w->scratch) < 0)
 		goto close;
-	for (int round = 1, budget = TURN_REQUESTS;; round++) {
+	for (int budget = TURN_REQUESTS;;) {
 		int served = conn_serve_lines(s, c, w, now, budget);
 		size_t had;
 
-		if (served < 0 || conn_flush(c, now) < 0)
+		if (served < 0)
 			goto close;
 		/* A pipelining client (more than one request in a round) has
 		 * usually sent more while we signed: take it now rather than by
-		 * a trip through epoll_ctl and epoll_wait. A client that waits
-		 * for each answer is not asked again (it has nothing yet). At
-		 * most TURN_REQUESTS answers per turn, so that the other
-		 * clients get their turn: letting a turn go on while its client
-		 * kept sending made them wait whole cycles (p99 of 0.5 s with
-		 * 256 pipelining clients). */
-		budget -= served > 0 ? served : 0;
-		if (served < 2 || budget <= 0 || round == TURN_ROUNDS || c->state != C_OPEN ||
-		    c->eof || c->out_len != 0 ||
-		    atomic_load(&c->kick) != KICK_NONE || atomic_load(&s->stopping))
+		 * a trip through epoll_ctl and epoll_wait, and hold the last
+		 * answer for the next send (conn_serve_lines). A client that
+		 * waits for each answer is not asked again (it has nothing
+		 * yet). TURN_REQUESTS answers at a time, and then only while no
+		 * other connection is ready, so that the other clients get their
+		 * turn: letting a turn go on while its client kept sending made
+		 * them wait whole cycles (p99 of 0.5 s with 256 pipelining
+		 * clients). */
+		budget -= served;
+		if (served < 2 || c->state != C_OPEN || c->eof ||
+		    c->out_len - c->out_off > OUT_HIGH || atomic_load(&c->kick) != KICK_NONE ||
+		    atomic_load(&s->stopping))
 			break;
+		if (budget <= 0) {
+			if (others_ready(s))
+				break;
+			budget = TURN_REQUESTS;
+		}
 		had = c->in_len;
 		if (conn_read(s, c, w->scratch) < 0)
 			goto close;
-		if (c->in_len == had)
+		if (c->in_len == had && !memchr(c->in, '\n', c->in_len))
 			break;
 		now = now_ms();
 	}
+	if (conn_flush(c, now) < 0)
+		goto close;
 	if (c->state == C_DRAIN && c->out_len == 0 && !c->wr_shut) {
 		shutdown(c->fd, SHUT_WR);
 		c->wr_shut = true;

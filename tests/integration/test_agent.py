@@ -203,6 +203,7 @@ def main():
     test_startup_errors(tokdir, work, pin)
     test_connection_cap(tokdir, work)
     test_event_loop(tokdir, work)
+    test_one_worker_turns(tokdir, work)
     test_detached(tokdir, work)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(sockdir, ignore_errors=True)
@@ -587,6 +588,46 @@ def test_connection_cap(tokdir, work):
     t.eq(third.req({'id': 3, 'op': 'hello'}).get('ok'), True,
          'a slot frees when a client leaves')
     third.close()
+    a.stop()
+
+
+def test_one_worker_turns(tokdir, work):
+    """With one worker, a client that pipelines a long batch keeps the
+    worker only while nobody else waits: another client's request is
+    answered between two of its requests, not after the whole batch."""
+    sock = os.path.join(work, 'turns', 'agent.sock')
+    a = Agent(tokdir, sock, extra=['--workers', '1', '--audit', 'none'])
+    if not t.ok(a.ready, 'agent with --workers 1 starts'):
+        a.stop()
+        return
+    n = 300
+    sign = {'op': 'sign', 'key': 'rsa-2048', 'claims': {'iss': 'i', 'sub': 's', 'aud': 'a'}}
+    big = Conn(sock)
+    got = []  # (time, id) of the batch's answers, in arrival order
+
+    def read_batch():
+        for _ in range(n):
+            r = big.line()
+            got.append((time.monotonic(), r.get('id') if r.get('ok') else None))
+
+    reader = threading.Thread(target=read_batch, daemon=True)
+    reader.start()
+    big.send(b''.join((json.dumps(dict(sign, id=k)) + '\n').encode() for k in range(n)))
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.001)
+    other = Conn(sock)
+    r = other.req({'id': 'other', 'op': 'sign', 'key': 'ec-p256'})
+    t_other = time.monotonic()
+    reader.join(timeout=120)
+    after = sum(1 for ts, _ in got if ts > t_other)
+    t.ok(r.get('ok') is True and r.get('id') == 'other',
+         'a second client is answered while one worker serves a pipelined batch', r)
+    t.ok(after >= n // 2,
+         f'... before most of that batch: {after} of its {n} answers came after it')
+    t.eq([i for _, i in got], list(range(n)), 'the batch is answered in full and in order')
+    other.close()
+    big.close()
     a.stop()
 
 
