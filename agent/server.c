@@ -28,7 +28,7 @@
 #define DRAIN_MS 1000                /* discard input this long after a fatal error line */
 #define DRAIN_MAX (4 * 1024 * 1024)
 #define TICK_MS 250                  /* timer resolution */
-#define TURN_REQUESTS 8              /* requests answered per epoll event at most */
+#define TURN_REQUESTS 8              /* requests a turn answers between looks at the epoll set */
 #define STOP_DEADLINE_MS 10000       /* srv_stop(): in-flight answers get this long */
 #define LINGER_NS 50000              /* watch a quiet connection this long before epoll */
 
