@@ -923,7 +923,8 @@ done:
  * the base64 signature. It reads, waits and sends the way the agent does
  * (the best of the ways measured, agent/server.c): whatever is there is
  * read without waiting, the answers to what was read go out in one send()
- * once all are signed, and an empty buffer is watched for 50 us, yielding
+ * once all are signed (the agent sends just before signing the last one),
+ * and an empty buffer is watched for 50 us, yielding
  * the CPU between looks, before the thread sleeps in poll(). No JSON, no
  * policy, no audit record, no event loop. Its rate over raw's, in the
  * same run, is about the most a socket signer can reach on this machine
@@ -987,7 +988,7 @@ static void *floor_worker(void *p)
 				olen += (size_t)snprintf(out + olen, cap - olen, "\"}\n");
 			}
 			served++;
-			if (served == total) {
+			if (served == total || olen > cap - 1024) { /* room for one more answer */
 				if (send_all(fd, out, olen) < 0)
 					eof = true;
 				olen = 0;
