@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "agent/server.h"
 #include "common/err.h"
+#include "common/sockdir.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -114,35 +115,26 @@ static uint64_t now_ms(void)
 	return now_ns() / 1000000;
 }
 
+/* Make the socket's directory (0700) if it is missing, then hold it to the
+ * rule the CLI checks too (common/sockdir.h): ours or root's, a real
+ * directory that nobody else may write to, 0700 exactly in /tmp. */
 static int make_socket_dir(const char *path)
 {
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char *slash;
-	struct stat st;
+	uid_t me = geteuid();
 
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
-	if (slash == NULL)
-		return 0; /* relative name in the current directory */
 	if (slash == dir)
 		return err_set(P11J_E_INSECURE, "refusing to put the socket directly in /");
-	*slash = '\0';
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return err_set(P11J_E_SYSTEM, "cannot create socket directory '%s': %s", dir,
-			       strerror(errno));
-	if (lstat(dir, &st) < 0)
-		return err_set(P11J_E_SYSTEM, "cannot stat '%s': %s", dir, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return err_set(P11J_E_INSECURE, "'%s' is not a directory", dir);
-	if (st.st_uid != geteuid())
-		return err_set(P11J_E_INSECURE, "socket directory '%s' is owned by uid %u, not us",
-			       dir, (unsigned)st.st_uid);
-	if (st.st_mode & 077)
-		return err_set(P11J_E_INSECURE,
-			       "socket directory '%s' is accessible by others (mode %04o); it must "
-			       "be 0700",
-			       dir, (unsigned)(st.st_mode & 07777));
-	return 0;
+	if (slash != NULL) {
+		*slash = '\0';
+		if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+			return err_set(P11J_E_SYSTEM, "cannot create socket directory '%s': %s",
+				       dir, strerror(errno));
+	}
+	return sockdir_check(path, &me, 1);
 }
 
 int srv_listen(const char *path, int *ret_fd)

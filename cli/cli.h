@@ -20,7 +20,8 @@ enum {
 };
 
 typedef struct {
-	const char *socket; /* --socket, or NULL for the default */
+	const char *socket;    /* --socket, or NULL for the default */
+	const char *agent_uid; /* --agent-uid, or NULL ($P11JWT_AGENT_UID) */
 } cli_ctx;
 
 /* p11jwt-cmds.so (cmds.c): the commands that need libcrypto, which p11jwt
@@ -28,7 +29,7 @@ typedef struct {
  * version string, which must be the program's, and the entry point, which
  * runs argv[0]'s command and returns the exit status. */
 #define P11JWT_CMDS_MODULE "p11jwt-cmds.so"
-typedef int (*p11jwt_cmds_run_fn)(const char *socket, int argc, char **argv);
+typedef int (*p11jwt_cmds_run_fn)(const cli_ctx *ctx, int argc, char **argv);
 
 /* help.c: the option table and everything printed or parsed from it. */
 void cli_usage(FILE *f, const char *cmd);

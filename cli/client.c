@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "cli/client.h"
 #include "common/err.h"
+#include "common/sockdir.h"
 #include "common/util.h"
 #include "jose/jsonfast.h"
 
@@ -32,8 +33,10 @@ int agc_socket_path(const char *opt, char *buf, size_t len)
 		n = snprintf(buf, len, "%s", env);
 	else if (xdg != NULL && xdg[0] == '/') /* a relative one is not trustworthy */
 		n = snprintf(buf, len, "%s/p11jwt/agent.sock", xdg);
+	else if (sockdir_fallback_path((unsigned)getuid(), buf, len) == 0)
+		n = (int)strlen(buf);
 	else
-		n = snprintf(buf, len, "/tmp/p11jwt-%u/agent.sock", (unsigned)getuid());
+		n = -1;
 	if (n < 0 || (size_t)n >= len || (size_t)n >= sizeof(sa.sun_path))
 		return err_set(P11J_E_BAD_REQUEST, "socket path is longer than %zu bytes",
 			       sizeof(sa.sun_path) - 1);
@@ -234,8 +237,43 @@ static int check_response(const json_t *resp, const json_t *id, agc_origin *orig
 	return err_set(r, "%s", msg ? msg : err_strerror(r));
 }
 
-int agc_call(const char *path, json_t *req, int timeout_ms, json_t **ret_resp,
-	     agc_origin *origin)
+int agc_trusted_uids(const char *opt, uid_t *ret, size_t *ret_n)
+{
+	const char *env = getenv("P11JWT_AGENT_UID");
+	size_t n = 0;
+	int r;
+
+	ret[n++] = geteuid();
+	if (opt != NULL && *opt != '\0') {
+		if ((r = sockdir_parse_uid("--agent-uid", opt, &ret[n])) < 0)
+			return r;
+		n++;
+	} else if (env != NULL && *env != '\0') {
+		if ((r = sockdir_parse_uid("P11JWT_AGENT_UID", env, &ret[n])) < 0)
+			return r;
+		n++;
+	}
+	*ret_n = n;
+	return 0;
+}
+
+/* The socket's directory by the one rule (common/sockdir.h), before we
+ * connect; the listener's uid once connected, before anything is sent. */
+static int check_dir(const char *path, const uid_t *trusted, size_t ntrusted)
+{
+	int r = sockdir_check(path, trusted, ntrusted);
+	char why[256];
+
+	if (r == P11J_E_AGENT_UNAVAILABLE) {
+		snprintf(why, sizeof(why), "%s", err_msg()); /* err_set() reuses its buffer */
+		return err_set(r, "cannot connect to the agent at %s: %s (%s)", path, why,
+			       AGC_HINT);
+	}
+	return r;
+}
+
+int agc_call(const char *path, const uid_t *trusted, size_t ntrusted, json_t *req,
+	     int timeout_ms, json_t **ret_resp, agc_origin *origin)
 {
 	static unsigned seq;
 	struct sockaddr_un sa;
@@ -272,7 +310,11 @@ int agc_call(const char *path, json_t *req, int timeout_ms, json_t **ret_resp,
 		goto out;
 	}
 	where = AGC_TRANSPORT;
+	if ((r = check_dir(path, trusted, ntrusted)) < 0)
+		goto out;
 	if ((r = connect_to(path, deadline, &fd)) < 0)
+		goto out;
+	if ((r = sockdir_check_peer(fd, path, trusted, ntrusted)) < 0)
 		goto out;
 	if ((r = send_all(fd, path, line.p, line.len, deadline)) < 0)
 		goto out;

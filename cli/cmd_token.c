@@ -149,6 +149,10 @@ static const struct {
 
 /* Parse the options of token/call into o. Returns -1 to go on, else the
  * exit status. */
+/* --agent-uid, from parse(): the socket may come from a profile, the
+ * agent's user only from the command line or the environment */
+static const char *agent_uid;
+
 static int parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o)
 {
 	const char *name = NULL, *profile = NULL;
@@ -225,6 +229,7 @@ static int parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o)
 	} else if (optind != argc) {
 		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
 	}
+	agent_uid = ctx->agent_uid;
 	if (ctx->socket && json_object_set_new(o->cli, "socket", json_string(ctx->socket)) < 0)
 		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
 	if ((r = xch_check_options(o->cli, "command line")) < 0)
@@ -280,7 +285,7 @@ static void print_warnings(const xch_req *req)
 /* Sign the assertion; *ret_jwt is the JWT, *ret_p its decoded parts. */
 static int sign_assertion(const xch_req *req, char **ret_jwt, jws_parsed *ret_p)
 {
-	cli_ctx actx = { .socket = req->socket };
+	cli_ctx actx = { .socket = req->socket, .agent_uid = agent_uid };
 	json_t *sreq = NULL, *resp = NULL;
 	const char *jwt;
 	int r;

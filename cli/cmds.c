@@ -16,9 +16,9 @@
 
 EXPORT const char p11jwt_cmds_version[] = P11JWT_VERSION;
 
-EXPORT int p11jwt_cmds_run(const char *socket, int argc, char **argv);
+EXPORT int p11jwt_cmds_run(const cli_ctx *gctx, int argc, char **argv);
 
-int p11jwt_cmds_run(const char *socket, int argc, char **argv)
+int p11jwt_cmds_run(const cli_ctx *gctx, int argc, char **argv)
 {
 	static const struct {
 		const char *name;
@@ -28,7 +28,7 @@ int p11jwt_cmds_run(const char *socket, int argc, char **argv)
 		{ "verify", cmd_verify }, { "token", cmd_token }, { "call", cmd_call },
 		{ "cache", cmd_cache },
 	};
-	cli_ctx ctx = { .socket = socket };
+	cli_ctx ctx = *gctx;
 
 	for (size_t k = 0; k < sizeof(cmds) / sizeof(cmds[0]); k++) {
 		if (argc > 0 && strcmp(argv[0], cmds[k].name) == 0) {

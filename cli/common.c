@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "common/err.h"
+#include "common/sockdir.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -39,6 +40,8 @@ int cli_fail(int code)
 int cli_call(const cli_ctx *ctx, json_t *req, json_t **ret_resp)
 {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	uid_t trusted[SOCKDIR_MAX_UIDS];
+	size_t ntrusted = 0;
 	agc_origin origin = AGC_LOCAL;
 	int r;
 
@@ -50,7 +53,11 @@ int cli_call(const cli_ctx *ctx, json_t *req, json_t **ret_resp)
 		r = cli_fail(r);
 		goto out;
 	}
-	if ((r = agc_call(path, req, AGC_TIMEOUT_MS, ret_resp, &origin)) < 0) {
+	if ((r = agc_trusted_uids(ctx->agent_uid, trusted, &ntrusted)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	if ((r = agc_call(path, trusted, ntrusted, req, AGC_TIMEOUT_MS, ret_resp, &origin)) < 0) {
 		if (origin == AGC_AGENT) {
 			print_err(r);
 			r = CLI_EXIT_REFUSED;

@@ -131,6 +131,9 @@ static const struct cli_opt_doc {
 	{ NULL, "socket", 0, "PATH", "agent socket (default: $P11JWT_AGENT_SOCK, else\n"
 				  "$XDG_RUNTIME_DIR/p11jwt/agent.sock, else\n"
 				  "/tmp/p11jwt-UID/agent.sock)" },
+	{ NULL, "agent-uid", 0, "USER", "the agent runs as this user (name or uid), not as\n"
+				     "you or root: trust a socket it serves (default:\n"
+				     "$P11JWT_AGENT_UID)" },
 	{ NULL, "help", 0, NULL, "print help; `p11jwt COMMAND --help` for one command (also -h)" },
 	{ NULL, "help-all", 0, NULL, "print every option of every command" },
 	{ NULL, "version", 0, NULL, "print the version" },

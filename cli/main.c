@@ -92,7 +92,7 @@ static int cmd_module(cli_ctx *ctx, int argc, char **argv)
 	if (ver == NULL || run == NULL || strcmp(ver, P11JWT_VERSION) != 0)
 		return cli_fail(err_set(P11J_E_NOT_FOUND, "%s is not p11jwt %s's command module",
 					path, P11JWT_VERSION));
-	return run(ctx->socket, argc, argv);
+	return run(ctx, argc, argv);
 }
 #define cmd_keygen cmd_admin_exec
 #define cmd_csr cmd_admin_exec
@@ -133,6 +133,12 @@ int main(int argc, char **argv)
 			ctx.socket = argv[i];
 		} else if (strncmp(argv[i], "--socket=", 9) == 0) {
 			ctx.socket = argv[i] + 9;
+		} else if (strcmp(argv[i], "--agent-uid") == 0) {
+			if (++i == argc)
+				return cli_usage_error(NULL, "option '--agent-uid' needs an argument");
+			ctx.agent_uid = argv[i];
+		} else if (strncmp(argv[i], "--agent-uid=", 12) == 0) {
+			ctx.agent_uid = argv[i] + 12;
 		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			cli_usage(stdout, NULL);
 			return 0;

@@ -16,9 +16,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli/client.h"
+#include "common/sockdir.h"
 #include "cli/kv.h"
 #include "cli/timefmt.h"
 #include "common/err.h"
@@ -144,10 +146,12 @@ static void test_kv_errors(void **state)
 /* ---- JSON files --------------------------------------------------------- */
 
 static char tmpdir[64];
+static uid_t me; /* the uid an agent may run as in these tests */
 
 static int dir_setup(void **state)
 {
 	(void)state;
+	me = geteuid();
 	snprintf(tmpdir, sizeof(tmpdir), "/tmp/p11j-cliargs-XXXXXX");
 	return mkdtemp(tmpdir) ? 0 : -1;
 }
@@ -293,7 +297,7 @@ static void test_socket_path_too_long(void **state)
 	assert_int_equal(agc_socket_path("/a/b/c/d", buf, 4), P11J_E_BAD_REQUEST);
 	/* agc_call checks too */
 	req = json_object();
-	assert_int_equal(agc_call(lng, req, 1000, &resp, NULL), P11J_E_BAD_REQUEST);
+	assert_int_equal(agc_call(lng, &me, 1, req, 1000, &resp, NULL), P11J_E_BAD_REQUEST);
 	assert_null(resp);
 	json_decref(req);
 }
@@ -498,7 +502,7 @@ static int call_fake(enum fake_mode mode, int timeout_ms, fake_agent *fa, json_t
 	int r;
 
 	fake_start(fa, mode);
-	r = agc_call(fa->path, req, timeout_ms, resp, origin);
+	r = agc_call(fa->path, &me, 1, req, timeout_ms, resp, origin);
 	fake_stop(fa);
 	json_decref(req);
 	return r;
@@ -611,7 +615,7 @@ static void test_client_unreachable(void **state)
 
 	(void)state;
 	snprintf(path, sizeof(path), "%s/no-such.sock", tmpdir);
-	assert_int_equal(agc_call(path, req, 1000, &resp, &origin), P11J_E_AGENT_UNAVAILABLE);
+	assert_int_equal(agc_call(path, &me, 1, req, 1000, &resp, &origin), P11J_E_AGENT_UNAVAILABLE);
 	assert_ptr_equal(resp, (json_t *)0x1);
 	assert_int_equal(origin, AGC_TRANSPORT);
 	assert_non_null(strstr(err_msg(), path));
@@ -623,9 +627,90 @@ static void test_client_unreachable(void **state)
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	close(fd);
-	assert_int_equal(agc_call(path, req, 1000, &resp, NULL), P11J_E_AGENT_UNAVAILABLE);
+	assert_int_equal(agc_call(path, &me, 1, req, 1000, &resp, NULL), P11J_E_AGENT_UNAVAILABLE);
 	assert_non_null(strstr(err_msg(), "Connection refused"));
 	unlink(path);
+	json_decref(req);
+}
+
+/* A socket someone else planted: refused before anything is sent (issue:
+ * another local user made /tmp/p11jwt-UID first and read the PIN). */
+static void test_client_squatted_socket(void **state)
+{
+	char dir[128], path[160], got[8] = "", c;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	json_t *resp = (json_t *)0x1, *req = json_pack("{s:s,s:s}", "op", "login", "pin", "1234");
+	agc_origin origin = AGC_AGENT;
+	uid_t both[2] = { me, 65534 };
+	int lfd, ready[2], done[2];
+	pid_t pid;
+
+	(void)state;
+	if (me != 0) {
+		json_decref(req);
+		skip(); /* files and listeners of another uid need root */
+	}
+	/* 1. a directory of another uid, open to all, with a live listener */
+	snprintf(dir, sizeof(dir), "%s/squat", tmpdir);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	assert_int_equal(chmod(dir, 0755), 0);
+	assert_int_equal(chown(dir, 65534, 65534), 0);
+	snprintf(path, sizeof(path), "%s/agent.sock", dir);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(chmod(path, 0777), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	assert_int_equal(agc_call(path, &me, 1, req, 1000, &resp, &origin), P11J_E_INSECURE);
+	assert_int_equal(origin, AGC_TRANSPORT);
+	assert_ptr_equal(resp, (json_t *)0x1);
+	assert_non_null(strstr(err_msg(), dir));
+	assert_non_null(strstr(err_msg(), "owned by uid 65534 (mode 0755)"));
+	/* not even a connection was made */
+	assert_int_equal(accept(lfd, NULL, NULL), -1);
+	assert_int_equal(errno, EAGAIN);
+	/* the agent's service user, once named, is trusted */
+	assert_int_equal(sockdir_check(path, both, 2), 0);
+	close(lfd);
+	unlink(path);
+
+	/* 2. our own directory, but the listener runs as another uid */
+	snprintf(path, sizeof(path), "%s/other.sock", tmpdir);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	assert_int_equal(pipe(ready), 0);
+	assert_int_equal(pipe(done), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char buf[256];
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0), cfd;
+		ssize_t n, total = 0;
+
+		if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    chmod(path, 0777) < 0 || setgid(65534) < 0 || setuid(65534) < 0 ||
+		    listen(fd, 1) < 0)
+			_exit(1);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(1);
+		cfd = accept(fd, NULL, NULL);
+		while (cfd >= 0 && (n = recv(cfd, buf, sizeof(buf), 0)) > 0)
+			total += n;
+		if (write(done[1], total ? "y" : "n", 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	assert_int_equal(agc_call(path, &me, 1, req, 2000, &resp, &origin), P11J_E_INSECURE);
+	assert_non_null(strstr(err_msg(), "served by uid 65534"));
+	assert_non_null(strstr(err_msg(), "--agent-uid"));
+	assert_int_equal(read(done[0], got, 1), 1);
+	assert_string_equal(got, "n"); /* the listener read nothing: no PIN */
+	waitpid(pid, NULL, 0);
+	unlink(path);
+	close(ready[0]);
+	close(ready[1]);
+	close(done[0]);
+	close(done[1]);
 	json_decref(req);
 }
 
@@ -641,7 +726,7 @@ static void test_client_request_too_large(void **state)
 	pad[AGC_MAX_REQUEST - 1] = '\0';
 	req = json_pack("{s:s,s:{s:s}}", "op", "sign", "claims", "pad", pad);
 	/* refused before connecting: the path does not even exist */
-	assert_int_equal(agc_call("/nonexistent/agent.sock", req, 1000, &resp, &origin),
+	assert_int_equal(agc_call("/nonexistent/agent.sock", &me, 1, req, 1000, &resp, &origin),
 			 P11J_E_REQUEST_TOO_LARGE);
 	assert_int_equal(origin, AGC_LOCAL);
 	assert_non_null(strstr(err_msg(), "at most 65536"));
@@ -745,6 +830,7 @@ int main(void)
 		cmocka_unit_test(test_client_timeout),
 		cmocka_unit_test(test_client_unreachable),
 		cmocka_unit_test(test_client_request_too_large),
+		cmocka_unit_test(test_client_squatted_socket),
 		cmocka_unit_test(test_tfmt_utc),
 		cmocka_unit_test(test_tfmt_relative),
 		cmocka_unit_test(test_tfmt_line),

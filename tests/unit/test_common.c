@@ -5,14 +5,19 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/sockdir.h"
 #include "common/util.h"
 
 static void test_err_names_roundtrip(void **state)
@@ -216,6 +221,161 @@ static void test_secret_reserve(void **state)
 	freezero_buf(b, cap);
 }
 
+/* ---- the socket directory rule (common/sockdir.h) ----------------------- */
+
+static void expect_dir(const char *sock, const uid_t *trusted, size_t n, int want,
+		       const char *msg_part)
+{
+	int r = sockdir_check(sock, trusted, n);
+
+	if (r != want)
+		fail_msg("%s: got %d (%s), want %d", sock, r, err_msg(), want);
+	if (msg_part != NULL && strstr(err_msg(), msg_part) == NULL)
+		fail_msg("%s: message '%s' lacks '%s'", sock, err_msg(), msg_part);
+}
+
+static void test_sockdir_rule(void **state)
+{
+	char base[] = "/tmp/p11j-sockdir-XXXXXX", p[256], q[256], cmd[300];
+	uid_t me = geteuid();
+
+	(void)state;
+	assert_non_null(mkdtemp(base)); /* 0700, in /tmp */
+	snprintf(p, sizeof(p), "%s/agent.sock", base);
+	expect_dir(p, &me, 1, 0, NULL);
+	/* in /tmp, anything but 0700 is refused: anyone could have made it */
+	assert_int_equal(chmod(base, 0755), 0);
+	expect_dir(p, &me, 1, P11J_E_INSECURE, "must be 0700");
+	expect_dir(p, &me, 1, P11J_E_INSECURE, base);
+	assert_int_equal(chmod(base, 0711), 0);
+	expect_dir(p, &me, 1, P11J_E_INSECURE, "mode 0711");
+	assert_int_equal(chmod(base, 0700), 0);
+
+	/* below a private directory, group and others may traverse or read,
+	 * never write */
+	snprintf(p, sizeof(p), "%s/run", base);
+	assert_int_equal(mkdir(p, 0711), 0);
+	assert_int_equal(chmod(p, 0711), 0);
+	snprintf(q, sizeof(q), "%s/run/agent.sock", base);
+	expect_dir(q, &me, 1, 0, NULL);
+	assert_int_equal(chmod(p, 0750), 0);
+	expect_dir(q, &me, 1, 0, NULL);
+	assert_int_equal(chmod(p, 0770), 0);
+	expect_dir(q, &me, 1, P11J_E_INSECURE, "writable by others (mode 0770)");
+	assert_int_equal(chmod(p, 0703), 0);
+	expect_dir(q, &me, 1, P11J_E_INSECURE, "writable by others");
+	assert_int_equal(chmod(p, 0700), 0);
+
+	/* a symlink to a good directory is still refused */
+	snprintf(q, sizeof(q), "%s/link", base);
+	assert_int_equal(symlink(p, q), 0);
+	snprintf(q, sizeof(q), "%s/link/agent.sock", base);
+	expect_dir(q, &me, 1, P11J_E_INSECURE, "symbolic link");
+
+	/* not a directory; not there at all */
+	snprintf(q, sizeof(q), "%s/file", base);
+	close(open(q, O_CREAT | O_WRONLY, 0600));
+	snprintf(q, sizeof(q), "%s/file/agent.sock", base);
+	expect_dir(q, &me, 1, P11J_E_INSECURE, "not a directory");
+	snprintf(q, sizeof(q), "%s/none/agent.sock", base);
+	expect_dir(q, &me, 1, P11J_E_AGENT_UNAVAILABLE, "does not exist");
+
+	/* owned by someone else: refused unless that uid is trusted (the
+	 * agent's service user); root-owned is always fine */
+	if (me == 0) {
+		uid_t other = 65534;
+
+		assert_int_equal(chown(p, other, 0), 0);
+		snprintf(q, sizeof(q), "%s/run/agent.sock", base);
+		expect_dir(q, &me, 1, P11J_E_INSECURE, "owned by uid 65534 (mode 0700)");
+		expect_dir(q, &other, 1, 0, NULL);
+		assert_int_equal(chown(p, 0, 0), 0);
+		expect_dir(q, &other, 1, 0, NULL);
+	}
+	/* the socket right in /: the directory is /, owned by root, 0755 */
+	expect_dir("/agent.sock", &me, 1, 0, NULL);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", base);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void test_sockdir_peer(void **state)
+{
+	char base[] = "/tmp/p11j-sockpeer-XXXXXX", path[128], c;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uid_t me = geteuid(), other = 65534;
+	int lfd, cfd, ready[2];
+	pid_t pid;
+
+	(void)state;
+	assert_non_null(mkdtemp(base));
+	snprintf(path, sizeof(path), "%s/agent.sock", base);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	/* our own listener: trusted */
+	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 1), 0);
+	cfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(connect(cfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(sockdir_check_peer(cfd, path, &me, 1), 0);
+	close(cfd);
+	close(lfd);
+	unlink(path);
+	if (me != 0) {
+		rmdir(base);
+		skip(); /* a listener of another uid needs root */
+	}
+	/* a listener that runs as another uid (the credentials are taken at
+	 * listen()): refused, naming that uid; trusted when named */
+	assert_int_equal(pipe(ready), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    setgid(65534) < 0 || setuid(65534) < 0 || listen(fd, 1) < 0)
+			_exit(1);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	cfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(connect(cfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(sockdir_check_peer(cfd, path, &me, 1), P11J_E_INSECURE);
+	assert_non_null(strstr(err_msg(), "served by uid 65534"));
+	assert_non_null(strstr(err_msg(), path));
+	assert_int_equal(sockdir_check_peer(cfd, path, &other, 1), 0);
+	close(cfd);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(ready[0]);
+	close(ready[1]);
+	unlink(path);
+	rmdir(base);
+}
+
+static void test_sockdir_parse_uid(void **state)
+{
+	uid_t u = 7;
+
+	(void)state;
+	assert_int_equal(sockdir_parse_uid("--agent-uid", "1234", &u), 0);
+	assert_int_equal(u, 1234);
+	assert_int_equal(sockdir_parse_uid("--agent-uid", "root", &u), 0);
+	assert_int_equal(u, 0);
+	u = 7;
+	assert_int_equal(sockdir_parse_uid("--agent-uid", "no-such-user-p11j", &u),
+			 P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(err_msg(), "--agent-uid 'no-such-user-p11j' is neither"));
+	assert_int_equal(u, 7);
+	assert_int_equal(sockdir_parse_uid("P11JWT_AGENT_UID", "", &u), P11J_E_BAD_REQUEST);
+	assert_int_equal(sockdir_parse_uid("x", "-1", &u), P11J_E_BAD_REQUEST);
+	assert_int_equal(sockdir_parse_uid("x", "4294967295", &u), P11J_E_BAD_REQUEST);
+	assert_int_equal(u, 7);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -230,6 +390,9 @@ int main(void)
 		cmocka_unit_test(test_wipe_alloc),
 		cmocka_unit_test(test_word_in),
 		cmocka_unit_test(test_secret_reserve),
+		cmocka_unit_test(test_sockdir_rule),
+		cmocka_unit_test(test_sockdir_peer),
+		cmocka_unit_test(test_sockdir_parse_uid),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
