@@ -52,16 +52,27 @@ static int kr_key_headers(kr_key *k)
 	return 0;
 }
 
+/* The names of the algs in mask, in JWA order; NULL when out of memory. */
+static json_t *algs_array(unsigned mask)
+{
+	json_t *algs = json_array();
+
+	for (int a = JWA_NONE + 1; algs != NULL && a < JWA__COUNT; a++)
+		if ((mask & JWA_BIT(a)) &&
+		    json_array_append_new(algs, json_string(jwa_name((jwa_alg)a))) < 0) {
+			json_decref(algs);
+			algs = NULL;
+		}
+	return algs;
+}
+
 static int kr_key_info(kr_key *k)
 {
-	json_t *algs = json_array(), *o;
+	json_t *algs = algs_array(k->algs), *o;
 	const char *kty = k->kind == KEYKIND_RSA ? "RSA" : k->kind == KEYKIND_ED25519 ? "OKP" : "EC";
 
 	if (algs == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++)
-		if (k->algs & JWA_BIT(a))
-			json_array_append_new(algs, json_string(jwa_name((jwa_alg)a)));
 	o = json_pack("{s:s,s:s,s:o,s:s,s:s}", "name", k->name, "alg", jwa_name(k->default_alg),
 		      "algs", algs, "kid", k->kid, "kty", kty);
 	if (o == NULL)
@@ -238,7 +249,10 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
 	    json_object_set_new(k->info, "kid", json_string(k->kid)) < 0 ||
-	    json_object_set_new(k->info, "alg", json_string(jwa_name(k->default_alg))) < 0)
+	    json_object_set_new(k->info, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
+	    /* what a client may sign with: the token's algs its policy allows */
+	    json_object_set_new(k->info, "algs",
+				algs_array(k->algs & (pol && pol->algs ? pol->algs : ~0u))) < 0)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	return kr_key_headers(k);
 }

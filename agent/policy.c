@@ -155,11 +155,25 @@ int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa
 				return err_set(P11J_E_POLICY,
 					       "key %s: header parameter %s may not be set by clients "
 					       "(policy deny_header)", keyname, p->deny_header.v[i]);
-	for (unsigned bit = 1; bit <= POL_INC_X5C; bit <<= 1)
-		if ((*inc & bit) && !((p->include | p->include_auto) & bit))
+	for (unsigned bit = 1; bit <= POL_INC_X5C; bit <<= 1) {
+		bool allowed = (p->include | p->include_auto) & bit;
+
+		/* a certificate member in the client's header is governed like
+		 * one it asks the agent to add; where allowed, the agent writes
+		 * the key's own value over it (a client cannot name a
+		 * certificate of its choosing) */
+		if (header != NULL && json_object_get(header, inc_name(bit)) != NULL) {
+			if (!allowed)
+				return err_set(P11J_E_POLICY,
+					       "key %s: header parameter %s may not be set "
+					       "(policy include)", keyname, inc_name(bit));
+			*inc |= bit;
+		}
+		if ((*inc & bit) && !allowed)
 			return err_set(P11J_E_POLICY,
 				       "key %s: %s may not be included (policy include)", keyname,
 				       inc_name(bit));
+	}
 	if (lifetime > max)
 		return err_set(P11J_E_POLICY, "key %s: lifetime %lld over the key's max_lifetime %lld",
 			       keyname, (long long)lifetime, (long long)max);

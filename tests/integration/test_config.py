@@ -197,6 +197,9 @@ def check_kids(sock):
     t.eq((by_name.get('ec', {}).get('kid'), by_name.get('nhs-int', {}).get('kid'),
           by_name.get('nhs-int', {}).get('alg')), ('02', 'nhs-kid-1', 'RS512'),
          'keys: the configured kids, and the default alg follows algs = RS512')
+    t.eq((by_name.get('nhs-int', {}).get('algs'), by_name.get('ec', {}).get('algs')),
+         (['RS512'], ['ES256']), 'keys: algs are what the policy lets a client use '
+         '(algs = RS512), not all the token can do')
     jwk_by_kid = {j['kid']: j for j in jwks.get('keys', [])}
     r = c.req({'op': 'sign', 'key': 'ec', 'claims': {'sub': 'x'}})
     h, _ = jwt_parts(r['jwt'])

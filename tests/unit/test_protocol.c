@@ -13,6 +13,7 @@
 #include <openssl/x509.h>
 
 #include "agent/keyring.h"
+#include "agent/policy.h"
 #include "agent/proto.h"
 #include "common/err.h"
 #include "common/util.h"
@@ -347,6 +348,76 @@ static void test_include_certificate(void **state)
 		 "no certificate");
 }
 
+/* A client's own certificate members are governed by the policy's include
+ * like the ones the agent adds, and never signed as given. */
+static void test_client_certificate_members(void **state)
+{
+	kr_key *k = kr.keys[0]; /* rsa, with a certificate */
+	pol_key pol;
+	json_t *v, *keys;
+	jws_parsed p = { 0 };
+	uint8_t md[32];
+	char want[64];
+
+	(void)state;
+	assert_string_equal(k->name, "rsa");
+	/* default policy (include = all): the agent's value replaces the client's */
+	v = call("{\"op\":\"sign\",\"key\":\"rsa\",\"header\":{\"x5t\":\"bogus\",\"x5c\":[\"QUFB\"]}}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	assert_int_equal(jws_parse(json_string_value(json_object_get(v, "jwt")), &p), 0);
+	EVP_Digest(cert_der, (size_t)cert_len, md, NULL, EVP_sha1(), NULL);
+	b64u_encode_to(md, 20, want);
+	assert_string_equal(json_string_value(json_object_get(p.header, "x5t")), want);
+	assert_string_not_equal(json_string_value(json_array_get(json_object_get(p.header, "x5c"), 0)),
+				"QUFB");
+	jws_parsed_clear(&p);
+	json_decref(v);
+	/* a key without a certificate: no certificate member at all */
+	err_case("{\"op\":\"sign\",\"key\":\"p256\",\"header\":{\"x5t#S256\":\"bogus\"}}",
+		 "bad_request", "no certificate");
+
+	/* include = none, algs = RS512, PS256 */
+	pol_key_init(&pol);
+	pol.include = 0;
+	pol.algs = JWA_BIT(JWA_RS512) | JWA_BIT(JWA_PS256);
+	assert_int_equal(kr_key_configure(k, &pol, JWA_NONE, NULL), 0);
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"alg\":\"RS512\",\"header\":{\"x5c\":[\"QUFB\"]}}",
+		 "policy_violation", "header parameter x5c may not be set (policy include)");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"alg\":\"RS512\",\"header\":{\"x5t\":\"a\"}}",
+		 "policy_violation", "header parameter x5t may not be set");
+	err_case("{\"op\":\"sign\",\"key\":\"rsa\",\"alg\":\"RS512\",\"header\":{\"x5t#S256\":\"a\"}}",
+		 "policy_violation", "header parameter x5t#S256 may not be set");
+	/* keys shows what the policy lets a client sign with, not all the
+	 * token can do, and a default among them */
+	v = call("{\"op\":\"keys\"}");
+	keys = json_object_get(v, "keys");
+	for (size_t i = 0; i < json_array_size(keys); i++) {
+		json_t *e = json_array_get(keys, i);
+
+		if (strcmp(json_string_value(json_object_get(e, "name")), "rsa") != 0)
+			continue;
+		assert_int_equal(json_array_size(json_object_get(e, "algs")), 2);
+		assert_string_equal(json_string_value(json_array_get(json_object_get(e, "algs"), 0)),
+				    "RS512");
+		assert_string_equal(json_string_value(json_array_get(json_object_get(e, "algs"), 1)),
+				    "PS256");
+		assert_string_equal(json_string_value(json_object_get(e, "alg")), "RS512");
+	}
+	json_decref(v);
+	/* back to the defaults for the other tests */
+	assert_int_equal(kr_key_configure(k, NULL, JWA_RS256, NULL), 0);
+	v = call("{\"op\":\"keys\"}");
+	keys = json_object_get(v, "keys");
+	for (size_t i = 0; i < json_array_size(keys); i++) {
+		json_t *e = json_array_get(keys, i);
+
+		if (strcmp(json_string_value(json_object_get(e, "name")), "rsa") == 0)
+			assert_int_equal(json_array_size(json_object_get(e, "algs")), 6);
+	}
+	json_decref(v);
+	pol_key_clear(&pol);
+}
+
 static void test_bad_requests(void **state)
 {
 	char *deep, *big;
@@ -487,6 +558,7 @@ int main(void)
 		cmocka_unit_test(test_claim_defaults_and_control),
 		cmocka_unit_test(test_preserialised_header),
 		cmocka_unit_test(test_include_certificate),
+		cmocka_unit_test(test_client_certificate_members),
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_nul_utf8_and_size),
 		cmocka_unit_test(test_id_echoed_on_errors),
