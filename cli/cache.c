@@ -115,6 +115,22 @@ static int entry_check(const json_t *e)
 	return 0;
 }
 
+int cache_entry_parse(const char *buf, size_t len, json_t **ret)
+{
+	json_error_t jerr;
+	json_t *e = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	int r;
+
+	if (e == NULL)
+		return err_set(P11J_E_BAD_RESPONSE, "not valid JSON (%s)", jerr.text);
+	if ((r = entry_check(e)) < 0) {
+		json_decref(e);
+		return r;
+	}
+	*ret = e;
+	return 0;
+}
+
 static int read_entry(const char *path, json_t **ret)
 {
 	struct stat st;
@@ -146,13 +162,13 @@ static int read_entry(const char *path, json_t **ret)
 	       (n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)n;
 	close(fd);
-	e = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+	r = cache_entry_parse(buf, len, &e);
 	freezero_buf(buf, (size_t)st.st_size + 1);
-	if (e == NULL)
-		return err_set(P11J_E_BAD_RESPONSE, "%s is not valid JSON", path);
-	if ((r = entry_check(e)) < 0) {
-		json_decref(e);
-		return err_set(r, "%s: %s", path, err_msg());
+	if (r < 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err_msg()); /* err_set() reuses its buffer */
+		return err_set(r, "%s: %s", path, why);
 	}
 	*ret = e;
 	return 0;

@@ -35,6 +35,9 @@ void cache_unlock(int fd);
  * to be trusted: callers ignore it. An entry is an object with "v": 1,
  * a string "access_token" and an integer "obtained_at". */
 int cache_get(const tcache *c, const char *key, json_t **ret);
+/* The bytes of a cache file: an entry as cache_get() promises it, or
+ * P11J_E_BAD_RESPONSE with the reason. */
+int cache_entry_parse(const char *buf, size_t len, json_t **ret);
 /* Store the entry atomically (0600). */
 int cache_put(const tcache *c, const char *key, const json_t *entry);
 /* Remove the entry (no error when there is none). */
