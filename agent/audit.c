@@ -188,7 +188,7 @@ int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret)
 	int r;
 
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	s->fd = -1;
 	pthread_mutex_init(&s->mu, NULL);
 	if (strcmp(spec, "none") == 0) {
@@ -198,7 +198,7 @@ int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret)
 		s->path = strdup(syslog_path);
 		if (s->path == NULL) {
 			audit_close(s);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 		if ((r = syslog_connect(s->path, &s->fd)) < 0) {
 			if (strcmp(spec, "syslog") == 0) {
@@ -220,7 +220,7 @@ int audit_open_at(const char *spec, const char *syslog_path, audit_sink **ret)
 		s->path = strdup(spec + 5);
 		if (s->path == NULL) {
 			audit_close(s);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 		if ((r = open_file(s->path, &s->fd)) < 0) {
 			audit_close(s);

@@ -45,7 +45,7 @@ static int kr_key_headers(kr_key *k)
 			t = json_dumps(h, JSON_COMPACT);
 		json_decref(h);
 		if (t == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		k->hdr_json[a] = t;
 		k->hdr_len[a] = strlen(t);
 	}
@@ -72,11 +72,11 @@ static int kr_key_info(kr_key *k)
 	const char *kty = k->kind == KEYKIND_RSA ? "RSA" : k->kind == KEYKIND_ED25519 ? "OKP" : "EC";
 
 	if (algs == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	o = json_pack("{s:s,s:s,s:o,s:s,s:s}", "name", k->name, "alg", jwa_name(k->default_alg),
 		      "algs", algs, "kid", k->kid, "kty", kty);
 	if (o == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	if (k->kind == KEYKIND_RSA)
 		json_object_set_new(o, "bits", json_integer(EVP_PKEY_get_bits(k->pub)));
 	else
@@ -98,7 +98,7 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 			       name);
 	k = calloc(1, sizeof(*k));
 	if (k == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	k->kind = jwa_keykind_of(pub);
 	if (k->kind == KEYKIND_UNKNOWN) {
 		r = err_set(P11J_E_UNSUPPORTED_ALG, "key '%s' is of an unsupported type", name);
@@ -121,7 +121,7 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 	k->name = strdup(name);
 	k->uri = uri ? strdup(uri) : NULL;
 	if (k->name == NULL || (uri && k->uri == NULL)) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto fail;
 	}
 	EVP_PKEY_up_ref(pub);
@@ -132,7 +132,7 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 	if (cert != NULL && cert_len > 0) {
 		k->cert = malloc(cert_len);
 		if (k->cert == NULL) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto fail;
 		}
 		memcpy(k->cert, cert, cert_len);
@@ -147,14 +147,14 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
 	    json_object_set_new(k->jwk, "use", json_string("sig")) < 0) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto fail;
 	}
 	if ((r = kr_key_info(k)) < 0 || (r = kr_key_headers(k)) < 0)
 		goto fail;
 	nk = realloc(kr->keys, (kr->n + 1) * sizeof(*nk));
 	if (nk == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto fail;
 	}
 	kr->keys = nk;
@@ -181,7 +181,7 @@ static int kr_set_id(kr_key *k, const tok_key *tk)
 		return r;
 	r = json_object_set_new(k->info, "id_hex", json_string(hex));
 	free(hex);
-	return r < 0 ? err_set(P11J_E_NOMEM, "out of memory") : 0;
+	return r < 0 ? err_nomem() : 0;
 }
 
 int kr_add_tok_key(keyring *kr, const char *name, tok_ctx *tok, const tok_key *tk)
@@ -242,7 +242,7 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 		char *d = strdup(kid);
 
 		if (d == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		free(k->kid);
 		k->kid = d;
 	}
@@ -253,7 +253,7 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 	    /* what a client may sign with: the token's algs its policy allows */
 	    json_object_set_new(k->info, "algs",
 				algs_array(k->algs & (pol && pol->algs ? pol->algs : ~0u))) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return kr_key_headers(k);
 }
 

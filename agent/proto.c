@@ -23,7 +23,7 @@ static int proto_finish(json_t *resp, char **ret_resp, size_t *ret_len)
 	json_decref(resp);
 	if (r < 0 || (r = jsonf_raw(&b, "\n", 1)) < 0 || (line = jsonf_take(&b, ret_len)) == NULL) {
 		jsonf_free(&b);
-		return r < 0 ? r : err_set(P11J_E_NOMEM, "out of memory");
+		return r < 0 ? r : err_nomem();
 	}
 	*ret_resp = line;
 	return 0;
@@ -39,7 +39,7 @@ int proto_error_line(const json_t *id, int code, const char *msg, char **ret_res
 		resp = json_pack("{s:O?,s:b,s:{s:s,s:s}}", "id", id, "ok", 0, "error", "code",
 				 err_code_name(code), "message", err_strerror(code));
 	if (resp == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return proto_finish(resp, ret_resp, ret_len);
 }
 
@@ -73,7 +73,7 @@ static int op_hello(const proto_env *env, const json_t *req, json_t *resp)
 		return r;
 	if (json_object_set_new(resp, "protocol", json_integer(PROTO_VERSION)) < 0 ||
 	    json_object_set_new(resp, "version", json_string(env->version ? env->version : "")) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -93,12 +93,12 @@ static int op_keys(const proto_env *env, const proto_peer *peer, const json_t *r
 		return r;
 	a = json_array();
 	if (a == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < env->kr->n; i++)
 		if (may_use(env, peer, env->kr->keys[i]))
 			json_array_append(a, env->kr->keys[i]->info);
 	if (json_object_set_new(resp, "keys", a) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -150,7 +150,7 @@ static int op_jwks(const proto_env *env, const proto_peer *peer, const json_t *r
 	}
 	a = json_array();
 	if (a == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < env->kr->n; i++) {
 		const kr_key *ki = env->kr->keys[i];
 		json_t *jwk;
@@ -170,11 +170,11 @@ static int op_jwks(const proto_env *env, const proto_peer *peer, const json_t *r
 		if (jwk == NULL || json_object_set_new(jwk, "alg", json_string(jwa_name(alg))) < 0 ||
 		    json_array_append_new(a, jwk) < 0) {
 			json_decref(a);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 	}
 	if (json_object_set_new(resp, "keys", a) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -289,7 +289,7 @@ static int parse_lifetime(const json_t *req, int64_t *ret)
 static int set(json_t *o, const char *k, json_t *v_new)
 {
 	if (v_new == NULL || json_object_set_new(o, k, v_new) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -301,7 +301,7 @@ static int build_header(const kr_key *k, jwa_alg alg, const json_t *caller, unsi
 	int r;
 
 	if (h == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	/* alg, typ, kid first, then the caller's members in their order */
 	if ((r = set(h, "alg", json_string(jwa_name(alg)))) < 0)
 		goto fail;
@@ -337,7 +337,7 @@ static int build_claims(const json_t *caller, int64_t lifetime, json_t **ret)
 	int r;
 
 	if (c == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	iat = json_object_get(c, "iat");
 	if (iat == NULL) {
 		if ((r = set(c, "iat", json_integer(now))) < 0)
@@ -674,7 +674,7 @@ int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *li
 	opname = json_string_value(op);
 	resp = json_pack("{s:O?,s:b}", "id", id, "ok", 1);
 	if (resp == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto error;
 	}
 	if (strcmp(opname, "hello") == 0)

@@ -156,7 +156,7 @@ static int read_entry(const char *path, json_t **ret)
 	buf = malloc((size_t)st.st_size + 1);
 	if (buf == NULL) {
 		close(fd);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	while (len < (size_t)st.st_size &&
 	       (n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
@@ -197,7 +197,7 @@ int cache_put(const tcache *c, const char *key, const json_t *entry)
 	snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", c->dir, key);
 	s = json_dumps(entry, JSON_COMPACT);
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	len = strlen(s);
 	fd = mkstemp(tmp); /* 0600 */
 	if (fd < 0) {
@@ -280,7 +280,7 @@ int cache_list(const tcache *c, json_t **ret, int *ret_skipped)
 			for (size_t i = 0; i < n; i++)
 				json_decref(items ? items[i] : NULL);
 			free(items);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 		items[n++] = item;
 	}
@@ -293,7 +293,7 @@ int cache_list(const tcache *c, json_t **ret, int *ret_skipped)
 			json_decref(items[i]);
 	free(items);
 	if (arr == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	*ret = arr;
 	*ret_skipped = skipped;
 	return 0;

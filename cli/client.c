@@ -167,7 +167,7 @@ static int recv_line(int fd, const char *path, int64_t deadline, char **ret, siz
 				cap = AGC_MAX_RESPONSE + 1; /* room for the '\n' */
 			nb = realloc(buf, cap + 1);
 			if (nb == NULL) {
-				r = err_set(P11J_E_NOMEM, "out of memory");
+				r = err_nomem();
 				goto fail;
 			}
 			buf = nb;
@@ -295,11 +295,11 @@ int agc_call(const char *path, const uid_t *trusted, size_t ntrusted, json_t *re
 	id = json_integer((json_int_t)(((uint32_t)getpid() << 12) ^ (uint32_t)now_ms()) * 16 +
 			  (seq++ & 15));
 	if (id == NULL || json_object_set(req, "id", id) < 0) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	if ((r = jsonf_append_any(&line, req)) > 0)
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 	/* the line and its newline in one send: the agent reads it at once */
 	if (r < 0 || (r = jsonf_raw(&line, "\n", 1)) < 0)
 		goto out;

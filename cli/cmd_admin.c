@@ -163,13 +163,13 @@ static int print_key(const char *label, const adm_key *k)
 	    json_object_set_new(jwk, "alg", json_string(jwa_name(jwa_default_for_kind(kind)))) <
 	        0 ||
 	    json_object_set_new(jwk, "use", json_string("sig")) < 0) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	o = json_pack("{s:s,s:s,s:s,s:s,s:O}", "name", label, "uri", k->uri, "id_hex", hex, "kid",
 	              kid, "jwk", jwk);
 	if (o == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	r = cli_print_json(o);

@@ -126,7 +126,7 @@ int cmd_verify(cli_ctx *ctx, int argc, char **argv)
 
 		jwks = one;
 		if (jwks == NULL) {
-			r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+			r = cli_fail(err_nomem());
 			goto out;
 		}
 	}

@@ -43,7 +43,7 @@ int cmd_sign(cli_ctx *ctx, int argc, char **argv)
 	cp.v = calloc((size_t)argc + 1, sizeof(*cp.v));
 	include = json_array();
 	if (hp.v == NULL || cp.v == NULL || include == NULL) {
-		r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		r = cli_fail(err_nomem());
 		goto out;
 	}
 	while ((r = cli_next_opt(ctx, "sign", argc, argv, &name, &st)) == CLI_OPT_NEXT) {
@@ -76,7 +76,7 @@ int cmd_sign(cli_ctx *ctx, int argc, char **argv)
 				seen = seen || strcmp(json_string_value(v), inc) == 0;
 			if (!seen && json_array_append_new(include, json_string(inc)) < 0) {
 				r = CLI_OPT_EXIT;
-				st = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+				st = cli_fail(err_nomem());
 				break;
 			}
 		}
@@ -100,7 +100,7 @@ int cmd_sign(cli_ctx *ctx, int argc, char **argv)
 	}
 	if ((header == NULL && (header = json_object()) == NULL) ||
 	    (claims == NULL && (claims = json_object()) == NULL)) {
-		r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		r = cli_fail(err_nomem());
 		goto out;
 	}
 	if ((r = apply(header, &hp, "header")) < 0 || (r = apply(claims, &cp, "claim")) < 0) {
@@ -116,7 +116,7 @@ int cmd_sign(cli_ctx *ctx, int argc, char **argv)
 	    (json_object_size(claims) && json_object_set(req, "claims", claims) < 0) ||
 	    (lifetime && json_object_set_new(req, "lifetime", json_integer(lifetime)) < 0) ||
 	    (json_array_size(include) && json_object_set(req, "include", include) < 0)) {
-		r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		r = cli_fail(err_nomem());
 		goto out;
 	}
 	r = cli_call(ctx, req, &resp);

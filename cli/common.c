@@ -46,7 +46,7 @@ int cli_call(const cli_ctx *ctx, json_t *req, json_t **ret_resp)
 	int r;
 
 	if (req == NULL) {
-		r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		r = cli_fail(err_nomem());
 		goto out;
 	}
 	if ((r = agc_socket_path(ctx->socket, path, sizeof(path))) < 0) {
@@ -77,7 +77,7 @@ int cli_print_json(const json_t *v)
 	char *s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
 
 	if (s == NULL)
-		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		return cli_fail(err_nomem());
 	puts(s);
 	free(s);
 	return 0;
@@ -91,13 +91,13 @@ int cli_read_jwt(const char *arg, char **ret_jwt)
 	if (strcmp(arg, "-") != 0) {
 		s = strdup(arg);
 		if (s == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		*ret_jwt = s;
 		return 0;
 	}
 	buf = malloc(CLI_JWT_READ_MAX + 1);
 	if (buf == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	while (len < CLI_JWT_READ_MAX) {
 		size_t n = fread(buf + len, 1, CLI_JWT_READ_MAX - len, stdin);
 

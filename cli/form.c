@@ -12,7 +12,7 @@ int form_set(form *f, const char *name, const char *value)
 	char *v = strdup(value), *n;
 
 	if (v == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < f->n; i++) {
 		if (strcmp(f->v[i].name, name) == 0) {
 			freezero_str(f->v[i].value);
@@ -26,7 +26,7 @@ int form_set(form *f, const char *name, const char *value)
 
 		if (nv == NULL) {
 			freezero_str(v);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 		f->v = nv;
 		f->cap = cap;
@@ -34,7 +34,7 @@ int form_set(form *f, const char *name, const char *value)
 	n = strdup(name);
 	if (n == NULL) {
 		freezero_str(v);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	f->v[f->n++] = (form_field){ n, v };
 	return 0;
@@ -99,7 +99,7 @@ int form_encode(const form *f, char **ret)
 		len += enc(NULL, f->v[i].name) + enc(NULL, f->v[i].value) + 2;
 	s = malloc(len);
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < f->n; i++) {
 		if (i)
 			s[n++] = '&';

@@ -150,7 +150,7 @@ static int url_parts(const char *url, char **scheme, char **host, char **port)
 		return r;
 	u = C.url();
 	if (u == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	uc = C.url_set(u, CURLUPART_URL, url, 0);
 	if (uc == CURLUE_OK)
 		uc = C.url_get(u, CURLUPART_SCHEME, scheme, 0);
@@ -203,7 +203,7 @@ int http_url_host(const char *url, char **ret)
 	*ret = strdup(host);
 	C.free(scheme);
 	C.free(host);
-	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+	return *ret ? 0 : err_nomem();
 }
 
 int http_url_origin(const char *url, char **ret)
@@ -219,7 +219,7 @@ int http_url_origin(const char *url, char **ret)
 	C.free(scheme);
 	C.free(host);
 	C.free(port);
-	return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+	return *ret ? 0 : err_nomem();
 }
 
 struct sink {
@@ -373,7 +373,7 @@ int http_request(const http_opts *o, const char *method, const char *url,
 		struct curl_slist *n = C.slist_append(hl, headers[i]);
 
 		if (n == NULL) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto out;
 		}
 		hl = n;
@@ -412,7 +412,7 @@ int http_request(const http_opts *o, const char *method, const char *url,
 	if (r == 0 && resp->body == NULL) {
 		resp->body = calloc(1, 1);
 		if (resp->body == NULL)
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 	}
 out:
 	C.slist_free_all(hl);

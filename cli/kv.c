@@ -35,7 +35,7 @@ int kv_parse(json_t *obj, const char *arg)
 	key = strndup(arg, klen);
 	if (key == NULL) {
 		json_decref(v);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	if (json_object_set_new(obj, key, v) < 0) {
 		free(key);

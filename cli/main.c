@@ -59,7 +59,7 @@ static int cmd_admin_exec(cli_ctx *ctx, int argc, char **argv)
 	size_t k = 0;
 
 	if (args == NULL)
-		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		return cli_fail(err_nomem());
 	args[k++] = (char *)"p11jwt";
 	if (ctx->socket) {
 		args[k++] = (char *)"--socket";

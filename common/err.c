@@ -96,6 +96,11 @@ int err_set(int code, const char *fmt, ...)
 	return code;
 }
 
+int err_nomem(void)
+{
+	return err_set(P11J_E_NOMEM, "out of memory");
+}
+
 const char *err_msg(void)
 {
 	return err_have ? err_buf : "no error detail recorded";

@@ -65,6 +65,10 @@ int err_code_from_name(const char *name);
 int err_set(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int err_setv(int code, const char *fmt, va_list ap);
 
+/* err_set(P11J_E_NOMEM, "out of memory"): the one message for a failed
+ * allocation. */
+int err_nomem(void);
+
 /* Detail of the last err_set() on this thread, or err_strerror() of the
  * code given when nothing was recorded. */
 const char *err_msg(void);

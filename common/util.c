@@ -58,12 +58,12 @@ int util_secret_reserve(char **buf, size_t *cap, size_t used, size_t need)
 		return 0;
 	while (ncap < used + need + 1) {
 		if (ncap > SIZE_MAX / 2)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		ncap *= 2;
 	}
 	nb = malloc(ncap);
 	if (nb == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	if (*buf) {
 		memcpy(nb, *buf, used);
 		freezero_buf(*buf, *cap);
@@ -190,7 +190,7 @@ int util_read_file(const char *path, size_t max, bool secret, char **ret_buf, si
 	if (buf == NULL) {
 		buf = malloc(1);
 		if (buf == NULL) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto out;
 		}
 		cap = 1;
@@ -217,7 +217,7 @@ int util_hex(const uint8_t *in, size_t len, char **ret)
 	char *s = malloc(len * 2 + 1);
 
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < len; i++) {
 		s[2 * i] = hex[in[i] >> 4];
 		s[2 * i + 1] = hex[in[i] & 15];

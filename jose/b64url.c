@@ -50,7 +50,7 @@ int b64u_encode(const uint8_t *in, size_t len, char **ret)
 		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to encode");
 	s = malloc(b64u_enc_len(len) + 1);
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	b64u_encode_to(in, len, s);
 	*ret = s;
 	return 0;
@@ -80,7 +80,7 @@ int b64u_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_len)
 
 	out = malloc(len / 4 * 3 + 3);
 	if (out == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (i = 0; i < len; i++) {
 		int v = b64u_val((unsigned char)in[i]);
 
@@ -122,7 +122,7 @@ int b64_std_encode(const uint8_t *in, size_t len, char **ret)
 		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to encode");
 	s = malloc((len + 2) / 3 * 4 + 1);
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	EVP_EncodeBlock((unsigned char *)s, in, (int)len);
 	*ret = s;
 	return 0;

@@ -361,7 +361,7 @@ int jsonf_dumps(const json_t *v, char **ret, size_t *ret_len)
 		r = err_set(P11J_E_NOMEM, "json_dumps failed (out of memory?)");
 	if (r < 0 || (out = jsonf_take(&b, ret_len)) == NULL) {
 		jsonf_free(&b);
-		return r < 0 ? r : err_set(P11J_E_NOMEM, "out of memory");
+		return r < 0 ? r : err_nomem();
 	}
 	*ret = out;
 	return 0;
