@@ -14,7 +14,7 @@
 #include "agent/keyring.h"
 #include "agent/audit.h"
 #include "agent/proto.h"
-#include "../unit/softsign.h"
+#include "support/softsign.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

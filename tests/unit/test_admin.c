@@ -29,10 +29,10 @@
 #include "pkcs11/admin.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
-#include "testtoken.h"
+#include "support/testtoken.h"
 
-#define MODULE "/usr/lib/softhsm/libsofthsm2.so"
-#define URI "pkcs11:token=p11jwt-test"
+#define MODULE TESTTOKEN_MODULE
+#define URI TESTTOKEN_URI
 
 static char tokdir[1024];
 static char pinfile[1100];

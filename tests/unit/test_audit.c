@@ -23,7 +23,8 @@
 #include "agent/proto.h"
 #include "common/err.h"
 #include "common/util.h"
-#include "softsign.h"
+#include "support/protoenv.h"
+#include "support/softsign.h"
 
 static keyring kr;
 static EVP_PKEY *pk;
@@ -32,11 +33,6 @@ static const proto_peer me = {.uid = 1000, .gid = 1001, .pid = 42};
 static const proto_peer stranger = {.uid = 2000, .gid = 2000, .pid = 7};
 #define NOW_MS 1700000000123LL /* 2023-11-14T22:13:20.123Z */
 
-static int64_t fixed_now(void)
-{
-	return 1700000000;
-}
-
 static int setup(void **state)
 {
 	(void)state;
@@ -44,10 +40,7 @@ static int setup(void **state)
 	if (pk == NULL ||
 	    kr_add(&kr, "p256", "pkcs11:object=p256", pk, NULL, 0, 0, softsign_fn, pk) < 0)
 		return -1;
-	env.kr = &kr;
-	env.owner_uid = 1000;
-	env.version = "test";
-	util_set_clock(fixed_now);
+	protoenv_init(&env, &kr);
 	return 0;
 }
 
@@ -56,7 +49,7 @@ static int teardown(void **state)
 	(void)state;
 	kr_free(&kr);
 	EVP_PKEY_free(pk);
-	util_set_clock(NULL);
+	protoenv_fini();
 	return 0;
 }
 

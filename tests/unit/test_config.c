@@ -25,7 +25,7 @@
 #include "common/util.h"
 #include "jose/b64url.h"
 #include "jose/jwk.h"
-#include "softsign.h"
+#include "support/softsign.h"
 
 #define NOW 1700000000
 

@@ -15,7 +15,7 @@
 #include "jose/jwa.h"
 #include "jose/jwk.h"
 #include "jose/jws.h"
-#include "softsign.h"
+#include "support/softsign.h"
 
 #define NOW 1800000000LL
 

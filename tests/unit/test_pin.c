@@ -26,10 +26,10 @@
 #include "common/util.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
-#include "testtoken.h"
+#include "support/testtoken.h"
 
-#define MODULE "/usr/lib/softhsm/libsofthsm2.so"
-#define URI "pkcs11:token=p11jwt-test"
+#define MODULE TESTTOKEN_MODULE
+#define URI TESTTOKEN_URI
 
 static char tokdir[1024], pinfile[1100], pin[64], tmpdir[1100];
 static char faultmod[1200], faultdir[1100], ctlfile[1200];
@@ -64,16 +64,6 @@ static tok_config cfg_locked(void)
 	c.uri = URI;
 	c.allow_locked = true;
 	return c;
-}
-
-static tok_ctx *open_ok(const tok_config *c)
-{
-	tok_ctx *ctx = NULL;
-	int r = tok_open(c, &ctx);
-
-	if (r != 0)
-		fail_msg("tok_open: %d %s", r, err_msg());
-	return ctx;
 }
 
 /* Sign with Ed25519 and check the signature with OpenSSL; returns tok_sign's
@@ -142,7 +132,7 @@ static void test_locked_start(void **state)
 	c.allow_locked = false;
 	assert_int_equal(tok_open(&c, &ctx), P11J_E_PIN_REQUIRED);
 	c.allow_locked = true;
-	ctx = open_ok(&c);
+	ctx = testtoken_open_ok(&c);
 	assert_int_equal(tok_get_state(ctx), TOK_LOCKED);
 	assert_true(tok_key_count(ctx) >= 6);
 	assert_non_null(tok_key_find(ctx, "unsafe-ec"));
@@ -159,7 +149,7 @@ static void test_locked_start(void **state)
 static void test_login_lock(void **state)
 {
 	tok_config c = cfg_locked();
-	tok_ctx *ctx = open_ok(&c);
+	tok_ctx *ctx = testtoken_open_ok(&c);
 	const tok_key *unsafe = tok_key_find(ctx, "unsafe-ec");
 	uint8_t sig[64];
 	size_t siglen = sizeof(sig);
@@ -198,7 +188,7 @@ static void test_login_lock(void **state)
 static void test_login_args(void **state)
 {
 	tok_config c = cfg_locked();
-	tok_ctx *ctx = open_ok(&c);
+	tok_ctx *ctx = testtoken_open_ok(&c);
 	char big[300];
 
 	(void)state;
@@ -225,13 +215,13 @@ static void test_credentials_dir(void **state)
 	mkdir(dir, 0700);
 	setenv("CREDENTIALS_DIRECTORY", dir, 1);
 	/* no "pin" credential: falls through to locked */
-	ctx = open_ok(&c);
+	ctx = testtoken_open_ok(&c);
 	assert_int_equal(tok_get_state(ctx), TOK_LOCKED);
 	tok_close(ctx);
 	snprintf(path, sizeof(path), "%s/pin", dir);
 	snprintf(text, sizeof(text), "%s\n", pin);
 	write_file(path, text, 0400);
-	ctx = open_ok(&c);
+	ctx = testtoken_open_ok(&c);
 	assert_int_equal(tok_get_state(ctx), TOK_READY);
 	assert_int_equal(sign_ed(ctx), 0);
 	tok_close(ctx);
@@ -259,7 +249,7 @@ static void test_recovery(void **state)
 	c.module_path = faultmod;
 	c.module_allow = allow;
 	c.pin_file = pinfile;
-	ctx = open_ok(&c);
+	ctx = testtoken_open_ok(&c);
 	assert_int_equal(tok_get_state(ctx), TOK_READY);
 	assert_int_equal(sign_ed(ctx), 0);
 
@@ -355,7 +345,7 @@ static void test_concurrent_faults(void **state)
 	c.module_path = faultmod;
 	c.module_allow = allow;
 	c.pin_file = pinfile;
-	ctx = open_ok(&c);
+	ctx = testtoken_open_ok(&c);
 	for (i = 0; i < 4; i++) {
 		w[i] = (struct worker){.ctx = ctx};
 		assert_int_equal(pthread_create(&th[i], NULL, sign_loop, &w[i]), 0);

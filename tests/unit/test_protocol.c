@@ -20,7 +20,8 @@
 #include "jose/b64url.h"
 #include "jose/jwk.h"
 #include "jose/jws.h"
-#include "softsign.h"
+#include "support/protoenv.h"
+#include "support/softsign.h"
 
 static keyring kr;
 static EVP_PKEY *pk[5];
@@ -28,11 +29,6 @@ static uint8_t *cert_der;
 static int cert_len;
 static proto_env env;
 static const proto_peer me = { .uid = 1000, .gid = 1000, .pid = 42 };
-
-static int64_t fixed_now(void)
-{
-	return 1700000000;
-}
 
 static int setup(void **state)
 {
@@ -51,10 +47,7 @@ static int setup(void **state)
 		    kr_add(&kr, names[i], "pkcs11:object=x", pk[i], i == 0 ? cert_der : NULL,
 			   i == 0 ? (size_t)cert_len : 0, 0, softsign_fn, pk[i]) < 0)
 			return -1;
-	env.kr = &kr;
-	env.owner_uid = 1000;
-	env.version = "test";
-	util_set_clock(fixed_now);
+	protoenv_init(&env, &kr);
 	return 0;
 }
 
@@ -65,7 +58,7 @@ static int teardown(void **state)
 	for (int i = 0; i < 5; i++)
 		EVP_PKEY_free(pk[i]);
 	OPENSSL_free(cert_der);
-	util_set_clock(NULL);
+	protoenv_fini();
 	return 0;
 }
 
@@ -193,7 +186,7 @@ static void test_sign_every_pair(void **state)
 					    json_array_get(json_object_get(jwks, "keys"), 0), "alg")),
 				    pairs[i].alg);
 		jwt = json_string_value(json_object_get(v, "jwt"));
-		assert_int_equal(jws_verify_jwks(jwt, jwks, fixed_now(), 0, &p), 0);
+		assert_int_equal(jws_verify_jwks(jwt, jwks, protoenv_now(), 0, &p), 0);
 		assert_string_equal(json_string_value(json_object_get(p.header, "alg")), pairs[i].alg);
 		assert_int_equal(jws_verify_sig(jwa_from_name(pairs[i].alg), pk[pairs[i].pki],
 						(const uint8_t *)jwt, p.signing_input_len, p.sig,

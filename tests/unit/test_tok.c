@@ -35,7 +35,7 @@
 #include "common/util.h"
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
-#include "testtoken.h"
+#include "support/testtoken.h"
 
 #define MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define URI "pkcs11:token=p11jwt-test"

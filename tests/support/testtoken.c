@@ -1,26 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/*
- * Test-only: a fresh SoftHSM token made by softhsm-conf/mktoken in the build
- * directory, shared by the unit tests that need a real token (tok, pin,
- * admin).
- */
-#ifndef P11J_TEST_TESTTOKEN_H
-#define P11J_TEST_TESTTOKEN_H
+#include "support/testtoken.h"
+#include "common/err.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
 
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TESTTOKEN_MODULE "/usr/lib/softhsm/libsofthsm2.so"
-
-/* Make BUILDDIR/tests/NAME (replacing an old one), point SoftHSM at it and
- * clear P11JWT_PIN. tokdir gets the directory, pinfile its PIN file and,
- * when pin is not NULL, pin its PIN. SoftHSM is pinned in memory at one
- * address for the whole run, so that LeakSanitizer can still attribute its
- * leaks to libsofthsm2.so after p11-kit has unloaded and reloaded it. */
-static inline int testtoken_make(const char *name, char *tokdir, size_t tokdir_len,
-				 char *pinfile, size_t pinfile_len, char *pin, size_t pin_len)
+int testtoken_make(const char *name, char *tokdir, size_t tokdir_len, char *pinfile,
+		   size_t pinfile_len, char *pin, size_t pin_len)
 {
 	const char *src = getenv("P11JWT_SRCDIR"), *build = getenv("P11JWT_BUILDDIR");
 	char cmd[4096], conf[1100];
@@ -59,10 +52,7 @@ static inline int testtoken_make(const char *name, char *tokdir, size_t tokdir_l
 	return 0;
 }
 
-/* Add a key with pkcs11-tool (PIN passed through the environment, never
- * in argv): args are its --keypairgen options, e.g. "--key-type
- * EC:prime256v1 --label unsafe-ec --id 0f --usage-sign --extractable". */
-static inline int testtoken_keypairgen(const char *pin, const char *args)
+int testtoken_keypairgen(const char *pin, const char *args)
 {
 	char cmd[1024];
 	int r;
@@ -77,4 +67,13 @@ static inline int testtoken_keypairgen(const char *pin, const char *args)
 	return r == 0 ? 0 : -1;
 }
 
-#endif
+tok_ctx *testtoken_open_ok(const tok_config *c)
+{
+	tok_ctx *ctx = NULL;
+	int r = tok_open(c, &ctx);
+
+	if (r != 0)
+		fail_msg("tok_open: %d %s", r, err_msg());
+	assert_non_null(ctx);
+	return ctx;
+}

@@ -1,20 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/*
- * Test-only software signer matching jws_sign_fn: signs with an OpenSSL
- * private key and returns signatures in JWS form (raw R||S for ES*). Lets
- * the JOSE and protocol tests run without a token.
- */
-#ifndef P11J_TEST_SOFTSIGN_H
-#define P11J_TEST_SOFTSIGN_H
-
-#include <openssl/evp.h>
-#include <openssl/rsa.h>
-#include <openssl/x509.h>
+#include "support/softsign.h"
 #include "common/err.h"
-#include "jose/jwa.h"
 #include "jose/jws.h"
 
-static inline int softsign_fn(void *evp_pkey, jwa_alg alg, const uint8_t *in, size_t inlen,
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+int softsign_fn(void *evp_pkey, jwa_alg alg, const uint8_t *in, size_t inlen,
 			      uint8_t *sig, size_t *siglen)
 {
 	EVP_PKEY *pk = evp_pkey;
@@ -54,9 +46,7 @@ out:
 	return r;
 }
 
-/* A self-signed certificate for key (CN=t, one hour) as DER in *ret_der
- * (OPENSSL_free it): what the tests attach to a software key. */
-static inline int softsign_cert(EVP_PKEY *key, uint8_t **ret_der, int *ret_len)
+int softsign_cert(EVP_PKEY *key, uint8_t **ret_der, int *ret_len)
 {
 	X509 *x = X509_new();
 	X509_NAME *n;
@@ -78,5 +68,3 @@ static inline int softsign_cert(EVP_PKEY *key, uint8_t **ret_der, int *ret_len)
 	X509_free(x);
 	return *ret_len > 0 ? 0 : -1;
 }
-
-#endif
