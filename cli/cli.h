@@ -50,6 +50,11 @@ enum { CLI_OPT_END = 0, CLI_OPT_NEXT = 1, CLI_OPT_EXIT = 2 };
 int cli_next_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv, const char **ret_name,
 		 int *ret_exit);
 
+/* The commands' own option parsers follow one convention:
+ *   static bool parse_...(cli_ctx *ctx, ..., int *ret_exit);
+ * true: the options are read, go on; false: stop and exit with *ret_exit
+ * (0 after --help, CLI_EXIT_USAGE after a usage error, already printed). */
+
 /* common.c */
 /* Print "p11jwt: CODE: message" once and return the exit status for a local
  * failure: input problems (bad_request, not_found, ...) are CLI_EXIT_USAGE. */

@@ -64,16 +64,20 @@ static int common_opt(const char *cmd, adm_opts *o, const char *name)
 	return 1;
 }
 
-static int parse_opts(cli_ctx *ctx, const char *cmd, int argc, char **argv, adm_opts *o)
+static bool parse_opts(cli_ctx *ctx, const char *cmd, int argc, char **argv, adm_opts *o,
+		       int *ret_exit)
 {
 	const char *name = NULL;
-	int r, st = 0;
+	int r;
 
-	while ((r = cli_next_opt(ctx, cmd, argc, argv, &name, &st)) == CLI_OPT_NEXT) {
+	*ret_exit = 0;
+	while ((r = cli_next_opt(ctx, cmd, argc, argv, &name, ret_exit)) == CLI_OPT_NEXT) {
 		int c = common_opt(cmd, o, name);
 
-		if (c > 1)
-			return c;
+		if (c > 1) {
+			*ret_exit = c;
+			return false;
+		}
 		if (c == 1)
 			continue;
 		if (strcmp(name, "type") == 0)
@@ -94,12 +98,12 @@ static int parse_opts(cli_ctx *ctx, const char *cmd, int argc, char **argv, adm_
 			o->store = true;
 	}
 	if (r == CLI_OPT_EXIT)
-		return st == 0 ? -1 : st; /* -1: help printed, exit 0 */
+		return false;
 	if (optind != argc)
-		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-	if (o->token == NULL)
-		return cli_usage_error(cmd, "--token URI is required (the token to work on)");
-	return 0;
+		*ret_exit = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	else if (o->token == NULL)
+		*ret_exit = cli_usage_error(cmd, "--token URI is required (the token to work on)");
+	return *ret_exit == 0;
 }
 
 static int token_open(adm_opts *o, tok_ctx **ret)
@@ -191,8 +195,8 @@ int cmd_keygen(cli_ctx *ctx, int argc, char **argv)
 	adm_key k = {0};
 	int r;
 
-	if ((r = parse_opts(ctx, "keygen", argc, argv, &o)) != 0)
-		return r < 0 ? 0 : r;
+	if (!parse_opts(ctx, "keygen", argc, argv, &o, &r))
+		return r;
 	if (o.type == NULL || o.label == NULL)
 		return cli_usage_error("keygen", "--type TYPE and --label NAME are required");
 	if ((r = adm_keytype_parse(o.type, &type)) < 0 ||
@@ -243,8 +247,8 @@ int cmd_csr(cli_ctx *ctx, int argc, char **argv)
 	FILE *f = NULL;
 	int r;
 
-	if ((r = parse_opts(ctx, "csr", argc, argv, &o)) != 0)
-		return r < 0 ? 0 : r;
+	if (!parse_opts(ctx, "csr", argc, argv, &o, &r))
+		return r;
 	if ((r = key_open(&o, "csr", &tok, &k, &subj)) != 0)
 		goto out;
 	if ((r = adm_csr(tok, k, subj, &req)) < 0 || (r = open_out(o.out, &f)) < 0) {
@@ -277,8 +281,8 @@ int cmd_cert(cli_ctx *ctx, int argc, char **argv)
 	long long days = 0;
 	int r;
 
-	if ((r = parse_opts(ctx, "cert", argc, argv, &o)) != 0)
-		return r < 0 ? 0 : r;
+	if (!parse_opts(ctx, "cert", argc, argv, &o, &r))
+		return r;
 	if (o.days == NULL)
 		return cli_usage_error("cert", "--days N is required");
 	if ((r = cli_parse_int("--days", o.days, 1, 36500, &days)) < 0)

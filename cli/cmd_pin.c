@@ -61,8 +61,8 @@ static int pin_read(int fd, bool tty, const char *prompt, char *buf, size_t cap)
 	return (int)n;
 }
 
-static int parse_token_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv,
-			   const char **ret_token, int *ret_exit)
+static bool parse_token_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv,
+			    const char **ret_token, int *ret_exit)
 {
 	const char *name = NULL;
 	int r;
@@ -72,12 +72,12 @@ static int parse_token_opt(cli_ctx *ctx, const char *cmd, int argc, char **argv,
 		if (strcmp(name, "token") == 0)
 			*ret_token = optarg;
 	if (r == CLI_OPT_EXIT)
-		return -1;
+		return false;
 	if (optind != argc) {
 		*ret_exit = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-		return -1;
+		return false;
 	}
-	return 0;
+	return true;
 }
 
 static void print_state(const json_t *resp)
@@ -96,7 +96,7 @@ int cmd_login(cli_ctx *ctx, int argc, char **argv)
 	int fd = 0, n, st = 0;
 	bool tty;
 
-	if (parse_token_opt(ctx, "login", argc, argv, &token, &st) < 0)
+	if (!parse_token_opt(ctx, "login", argc, argv, &token, &st))
 		return st;
 	/* A terminal: prompt, no echo. Otherwise one line of standard input,
 	 * so that scripts can pipe the PIN in. */
@@ -128,7 +128,7 @@ int cmd_lock(cli_ctx *ctx, int argc, char **argv)
 	json_t *req, *resp = NULL;
 	int st = 0;
 
-	if (parse_token_opt(ctx, "lock", argc, argv, &token, &st) < 0)
+	if (!parse_token_opt(ctx, "lock", argc, argv, &token, &st))
 		return st;
 	req = json_pack("{s:s}", "op", "lock");
 	if (req != NULL && token != NULL && json_object_set_new(req, "token", json_string(token)) < 0) {

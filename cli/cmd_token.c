@@ -147,12 +147,12 @@ static const struct {
 	{ "cacert", "cacert" },
 };
 
-/* Parse the options of token/call into o. Returns -1 to go on, else the
- * exit status. */
 /* --agent-uid, from parse(): the socket may come from a profile, the
  * agent's user only from the command line or the environment */
 static const char *agent_uid;
 
+/* Parse the options of token/call into o. Returns -1 to go on, else the
+ * exit status. */
 static int parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o)
 {
 	const char *name = NULL, *profile = NULL;
