@@ -84,10 +84,9 @@ struct tok_ctx {
 	bool allow_unsafe;
 	size_t mod_idx;      /* ctx->f is ctx->mods[mod_idx] */
 	bool reinit_pending; /* C_Finalize + C_Initialize at the next recovery */
-	bool force_raw_rsa;
-	bool mech_sha_rsa[3]; /* CKM_SHA{256,384,512}_RSA_PKCS */
-	bool mech_pss[3];     /* CKM_SHA{256,384,512}_RSA_PKCS_PSS */
-	bool mech_rsa_pkcs, mech_ecdsa, mech_eddsa;
+	bool force_raw;      /* prefer a row's raw mechanism (tests) */
+	unsigned algs_mech;  /* JWA_BIT(alg): the token lists the row's mech */
+	unsigned algs_raw;   /* JWA_BIT(alg): the token lists the row's raw */
 
 	tok_key **keys;
 	size_t nkeys;
@@ -273,27 +272,6 @@ static const char *kind_name(jwa_keykind k)
 		return "Ed25519";
 	default:
 		return "unknown";
-	}
-}
-
-/* 0, 1, 2 for SHA-256, -384, -512 */
-static int hash_idx(jwa_alg alg)
-{
-	switch (alg) {
-	case JWA_RS256:
-	case JWA_PS256:
-	case JWA_ES256:
-		return 0;
-	case JWA_RS384:
-	case JWA_PS384:
-	case JWA_ES384:
-		return 1;
-	case JWA_RS512:
-	case JWA_PS512:
-	case JWA_ES512:
-		return 2;
-	default:
-		return -1;
 	}
 }
 
@@ -532,10 +510,71 @@ out:
 	return r;
 }
 
+/* ---- mechanisms ------------------------------------------------------ */
+
+#define TOK_CKM_NONE ((CK_MECHANISM_TYPE)-1)
+
+/* DER DigestInfo prefixes (RFC 8017, 9.2 note 1) for the CKM_RSA_PKCS
+ * fallback. */
+static const uint8_t di_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+static const uint8_t di_sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
+static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                    0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
+#define TOK_DI_LEN sizeof(di_sha256) /* the same for the three */
+
+/* How each JWS algorithm is signed on a token: the one table. mech is the
+ * mechanism that hashes and signs on the token; raw signs a digest hashed
+ * here (after the DigestInfo prefix when there is one). mech is used when
+ * the token lists it, else raw. */
+typedef struct {
+	jwa_alg alg;
+	CK_MECHANISM_TYPE mech;      /* TOK_CKM_NONE: we always hash */
+	CK_MECHANISM_TYPE raw;       /* TOK_CKM_NONE: the token always hashes */
+	const char *raw_what;        /* the error's words when hashing here fails */
+	const EVP_MD *(*md)(void);   /* the hash (NULL: EdDSA) */
+	CK_MECHANISM_TYPE pss_hash;  /* PSS: CK_RSA_PKCS_PSS_PARAMS hashAlg */
+	CK_RSA_PKCS_MGF_TYPE pss_mgf;
+	CK_ULONG pss_slen;           /* salt length: the hash's */
+	const uint8_t *digest_info;  /* raw RSA: DER prefix before the digest */
+} tok_mech;
+
+/* clang-format off */
+static const tok_mech mech_table[] = {
+	{JWA_RS256, CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha256, 0, 0, 0, di_sha256},
+	{JWA_RS384, CKM_SHA384_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha384, 0, 0, 0, di_sha384},
+	{JWA_RS512, CKM_SHA512_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha512, 0, 0, 0, di_sha512},
+	{JWA_PS256, CKM_SHA256_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha256,
+	 CKM_SHA256, CKG_MGF1_SHA256, 32, NULL},
+	{JWA_PS384, CKM_SHA384_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha384,
+	 CKM_SHA384, CKG_MGF1_SHA384, 48, NULL},
+	{JWA_PS512, CKM_SHA512_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha512,
+	 CKM_SHA512, CKG_MGF1_SHA512, 64, NULL},
+	/* No CKM_ECDSA_SHA* on SoftHSM: hash here, sign the digest. */
+	{JWA_ES256, TOK_CKM_NONE, CKM_ECDSA, "hashing for ECDSA", EVP_sha256, 0, 0, 0, NULL},
+	{JWA_ES384, TOK_CKM_NONE, CKM_ECDSA, "hashing for ECDSA", EVP_sha384, 0, 0, 0, NULL},
+	{JWA_ES512, TOK_CKM_NONE, CKM_ECDSA, "hashing for ECDSA", EVP_sha512, 0, 0, 0, NULL},
+	{JWA_EDDSA, CKM_EDDSA, TOK_CKM_NONE, NULL, NULL, 0, 0, 0, NULL},
+};
+/* clang-format on */
+
+static const tok_mech *mech_find(jwa_alg alg)
+{
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(mech_table); i++)
+		if (mech_table[i].alg == alg)
+			return &mech_table[i];
+	return NULL;
+}
+
+/* Which rows the token can sign, from C_GetMechanismList, read once. */
 static int mechs_read(tok_ctx *ctx)
 {
 	CK_MECHANISM_TYPE *mt = NULL;
 	CK_ULONG n = 0, i;
+	size_t j;
 	CK_RV rv;
 	int r = 0;
 
@@ -550,42 +589,71 @@ static int mechs_read(tok_ctx *ctx)
 		r = tok_ck(ctx, "C_GetMechanismList", rv);
 		goto out;
 	}
-	for (i = 0; i < n; i++) {
-		switch (mt[i]) {
-		case CKM_SHA256_RSA_PKCS:
-			ctx->mech_sha_rsa[0] = true;
-			break;
-		case CKM_SHA384_RSA_PKCS:
-			ctx->mech_sha_rsa[1] = true;
-			break;
-		case CKM_SHA512_RSA_PKCS:
-			ctx->mech_sha_rsa[2] = true;
-			break;
-		case CKM_SHA256_RSA_PKCS_PSS:
-			ctx->mech_pss[0] = true;
-			break;
-		case CKM_SHA384_RSA_PKCS_PSS:
-			ctx->mech_pss[1] = true;
-			break;
-		case CKM_SHA512_RSA_PKCS_PSS:
-			ctx->mech_pss[2] = true;
-			break;
-		case CKM_RSA_PKCS:
-			ctx->mech_rsa_pkcs = true;
-			break;
-		case CKM_ECDSA:
-			ctx->mech_ecdsa = true;
-			break;
-		case CKM_EDDSA:
-			ctx->mech_eddsa = true;
-			break;
-		default:
-			break;
+	for (i = 0; i < n; i++)
+		for (j = 0; j < ARRAY_SIZE(mech_table); j++) {
+			if (mt[i] == mech_table[j].mech)
+				ctx->algs_mech |= JWA_BIT(mech_table[j].alg);
+			if (mt[i] == mech_table[j].raw)
+				ctx->algs_raw |= JWA_BIT(mech_table[j].alg);
 		}
-	}
 out:
 	free(mt);
 	return r;
+}
+
+/* Mask of the algs of a key kind this token has a mechanism for. */
+static unsigned algs_supported(const tok_ctx *ctx, jwa_keykind kind)
+{
+	return jwa_algs_for_kind(kind) & (ctx->algs_mech | ctx->algs_raw);
+}
+
+/* What C_SignInit and C_Sign get for one signature of in[0..inlen). */
+typedef struct {
+	CK_MECHANISM mech;
+	CK_RSA_PKCS_PSS_PARAMS pss;
+	const uint8_t *data;
+	CK_ULONG len;
+	uint8_t buf[TOK_DI_LEN + EVP_MAX_MD_SIZE]; /* DigestInfo and digest hashed here */
+} sign_input;
+
+/* The row's mech when the token lists it (and tests do not force raw),
+ * else its raw mechanism on a digest hashed here. The caller wipes
+ * ret->buf. */
+static int mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t inlen,
+                      sign_input *ret)
+{
+	const tok_mech *m = mech_find(alg);
+	size_t pre = 0;
+	unsigned int mdlen = 0;
+
+	if (m == NULL)
+		return err_set(P11J_E_UNSUPPORTED_ALG, "unknown JWS algorithm");
+	memset(ret, 0, sizeof(*ret));
+	ret->data = in;
+	ret->len = (CK_ULONG)inlen;
+	if ((ctx->algs_mech & JWA_BIT(alg)) && !(ctx->force_raw && m->raw != TOK_CKM_NONE)) {
+		ret->mech.mechanism = m->mech;
+		if (m->pss_hash != 0) {
+			ret->pss.hashAlg = m->pss_hash;
+			ret->pss.mgf = m->pss_mgf;
+			ret->pss.sLen = m->pss_slen;
+			ret->mech.pParameter = &ret->pss;
+			ret->mech.ulParameterLen = sizeof(ret->pss);
+		}
+		return 0;
+	}
+	/* The token only does the signature operation: the DigestInfo (RSA)
+	 * and the digest are made here. */
+	if (m->digest_info != NULL) {
+		pre = TOK_DI_LEN;
+		memcpy(ret->buf, m->digest_info, pre);
+	}
+	if (!EVP_Digest(in, inlen, ret->buf + pre, &mdlen, m->md(), NULL))
+		return err_set_ossl(P11J_E_CRYPTO, m->raw_what);
+	ret->mech.mechanism = m->raw;
+	ret->data = ret->buf;
+	ret->len = (CK_ULONG)(pre + mdlen);
+	return 0;
 }
 
 /* ---- PIN ------------------------------------------------------------- */
@@ -1149,31 +1217,6 @@ static void key_free(tok_key *k)
 	free(k->cert);
 	EVP_PKEY_free(k->pub);
 	free(k);
-}
-
-static unsigned algs_supported(const tok_ctx *ctx, jwa_keykind kind)
-{
-	unsigned mask = jwa_algs_for_kind(kind), out = 0;
-	int a;
-
-	for (a = JWA_NONE + 1; a < JWA__COUNT; a++) {
-		bool ok = false;
-		int h = hash_idx((jwa_alg)a);
-
-		if (!(mask & JWA_BIT(a)))
-			continue;
-		if (a >= JWA_RS256 && a <= JWA_RS512)
-			ok = ctx->mech_sha_rsa[h] || ctx->mech_rsa_pkcs;
-		else if (a >= JWA_PS256 && a <= JWA_PS512)
-			ok = ctx->mech_pss[h];
-		else if (a >= JWA_ES256 && a <= JWA_ES512)
-			ok = ctx->mech_ecdsa;
-		else if (a == JWA_EDDSA)
-			ok = ctx->mech_eddsa;
-		if (ok)
-			out |= JWA_BIT(a);
-	}
-	return out;
 }
 
 static int key_uri(tok_ctx *ctx, tok_key *k, const uint8_t *label, size_t label_len)
@@ -2184,7 +2227,7 @@ const uint8_t *tok_key_cert(const tok_key *k, size_t *ret_len)
 
 void tok_test_force_raw_rsa(tok_ctx *ctx, bool on)
 {
-	ctx->force_raw_rsa = on;
+	ctx->force_raw = on;
 }
 
 size_t tok_test_open_sessions(tok_ctx *ctx)
@@ -2198,15 +2241,6 @@ size_t tok_test_open_sessions(tok_ctx *ctx)
 }
 
 /* ---- signing --------------------------------------------------------- */
-
-/* DER DigestInfo prefixes (RFC 8017, 9.2 note 1) for the CKM_RSA_PKCS
- * fallback. */
-static const uint8_t di_sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-                                    0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
-static const uint8_t di_sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-                                    0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
-static const uint8_t di_sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-                                    0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40};
 
 /* Wait until signing may start: READY, op_lock held shared on success.
  * LOCKED and UNAVAILABLE answer at once (an UNAVAILABLE token is recovered
@@ -2260,23 +2294,11 @@ static bool session_broken(CK_RV rv)
 int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
              uint8_t *sig, size_t *siglen)
 {
-	static const CK_MECHANISM_TYPE sha_rsa[3] = {CKM_SHA256_RSA_PKCS, CKM_SHA384_RSA_PKCS,
-	                                             CKM_SHA512_RSA_PKCS};
-	static const CK_MECHANISM_TYPE sha_pss[3] = {
-	    CKM_SHA256_RSA_PKCS_PSS, CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512_RSA_PKCS_PSS};
-	static const CK_MECHANISM_TYPE sha[3] = {CKM_SHA256, CKM_SHA384, CKM_SHA512};
-	static const CK_RSA_PKCS_MGF_TYPE mgf[3] = {CKG_MGF1_SHA256, CKG_MGF1_SHA384,
-	                                            CKG_MGF1_SHA512};
-	static const uint8_t *const di[3] = {di_sha256, di_sha384, di_sha512};
-	CK_MECHANISM mech = {0, NULL, 0};
-	CK_RSA_PKCS_PSS_PARAMS pss;
+	sign_input si;
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	uint8_t dbuf[sizeof(di_sha512) + EVP_MAX_MD_SIZE];
 	uint8_t out[TOK_SIG_MAX];
-	const uint8_t *data = in;
-	CK_ULONG dlen = inlen, outlen = sizeof(out);
-	unsigned int mdlen = 0;
-	int h = hash_idx(alg), r = 0;
+	CK_ULONG outlen = sizeof(out);
+	int r = 0;
 	const char *fn = "C_SignInit";
 	int attempt;
 	CK_RV rv;
@@ -2301,37 +2323,8 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 	if (inlen > ULONG_MAX)
 		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to sign");
 
-	if (alg >= JWA_RS256 && alg <= JWA_RS512) {
-		if (ctx->mech_sha_rsa[h] && !ctx->force_raw_rsa) {
-			mech.mechanism = sha_rsa[h];
-		} else {
-			/* Token without hash-and-sign: the DigestInfo is built
-			 * here and the token only does the RSA operation. */
-			memcpy(dbuf, di[h], sizeof(di_sha256));
-			if (!EVP_Digest(in, inlen, dbuf + sizeof(di_sha256), &mdlen, jwa_md(alg),
-			                NULL))
-				return err_set_ossl(P11J_E_CRYPTO, "hashing for RSA");
-			mech.mechanism = CKM_RSA_PKCS;
-			data = dbuf;
-			dlen = sizeof(di_sha256) + mdlen;
-		}
-	} else if (alg >= JWA_PS256 && alg <= JWA_PS512) {
-		pss.hashAlg = sha[h];
-		pss.mgf = mgf[h];
-		pss.sLen = (CK_ULONG)EVP_MD_get_size(jwa_md(alg));
-		mech.mechanism = sha_pss[h];
-		mech.pParameter = &pss;
-		mech.ulParameterLen = sizeof(pss);
-	} else if (alg >= JWA_ES256 && alg <= JWA_ES512) {
-		/* No CKM_ECDSA_SHA* on SoftHSM: hash here, sign the digest. */
-		if (!EVP_Digest(in, inlen, dbuf, &mdlen, jwa_md(alg), NULL))
-			return err_set_ossl(P11J_E_CRYPTO, "hashing for ECDSA");
-		mech.mechanism = CKM_ECDSA;
-		data = dbuf;
-		dlen = mdlen;
-	} else {
-		mech.mechanism = CKM_EDDSA;
-	}
+	if ((r = mech_input(ctx, alg, in, inlen, &si)) < 0)
+		goto out;
 
 	/* A fault (device or session lost) makes the token UNAVAILABLE; when
 	 * the back-off allows, it is recovered at once and the signature tried
@@ -2347,7 +2340,7 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 		if (r < 0) {
 			fault = r == P11J_E_TOKEN_UNAVAILABLE;
 		} else {
-			rv = ctx->f->C_SignInit(s, &mech, k->priv);
+			rv = ctx->f->C_SignInit(s, &si.mech, k->priv);
 			if (rv == CKR_OK && k->always_auth) {
 				/* CKA_ALWAYS_AUTHENTICATE: the PIN again for this
 				 * one operation. */
@@ -2358,7 +2351,7 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 			}
 			if (rv == CKR_OK) {
 				fn = "C_Sign";
-				rv = ctx->f->C_Sign(s, (CK_BYTE *)data, dlen, out, &outlen);
+				rv = ctx->f->C_Sign(s, (CK_BYTE *)si.data, si.len, out, &outlen);
 			}
 			if (rv != CKR_OK) {
 				r = tok_ck(ctx, fn, rv);
@@ -2416,7 +2409,7 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 	}
 	*siglen = k->sig_len;
 out:
-	OPENSSL_cleanse(dbuf, sizeof(dbuf));
+	OPENSSL_cleanse(si.buf, sizeof(si.buf));
 	return r;
 }
 
