@@ -449,70 +449,71 @@ static bool all_digits(const char *s)
 	return true;
 }
 
-static void add_uid(cfg_parser *p, const char *item, void *ud)
+/* A user or group, by name or number, for a key's uids/gids rule. */
+static bool parse_id(cfg_parser *p, const char *item, bool group, unsigned long *ret)
 {
-	pol_key *k = ud;
-	uid_t *n, uid;
+	const char *what = group ? "gid" : "uid";
 
 	if (all_digits(item)) {
-		unsigned long v;
-
 		errno = 0;
-		v = strtoul(item, NULL, 10);
-		if (errno || v >= (unsigned long)(uid_t)-1) {
-			perr(p, p->line, "uid %.32s is out of range", item);
-			return;
+		*ret = strtoul(item, NULL, 10);
+		/* (uid_t)-1 and (gid_t)-1 mean "no id" to the kernel */
+		if (errno || *ret >= (unsigned long)(uid_t)-1) {
+			perr(p, p->line, "%s %.32s is out of range", what, item);
+			return false;
 		}
-		uid = (uid_t)v;
+		return true;
+	}
+	if (group) {
+		struct group *gr = getgrnam(item);
+
+		if (gr != NULL) {
+			*ret = gr->gr_gid;
+			return true;
+		}
 	} else {
 		struct passwd *pw = getpwnam(item);
 
-		if (pw == NULL) {
-			perr(p, p->line, "unknown user '%.64s'", item);
-			return;
+		if (pw != NULL) {
+			*ret = pw->pw_uid;
+			return true;
 		}
-		uid = pw->pw_uid;
 	}
-	n = realloc(k->uids, (k->nuids + 1) * sizeof(*n));
-	if (n == NULL) {
+	perr(p, p->line, "unknown %s '%.64s'", group ? "group" : "user", item);
+	return false;
+}
+
+/* uid_t and gid_t are both unsigned int in glibc: one list-append for the
+ * uids and gids rules. */
+_Static_assert(sizeof(uid_t) == sizeof(gid_t) && (uid_t)-1 > 0 && (gid_t)-1 > 0,
+	       "uid_t and gid_t differ");
+
+static void add_id(cfg_parser *p, const char *item, pol_key *k, bool group)
+{
+	uid_t **ids = group ? (uid_t **)&k->gids : &k->uids;
+	size_t *n = group ? &k->ngids : &k->nuids;
+	unsigned long id;
+	uid_t *grown;
+
+	if (!parse_id(p, item, group, &id))
+		return;
+	grown = realloc(*ids, (*n + 1) * sizeof(**ids));
+	if (grown == NULL) {
 		p->oom = true;
 		return;
 	}
-	k->uids = n;
-	k->uids[k->nuids++] = uid;
+	*ids = grown;
+	grown[(*n)++] = (uid_t)id;
+}
+
+static void add_uid(cfg_parser *p, const char *item, void *ud)
+{
+	add_id(p, item, ud, false);
 }
 
 static void add_gid(cfg_parser *p, const char *item, void *ud)
 {
-	pol_key *k = ud;
-	gid_t *n, gid;
-
-	if (all_digits(item)) {
-		unsigned long v;
-
-		errno = 0;
-		v = strtoul(item, NULL, 10);
-		if (errno || v >= (unsigned long)(gid_t)-1) {
-			perr(p, p->line, "gid %.32s is out of range", item);
-			return;
-		}
-		gid = (gid_t)v;
-	} else {
-		struct group *gr = getgrnam(item);
-
-		if (gr == NULL) {
-			perr(p, p->line, "unknown group '%.64s'", item);
-			return;
-		}
-		gid = gr->gr_gid;
-	}
-	n = realloc(k->gids, (k->ngids + 1) * sizeof(*n));
-	if (n == NULL) {
-		p->oom = true;
-		return;
-	}
-	k->gids = n;
-	k->gids[k->ngids++] = gid;
+	add_id(p, item, ud, true);
 }
 
 static void agent_setting(cfg_parser *p, const char *name, const char *v)
