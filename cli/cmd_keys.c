@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* p11jwt keys, p11jwt jwks: what the agent offers. */
 #include "cli/cli.h"
+#include "cli/exchange.h"
+#include "cli/preset.h"
 #include "common/err.h"
+#include "common/util.h"
 #include "jose/jwk.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <openssl/pem.h>
 
@@ -105,10 +109,42 @@ out:
 	return r;
 }
 
+/* --preset NAME: the alg that `p11jwt token --preset NAME --key KEY` signs
+ * with (the first of the preset's algs the key signs), so that the JWKS
+ * registered at the provider matches the assertions. *ret_alg is NULL when
+ * the preset takes any alg (the key's default, which jwks gives anyway).
+ * Returns 0 or an exit status. */
+static int preset_alg(cli_ctx *ctx, const preset *p, const char *key, char **ret_alg)
+{
+	json_t *resp = NULL;
+	char who[96], owner[96], *reason = NULL;
+	int r;
+
+	*ret_alg = NULL;
+	if (p->algs == NULL)
+		return 0;
+	if ((r = cli_call(ctx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return r;
+	snprintf(who, sizeof(who), "preset '%s'", p->name);
+	snprintf(owner, sizeof(owner), "%s's", p->name);
+	r = xch_pick_alg(p->algs, who, owner, key, json_object_get(resp, "keys"), ret_alg,
+			 &reason);
+	json_decref(resp);
+	if (r < 0) {
+		cli_fail(r);
+		return CLI_EXIT_USAGE;
+	}
+	if (reason)
+		fprintf(stderr, "p11jwt: note: %s\n", reason);
+	free(reason);
+	return 0;
+}
+
 int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 {
 	json_t *req = NULL, *resp = NULL, *jwks = NULL, *keys, *jwk;
-	const char *name = NULL, *key = NULL, *alg = NULL, *kid = "thumbprint";
+	const char *name = NULL, *key = NULL, *alg = NULL, *kid = "thumbprint", *pname = NULL;
+	char *palg = NULL;
 	bool pem = false;
 	size_t i;
 	int r, st = 0;
@@ -122,6 +158,8 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 			pem = true;
 		else if (strcmp(name, "kid") == 0)
 			kid = optarg;
+		else if (strcmp(name, "preset") == 0)
+			pname = optarg;
 	}
 	if (r == CLI_OPT_EXIT)
 		return st;
@@ -129,14 +167,45 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 		return cli_usage_error("jwks", "--kid takes thumbprint, id or label, not '%s'", kid);
 	if (optind != argc)
 		return cli_usage_error("jwks", "unexpected argument '%s'", argv[optind]);
+	if (pname) {
+		const preset *p = preset_find(pname);
+
+		if (p == NULL) {
+			size_t n = 0, o = 0;
+			const preset *all = preset_all(&n);
+			char names[256] = "";
+
+			for (size_t j = 0; j < n && o < sizeof(names); j++)
+				o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s",
+						      j ? ", " : "", all[j].name);
+			return cli_usage_error("jwks", "unknown preset '%s' (%s)", pname, names);
+		}
+		if (key == NULL)
+			return cli_usage_error("jwks", "--preset needs --key NAME: the alg depends "
+						       "on the key");
+		if (alg && p->algs && !util_word_in(p->algs, alg))
+			fprintf(stderr,
+				"p11jwt: warning: preset %s: the provider takes %s; %s will likely "
+				"be rejected\n",
+				p->name, p->algs, alg);
+		if (alg == NULL && (st = preset_alg(ctx, p, key, &palg)) != 0)
+			return st;
+		if (palg)
+			alg = palg;
+	}
 	req = json_pack("{s:s}", "op", "jwks");
-	if (req == NULL)
+	if (req == NULL) {
+		free(palg);
 		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+	}
 	if ((key && json_object_set_new(req, "key", json_string(key)) < 0) ||
 	    (alg && json_object_set_new(req, "alg", json_string(alg)) < 0)) {
 		json_decref(req);
+		free(palg);
 		return cli_fail(err_set(P11J_E_BAD_REQUEST, "--key or --alg is not valid UTF-8"));
 	}
+	free(palg);
+	alg = palg = NULL;
 	if ((r = cli_call(ctx, req, &resp)) != 0)
 		return r;
 	keys = json_object_get(resp, "keys");

@@ -555,9 +555,11 @@ static int dry_run(const xch_req *req)
 		return cli_fail(r);
 	if ((st = sign_assertion(req, &jwt, &jp)) != 0)
 		return st;
-	out = json_pack("{s:s,s:s?,s:b,s:O,s:O,s:O}", "preset", req->preset->name, "token_url",
-			req->token_url, "exchange", req->exchange, "header", jp.header, "claims",
-			jp.claims, "warnings", req->warnings);
+	out = json_pack("{s:s,s:s?,s:b,s:s?,s:s?,s:O,s:O,s:O}", "preset", req->preset->name,
+			"token_url", req->token_url, "exchange", req->exchange, "alg",
+			json_string_value(json_object_get(jp.header, "alg")), "alg_reason",
+			req->alg_reason, "header", jp.header, "claims", jp.claims, "warnings",
+			req->warnings);
 	if (out && req->exchange) {
 		f = json_object();
 		for (size_t i = 0; f && i < req->form.n; i++) {
@@ -582,7 +584,32 @@ static int dry_run(const xch_req *req)
 	return st;
 }
 
-/* Options → resolved request, secret read and wiped. */
+/* The alg for a key, when the preset (or profile) lists the algs the
+ * provider accepts and none was given: the first the key signs, from the
+ * agent's key list. Before the cache is looked at (its key holds the alg)
+ * and before anything is signed. Returns 0 or an exit status. */
+static int choose_alg(xch_req *req)
+{
+	cli_ctx actx = { .socket = req->socket, .agent_uid = agent_uid };
+	json_t *resp = NULL;
+	int r, st;
+
+	if (!xch_alg_needs_key(req))
+		return 0;
+	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return st;
+	r = xch_choose_alg(req, json_object_get(resp, "keys"));
+	json_decref(resp);
+	if (r < 0) {
+		st = cli_fail(r);
+		/* the options do not fit the key: a usage error, not a refusal */
+		return r == P11J_E_UNSUPPORTED_ALG ? CLI_EXIT_USAGE : st;
+	}
+	return 0;
+}
+
+/* Options → resolved request (alg chosen for the key), secret read and
+ * wiped. */
 static int prepare(const topts *o, xch_req *req)
 {
 	char *secret = NULL;
@@ -595,7 +622,17 @@ static int prepare(const topts *o, xch_req *req)
 	if (r < 0)
 		return cli_fail(r);
 	print_warnings(req);
-	return 0;
+	return choose_alg(req);
+}
+
+/* --json: the token endpoint's answer, with what p11jwt chose beside it */
+static int print_token_json(const xch_req *req, json_t *response)
+{
+	json_t *own = json_pack("{s:s?,s:s?}", "alg", req->alg, "alg_reason", req->alg_reason);
+
+	if (own == NULL || json_object_set_new(response, "p11jwt", own) < 0)
+		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+	return cli_print_json(response);
 }
 
 int cmd_token(cli_ctx *ctx, int argc, char **argv)
@@ -624,7 +661,7 @@ int cmd_token(cli_ctx *ctx, int argc, char **argv)
 	if ((st = get_token(&req, !o.no_cache, false, &g)) != 0)
 		goto out;
 	if (o.json)
-		st = cli_print_json(g.response);
+		st = print_token_json(&req, g.response);
 	else
 		printf("%s\n", g.access_token);
 out:

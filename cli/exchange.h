@@ -23,8 +23,9 @@
  * client_id, token_url, aud, iss, sub, scope, header_file, claims_file,
  * assertion_field, grant, client_secret_file, cacert, socket; integers
  * lifetime, timeout; objects header, claims, form (a null form value removes
- * that field). Returns P11J_E_BAD_REQUEST naming `where` and the member for
- * anything unknown or of the wrong type. */
+ * that field); arrays include and algs (JWS alg names, at least one).
+ * Returns P11J_E_BAD_REQUEST naming `where` and the member for anything
+ * unknown or of the wrong type. */
 int xch_check_options(const json_t *o, const char *where);
 
 /* A profile: NAME (from $XDG_CONFIG_HOME/p11jwt/profiles/NAME.json, else
@@ -37,7 +38,17 @@ typedef struct {
 	const preset *preset;
 	bool exchange; /* false: the JWT itself is the token (no HTTP) */
 	char *key;
-	char *alg; /* NULL: the key's default */
+	/* The alg to sign with. xch_resolve() sets the one given (--alg, the
+	 * profile's alg), else the first of algs, else NULL (the key's default);
+	 * xch_choose_alg() then replaces the first of algs with the first the
+	 * key signs. */
+	char *alg;
+	char *algs;       /* accepted algs, space-separated (the profile's, else
+			   * the preset's), or NULL for any */
+	bool algs_profile; /* algs came from the profile */
+	bool alg_given;    /* alg came from --alg or the profile's alg */
+	char *alg_reason;  /* why alg is what it is, e.g. "ES384: first of smart's
+			    * RS384, ES384 that key 'ec-p384' signs" */
 	char *client_id, *token_url, *iss, *sub, *aud, *scope;
 	char *cacert, *socket;
 	long long lifetime;
@@ -57,6 +68,29 @@ typedef struct {
 int xch_resolve(const json_t *profile, const json_t *cli, const char *client_secret,
 		int64_t now, xch_req *req);
 void xch_req_clear(xch_req *req);
+
+/* True when the alg depends on the key: none was given and there is a
+ * list of accepted algs. Then ask the agent for its keys (op "keys") and
+ * call xch_choose_alg() before signing or looking in the cache (the cache
+ * key holds the alg). */
+bool xch_alg_needs_key(const xch_req *req);
+
+/* The first of algs (space-separated, in preference order) that key signs,
+ * by the agent's "keys" answer (its "algs", already limited by the key's
+ * policy). who names the list in messages ("preset 'smart'", "the
+ * profile"); owner says whose list it is in the reason ("smart's", "the
+ * profile's"). 0 with *ret_alg and *ret_reason (both malloc'd); 0 with both
+ * NULL when keys does not list the key or its algs (the agent's own answer
+ * to the sign request will say why); P11J_E_UNSUPPORTED_ALG when the key
+ * signs none of them: "preset 'nhs' accepts RS512 only; key 'ec-p256' is
+ * P-256 (it signs ES256) ...". */
+int xch_pick_alg(const char *algs, const char *who, const char *owner, const char *key,
+		 const json_t *keys, char **ret_alg, char **ret_reason);
+
+/* xch_pick_alg() for req (its algs, preset or profile): sets req->alg and
+ * req->alg_reason. keys is the agent's "keys" array. A no-op when
+ * !xch_alg_needs_key(req). */
+int xch_choose_alg(xch_req *req, const json_t *keys);
 
 /* The token URL is https, or http to a loopback host (see http_check_url).
  * Not done by xch_resolve(), so that a cache hit needs no URL parser: call

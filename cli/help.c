@@ -22,10 +22,12 @@ static const struct cli_cmd_doc {
 	  "list the agent's keys",
 	  "List the keys the agent serves: name, default alg, kid (RFC 7638\n"
 	  "thumbprint), key type, size or curve, and whether a certificate is there." },
-	{ "jwks", "jwks [--key NAME] [--alg ALG] [--kid thumbprint|id|label] [--pem]",
+	{ "jwks", "jwks [--key NAME] [--alg ALG|--preset NAME] [--kid thumbprint|id|label] [--pem]",
 	  "print the public keys as a JWKS",
 	  "Print the public keys as a JWKS ({\"keys\": [...]}, with kid, alg and use),\n"
 	  "ready to upload to a provider or to give to `p11jwt verify --jwks`.\n"
+	  "With --preset NAME --key KEY the JWK's alg is the one `p11jwt token\n"
+	  "--preset NAME --key KEY` signs with (said on standard error).\n"
 	  "The kid is the RFC 7638 thumbprint, which the agent puts in JWT headers;\n"
 	  "with --kid id or --kid label it is the key's CKA_ID (lowercase hex) or\n"
 	  "label instead, and then every JWT must carry that kid too:\n"
@@ -147,6 +149,9 @@ static const struct cli_opt_doc {
 						  "CKA_ID in lowercase hex, or the key's label;\n"
 						  "other than thumbprint, send the same kid in\n"
 						  "every JWT header (--header kid=...)" },
+	{ "jwks", "preset", 0, "NAME", "set the JWK's alg to the one `p11jwt token --preset\n"
+				    "NAME` signs with for this key: the first of the\n"
+				    "preset's algs the key signs (needs --key; --alg wins)" },
 	{ "jwks", "pem", 0, NULL, "print the public keys as PEM (SubjectPublicKeyInfo)\n"
 			       "instead of a JWKS" },
 	{ "sign", "key", 0, "NAME", "key to sign with (required; see `p11jwt keys`)" },
@@ -166,8 +171,9 @@ static const struct cli_opt_doc {
 					      "or a path (docs/providers/README.md)" },
 	{ "token call", "preset", 0, "NAME", "provider preset (default: client-assertion)" },
 	{ "token call", "key", 0, "NAME", "agent key to sign the assertion with (required)" },
-	{ "token call", "alg", 0, "ALG", "signature algorithm (default: the preset's, else\n"
-				      "the key's)" },
+	{ "token call", "alg", 0, "ALG", "signature algorithm (default: the first of the\n"
+				      "preset's or profile's algs that the key signs,\n"
+				      "else the key's own; --dry-run says which and why)" },
 	{ "token call", "client-id", 0, "ID", "client id; iss and sub of a client assertion" },
 	{ "token call", "token-url", 0, "URL", "token endpoint (https, or http to loopback only)" },
 	{ "token call", "aud", 0, "AUD", "aud claim (default: the token URL, or what the\n"
@@ -195,12 +201,13 @@ static const struct cli_opt_doc {
 	{ "token call", "x5t-s256", 0, NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
 	{ "token call", "x5c", 0, NULL, "add the certificate itself (x5c)" },
 	{ "token call", "no-cache", 0, NULL, "neither read nor write the token cache" },
-	{ "token call", "dry-run", 0, NULL, "print the assertion's header and claims and the\n"
-					 "form (secrets redacted); send nothing" },
+	{ "token call", "dry-run", 0, NULL, "print the alg and why, the assertion's header and\n"
+					 "claims and the form (secrets redacted); send nothing" },
 	{ "token call", "cacert", 0, "FILE", "also trust the CA certificates in FILE (PEM)" },
 	{ "token call", "timeout", 0, "SEC", "per HTTP attempt, 1 to 600 (default 30); up to\n"
 					 "3 attempts on connection errors, 429 and 5xx" },
-	{ "token", "json", 0, NULL, "print the token endpoint's whole JSON answer" },
+	{ "token", "json", 0, NULL, "print the token endpoint's whole JSON answer, with\n"
+				 "\"p11jwt\": {\"alg\", \"alg_reason\"} added" },
 	{ "call", "request", 'X', "METHOD", "HTTP method (default GET, or POST with -d)" },
 	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
 	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },

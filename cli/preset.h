@@ -35,8 +35,10 @@ typedef enum {
 typedef struct {
 	const char *name;
 	const char *provider;
-	const char *alg;  /* default alg; NULL: the key's own */
-	const char *algs; /* algs the provider takes, space-separated; NULL: any */
+	/* The algs the provider accepts, space-separated, in the order p11jwt
+	 * prefers them: without --alg a key signs with the first it can (the
+	 * first is the RSA default). NULL: any, and the key's own default. */
+	const char *algs;
 	preset_grant grant;
 	const char *token_url; /* default, or NULL */
 	preset_aud aud;

@@ -622,6 +622,304 @@ static void test_preset_table(void **state)
 	assert_null(preset_find(""));
 }
 
+/* ---- the alg for the key (issue 16) ------------------------------------ */
+
+/* The agent's "keys" answer for the five keys of the test token
+ * (softhsm-conf/mktoken), as agent/keyring.c builds it: algs is what the
+ * key can sign (and its policy allows). */
+#define TOKEN_KEYS                                                                           \
+	"[{\"name\":\"ec-p256\",\"alg\":\"ES256\",\"algs\":[\"ES256\"],\"kty\":\"EC\","     \
+	"\"crv\":\"P-256\"},"                                                               \
+	"{\"name\":\"ec-p384\",\"alg\":\"ES384\",\"algs\":[\"ES384\"],\"kty\":\"EC\","      \
+	"\"crv\":\"P-384\"},"                                                               \
+	"{\"name\":\"ec-p521\",\"alg\":\"ES512\",\"algs\":[\"ES512\"],\"kty\":\"EC\","      \
+	"\"crv\":\"P-521\"},"                                                               \
+	"{\"name\":\"ed25519\",\"alg\":\"EdDSA\",\"algs\":[\"EdDSA\"],\"kty\":\"OKP\","     \
+	"\"crv\":\"Ed25519\"},"                                                             \
+	"{\"name\":\"rsa-2048\",\"alg\":\"RS256\",\"algs\":[\"RS256\",\"RS384\",\"RS512\","  \
+	"\"PS256\",\"PS384\",\"PS512\"],\"kty\":\"RSA\",\"bits\":2048}]"
+
+static const char *const token_keys[] = { "rsa-2048", "ec-p256", "ec-p384", "ec-p521",
+					   "ed25519" };
+static const char *const token_key_types[] = { "RSA 2048", "P-256", "P-384", "P-521",
+						"Ed25519" };
+
+/* For every preset, the alg each key of the test token signs with when no
+ * --alg is given (same order as token_keys); NULL: the preset refuses the
+ * key before anything is signed; "key": the key's own default (the preset
+ * names no algs). The first of each row is today's RSA default. */
+static const struct {
+	const char *preset, *algs_text, *alg[5];
+} alg_table[] = {
+	{ "nhs", "RS512 only", { "RS512", NULL, NULL, NULL, NULL } },
+	{ "smart", "RS384, ES384", { "RS384", NULL, "ES384", NULL, NULL } },
+	{ "entra", "PS256, RS256", { "PS256", NULL, NULL, NULL, NULL } },
+	{ "okta", "RS256, RS384, RS512, ES256, ES384, ES512",
+	  { "RS256", "ES256", "ES384", "ES512", NULL } },
+	{ "docusign", "RS256 only", { "RS256", NULL, NULL, NULL, NULL } },
+	{ "adobe", "RS256 only", { "RS256", NULL, NULL, NULL, NULL } },
+	{ "google", "RS256 only", { "RS256", NULL, NULL, NULL, NULL } },
+	{ "salesforce", "RS256 only", { "RS256", NULL, NULL, NULL, NULL } },
+	{ "oracle", "RS256 only", { "RS256", NULL, NULL, NULL, NULL } },
+	{ "client-assertion", NULL, { "key", "key", "key", "key", "key" } },
+	{ "jwt-bearer", NULL, { "key", "key", "key", "key", "key" } },
+};
+
+/* every preset's required options, so that only the alg varies */
+static void resolve_for_key(const char *pname, const char *key, const char *extra, xch_req *req)
+{
+	char cli[512];
+
+	snprintf(cli, sizeof(cli),
+		 "{\"preset\":\"%s\",\"key\":\"%s\",\"client_id\":\"cid\",\"sub\":\"user\","
+		 "\"iss\":\"org@AdobeOrg\",\"token_url\":\"" AS_URL "\"%s%s}",
+		 pname, key, extra ? "," : "", extra ? extra : "");
+	resolve_ok(NULL, cli, "secret", req);
+}
+
+static void test_alg_for_every_preset_and_key(void **state)
+{
+	json_t *keys = J(TOKEN_KEYS);
+	size_t n = 0;
+
+	(void)state;
+	preset_all(&n);
+	assert_int_equal(n, ARRAY_SIZE(alg_table)); /* a new preset needs a row */
+	for (size_t i = 0; i < ARRAY_SIZE(alg_table); i++) {
+		for (size_t k = 0; k < ARRAY_SIZE(token_keys); k++) {
+			const char *want = alg_table[i].alg[k];
+			xch_req req;
+			int r;
+
+			resolve_for_key(alg_table[i].preset, token_keys[k], NULL, &req);
+			/* before the key is known: the RSA default, as before issue 16 */
+			if (alg_table[i].algs_text)
+				assert_string_equal(req.alg, alg_table[i].alg[0]);
+			assert_int_equal(xch_alg_needs_key(&req), alg_table[i].algs_text != NULL);
+			r = xch_choose_alg(&req, keys);
+			if (want == NULL) {
+				if (r != P11J_E_UNSUPPORTED_ALG) {
+					print_error("%s with %s: %d, expected unsupported_alg\n",
+						    alg_table[i].preset, token_keys[k], r);
+					fail();
+				}
+				/* names the preset, its algs, the key and its type */
+				char expect[256];
+
+				snprintf(expect, sizeof(expect), "preset '%s' accepts %s; key '%s' is %s",
+					 alg_table[i].preset, alg_table[i].algs_text, token_keys[k],
+					 token_key_types[k]);
+				assert_msg_has(expect);
+			} else if (strcmp(want, "key") == 0) {
+				assert_int_equal(r, 0);
+				assert_null(req.alg); /* the agent signs with the key's default */
+				assert_non_null(strstr(req.alg_reason, "the key's default alg"));
+			} else {
+				if (r != 0) {
+					print_error("%s with %s: %s\n", alg_table[i].preset,
+						    token_keys[k], err_msg());
+					fail();
+				}
+				if (strcmp(req.alg, want) != 0) {
+					print_error("%s with %s: %s, expected %s\n", alg_table[i].preset,
+						    token_keys[k], req.alg, want);
+					fail();
+				}
+				/* the reason starts with the alg and names the key */
+				assert_true(strncmp(req.alg_reason, want, strlen(want)) == 0);
+				assert_non_null(strstr(req.alg_reason, token_keys[k]));
+				assert_no_warnings(&req);
+			}
+			xch_req_clear(&req);
+		}
+	}
+	json_decref(keys);
+}
+
+static void test_alg_reasons_and_sign_request(void **state)
+{
+	json_t *keys = J(TOKEN_KEYS), *sr = NULL;
+	xch_req req;
+
+	(void)state;
+	resolve_for_key("smart", "ec-p384", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg_reason,
+			    "ES384: first of smart's RS384, ES384 that key 'ec-p384' signs");
+	/* the sign request and the cache key carry the chosen alg */
+	assert_int_equal(xch_sign_request(&req, &sr), 0);
+	assert_string_equal(json_string_value(json_object_get(sr, "alg")), "ES384");
+	json_decref(sr);
+	xch_req_clear(&req);
+
+	resolve_for_key("nhs", "rsa-2048", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg_reason, "RS512: nhs's only alg, which key 'rsa-2048' signs");
+	xch_req_clear(&req);
+
+	/* the whole message, as the issue asks for it */
+	resolve_for_key("nhs", "ec-p256", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), P11J_E_UNSUPPORTED_ALG);
+	assert_msg_has("preset 'nhs' accepts RS512 only; key 'ec-p256' is P-256 (it signs ES256)");
+	assert_msg_has("--alg");
+	assert_string_equal(err_code_name(P11J_E_UNSUPPORTED_ALG), "unsupported_alg");
+	xch_req_clear(&req);
+
+	/* --alg: used as given, even outside the list (with the warning), and
+	 * the key is not asked about */
+	resolve_for_key("smart", "ec-p256", "\"alg\":\"ES256\"", &req);
+	assert_false(xch_alg_needs_key(&req));
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "ES256");
+	assert_string_equal(req.alg_reason, "ES256: given with --alg");
+	assert_warning_has(&req, "RS384 ES384");
+	xch_req_clear(&req);
+
+	/* the agent does not list the key (unknown, or another user's): the
+	 * provisional first alg stays, the sign request's answer says why */
+	resolve_for_key("okta", "nonesuch", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "RS256");
+	assert_non_null(strstr(req.alg_reason, "not matched to the key yet"));
+	xch_req_clear(&req);
+	json_decref(keys);
+
+	/* a key entry without algs (an older agent): the same */
+	keys = J("[{\"name\":\"k\",\"alg\":\"ES256\",\"kty\":\"EC\",\"crv\":\"P-256\"}]");
+	resolve_for_key("smart", "k", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "RS384");
+	xch_req_clear(&req);
+	json_decref(keys);
+
+	/* a policy that allows the RSA key only PS256: okta, which takes no
+	 * PS*, refuses it and says what the key may sign; entra takes it */
+	keys = J("[{\"name\":\"rsa-2048\",\"alg\":\"PS256\",\"algs\":[\"PS256\"],\"kty\":\"RSA\","
+		 "\"bits\":2048}]");
+	resolve_for_key("okta", "rsa-2048", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), P11J_E_UNSUPPORTED_ALG);
+	assert_msg_has("key 'rsa-2048' is RSA 2048 (it signs PS256)");
+	xch_req_clear(&req);
+	resolve_for_key("entra", "rsa-2048", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "PS256");
+	xch_req_clear(&req);
+	/* smart: RS384 is not allowed, and the key signs no ES384 */
+	resolve_for_key("smart", "rsa-2048", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), P11J_E_UNSUPPORTED_ALG);
+	xch_req_clear(&req);
+	json_decref(keys);
+}
+
+/* a profile's algs replace the preset's list, by the same rule */
+static void test_alg_profile_algs(void **state)
+{
+	json_t *keys = J(TOKEN_KEYS), *prof;
+	xch_req req;
+
+	(void)state;
+	prof = J("{\"preset\":\"okta\",\"key\":\"ec-p384\",\"client_id\":\"c\","
+		 "\"token_url\":\"" OKTA_URL "\",\"algs\":[\"ES256\",\"RS256\"]}");
+	resolve_ok(prof, "{}", NULL, &req);
+	assert_true(req.algs_profile);
+	assert_string_equal(req.algs, "ES256 RS256");
+	assert_string_equal(req.alg, "ES256"); /* provisional: the first */
+	assert_int_equal(xch_choose_alg(&req, keys), P11J_E_UNSUPPORTED_ALG);
+	assert_msg_has("the profile accepts ES256, RS256; key 'ec-p384' is P-384");
+	xch_req_clear(&req);
+
+	resolve_ok(prof, "{\"key\":\"rsa-2048\"}", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "RS256");
+	assert_string_equal(req.alg_reason, "RS256: first of the profile's algs ES256, RS256 that "
+					    "key 'rsa-2048' signs");
+	xch_req_clear(&req);
+
+	resolve_ok(prof, "{\"key\":\"ec-p256\"}", NULL, &req);
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "ES256");
+	xch_req_clear(&req);
+
+	/* --alg outside the profile's list: used, with a warning naming it */
+	resolve_ok(prof, "{\"alg\":\"ES384\"}", NULL, &req);
+	assert_false(xch_alg_needs_key(&req));
+	assert_string_equal(req.alg, "ES384");
+	assert_warning_has(&req, "the profile's algs are ES256 RS256");
+	xch_req_clear(&req);
+	json_decref(prof);
+
+	/* the profile's alg is given, and wins over its algs */
+	prof = J("{\"preset\":\"smart\",\"key\":\"ec-p384\",\"client_id\":\"c\","
+		 "\"token_url\":\"" AS_URL "\",\"alg\":\"RS384\",\"algs\":[\"ES384\"]}");
+	resolve_ok(prof, "{}", NULL, &req);
+	assert_false(xch_alg_needs_key(&req));
+	assert_string_equal(req.alg, "RS384");
+	assert_string_equal(req.alg_reason, "RS384: the profile's alg");
+	assert_warning_has(&req, "RS384 will likely be rejected");
+	xch_req_clear(&req);
+	json_decref(prof);
+
+	/* a list on a preset that has none (client-assertion) */
+	prof = J("{\"key\":\"ed25519\",\"client_id\":\"c\",\"token_url\":\"" AS_URL "\","
+		 "\"algs\":[\"EdDSA\",\"ES256\"]}");
+	resolve_ok(prof, "{}", NULL, &req);
+	assert_true(xch_alg_needs_key(&req));
+	assert_int_equal(xch_choose_alg(&req, keys), 0);
+	assert_string_equal(req.alg, "EdDSA");
+	xch_req_clear(&req);
+	json_decref(prof);
+
+	/* what algs may hold */
+	prof = J("{\"algs\":[]}");
+	assert_int_equal(xch_check_options(prof, "p.json"), P11J_E_BAD_REQUEST);
+	assert_msg_has("'algs' must name at least one alg");
+	json_decref(prof);
+	prof = J("{\"algs\":[\"RS256\",\"HS256\"]}");
+	assert_int_equal(xch_check_options(prof, "p.json"), P11J_E_BAD_REQUEST);
+	assert_msg_has("element 1 is not one");
+	json_decref(prof);
+	prof = J("{\"algs\":[\"RS256\",7]}");
+	assert_int_equal(xch_check_options(prof, "p.json"), P11J_E_BAD_REQUEST);
+	json_decref(prof);
+	prof = J("{\"algs\":\"RS256 ES256\"}");
+	assert_int_equal(xch_check_options(prof, "p.json"), P11J_E_BAD_REQUEST);
+	assert_msg_has("'algs' must be an array");
+	json_decref(prof);
+	prof = J("{\"algs\":[\"PS512\",\"EdDSA\",\"ES512\"]}");
+	assert_int_equal(xch_check_options(prof, "p.json"), 0);
+	json_decref(prof);
+	json_decref(keys);
+}
+
+/* xch_pick_alg() on its own, as `p11jwt jwks --preset` uses it */
+static void test_pick_alg(void **state)
+{
+	json_t *keys = J(TOKEN_KEYS);
+	char *alg = NULL, *why = NULL;
+
+	(void)state;
+	assert_int_equal(xch_pick_alg("RS256 RS384 RS512 ES256 ES384 ES512", "preset 'okta'",
+				      "okta's", "ec-p521", keys, &alg, &why),
+			 0);
+	assert_string_equal(alg, "ES512");
+	assert_string_equal(why, "ES512: first of okta's RS256, RS384, RS512, ES256, ES384, ES512 "
+				 "that key 'ec-p521' signs");
+	free(alg);
+	free(why);
+	assert_int_equal(xch_pick_alg("PS256 RS256", "preset 'entra'", "entra's", "ed25519", keys,
+				      &alg, &why),
+			 P11J_E_UNSUPPORTED_ALG);
+	assert_null(alg);
+	assert_null(why);
+	assert_msg_has("key 'ed25519' is Ed25519 (it signs EdDSA)");
+	assert_int_equal(xch_pick_alg("RS256", "preset 'google'", "google's", "missing", keys, &alg,
+				      &why),
+			 0);
+	assert_null(alg);
+	assert_null(why);
+	json_decref(keys);
+}
+
 static void test_sign_request(void **state)
 {
 	xch_req req;
@@ -2242,6 +2540,10 @@ int main(void)
 		cmocka_unit_test(test_preset_client_assertion),
 		cmocka_unit_test(test_preset_jwt_bearer),
 		cmocka_unit_test(test_preset_table),
+		cmocka_unit_test(test_alg_for_every_preset_and_key),
+		cmocka_unit_test(test_alg_reasons_and_sign_request),
+		cmocka_unit_test(test_alg_profile_algs),
+		cmocka_unit_test(test_pick_alg),
 		cmocka_unit_test(test_sign_request),
 		cmocka_unit_test(test_warnings),
 		cmocka_unit_test(test_precedence),
