@@ -34,7 +34,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "pkcs11/tok.h"
-#include "pkcs11/tok-internal.h"
+#include "pkcs11/tok-test.h"
 #include "support/testtoken.h"
 
 #define MODULE "/usr/lib/softhsm/libsofthsm2.so"

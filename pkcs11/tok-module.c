@@ -1,0 +1,176 @@
+/* SPDX-License-Identifier: MIT */
+/* Loading PKCS#11 modules: allowlisted by realpath() (ssh-agent -P), from a
+ * path or p11-kit's registry, initialised with CKF_OS_LOCKING_OK. */
+#include "pkcs11/tok.h"
+#include "pkcs11/tok-internal.h"
+#include "common/err.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+static bool path_under(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	if (n == 1 && dir[0] == '/')
+		return path[0] == '/';
+	return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+/* Under /usr/lib<anything>/ or /usr/local/lib<anything>/, e.g. /usr/lib64/. */
+static bool system_libdir(const char *real)
+{
+	const char *p;
+
+	if (strncmp(real, "/usr/lib", 8) == 0)
+		p = real + 8;
+	else if (strncmp(real, "/usr/local/lib", 14) == 0)
+		p = real + 14;
+	else
+		return false;
+	p += strcspn(p, "/");
+	return *p == '/';
+}
+
+/* realpath() the module and accept it only from an allowed directory, the
+ * way ssh-agent -P does: a module is code run with access to the PIN. */
+static int module_check(const tok_config *cfg, const char *path, char **ret_real)
+{
+	char *real = NULL, *dirreal = NULL, *slash;
+	size_t i;
+	int r;
+
+	real = realpath(path, NULL);
+	if (real == NULL)
+		return err_set(P11J_E_MODULE, "cannot use PKCS#11 module '%s': %s", path,
+		               strerror(errno));
+	if (system_libdir(real))
+		goto ok;
+	for (i = 0; cfg->module_allow != NULL && cfg->module_allow[i] != NULL; i++) {
+		dirreal = realpath(cfg->module_allow[i], NULL);
+		if (dirreal != NULL && path_under(real, dirreal))
+			goto ok;
+		free(dirreal);
+		dirreal = NULL;
+	}
+	slash = strrchr(real, '/');
+	if (slash != NULL && slash != real)
+		*slash = '\0';
+	r = err_set(P11J_E_MODULE,
+	            "PKCS#11 module '%s' resolves to '%s/%s', outside the allowed directories "
+	            "(/usr/lib*/, /usr/local/lib*/); allow it with --module-allow %s",
+	            path, real, slash ? slash + 1 : "", real);
+	free(real);
+	return r;
+ok:
+	free(dirreal);
+	*ret_real = real;
+	return 0;
+}
+
+int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
+{
+	const char *path = cfg->module_path;
+	const char *want_name = p11_kit_uri_get_module_name(uri);
+	char *real = NULL;
+	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+	size_t i, n = 0, usable = 0;
+	int r;
+
+	if (path == NULL)
+		path = p11_kit_uri_get_module_path(uri);
+	if (path != NULL) {
+		r = module_check(cfg, path, &real);
+		if (r < 0)
+			return r;
+		ctx->mods = calloc(2, sizeof(*ctx->mods));
+		ctx->state = calloc(1, sizeof(*ctx->state));
+		if (ctx->mods == NULL || ctx->state == NULL) {
+			free(real);
+			return err_set(P11J_E_NOMEM, "out of memory");
+		}
+		ctx->mods[0] = p11_kit_module_load(real, 0);
+		if (ctx->mods[0] == NULL) {
+			const char *m = p11_kit_message();
+
+			r = err_set(P11J_E_MODULE, "cannot load PKCS#11 module '%s': %s", real,
+			            m ? m : "unknown reason");
+			free(real);
+			return r;
+		}
+		free(real);
+		n = 1;
+	} else {
+		ctx->mods = p11_kit_modules_load(NULL, 0);
+		ctx->mods_from_registry = true;
+		if (ctx->mods == NULL) {
+			const char *m = p11_kit_message();
+
+			return err_set(P11J_E_MODULE,
+			               "cannot load the p11-kit registered modules: %s",
+			               m ? m : "unknown reason");
+		}
+		while (ctx->mods[n] != NULL)
+			n++;
+		ctx->state = calloc(n + 1, sizeof(*ctx->state));
+		if (ctx->state == NULL)
+			return err_set(P11J_E_NOMEM, "out of memory");
+	}
+
+	for (i = 0; i < n; i++) {
+		CK_FUNCTION_LIST *m = ctx->mods[i];
+		CK_RV rv;
+
+		if (ctx->mods_from_registry) {
+			char *fn = p11_kit_module_get_filename(m);
+			char *nm = p11_kit_module_get_name(m);
+			bool skip = false;
+
+			if (want_name != NULL && (nm == NULL || strcmp(nm, want_name) != 0))
+				skip = true;
+			if (!skip && fn != NULL) {
+				char *rp = NULL;
+
+				if (module_check(cfg, fn, &rp) < 0) {
+					tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s",
+					        err_msg());
+					skip = true;
+				}
+				free(rp);
+			}
+			free(fn);
+			free(nm);
+			if (skip)
+				continue;
+		}
+		rv = m->C_Initialize(&args);
+		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			r = tok_ck(NULL, "C_Initialize", rv);
+			if (!ctx->mods_from_registry)
+				return r;
+			tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s", err_msg());
+			continue;
+		}
+		/* ALREADY_INITIALIZED: someone else in the process owns it and
+		 * will finalize it. */
+		ctx->state[i] = rv == CKR_OK ? MOD_OURS : MOD_SHARED;
+		usable++;
+	}
+	if (usable == 0 && want_name != NULL)
+		return err_set(P11J_E_MODULE,
+		               "no usable PKCS#11 module named '%s' is registered "
+		               "with p11-kit",
+		               want_name);
+	if (usable == 0)
+		return err_set(P11J_E_MODULE,
+		               "no usable PKCS#11 module is registered with p11-kit; "
+		               "give a module path");
+	return 0;
+}

@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+/* Signing: the checks before the token is touched, C_SignInit + C_Sign on a
+ * pooled session, one retry after a recovery, and the signature's form. */
+#include "pkcs11/tok.h"
+#include "pkcs11/tok-internal.h"
+#include "common/err.h"
+#include "jose/jws.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include <p11-kit/pkcs11.h>
+
+static const char *kind_name(jwa_keykind k)
+{
+	switch (k) {
+	case KEYKIND_RSA:
+		return "RSA";
+	case KEYKIND_P256:
+		return "P-256";
+	case KEYKIND_P384:
+		return "P-384";
+	case KEYKIND_P521:
+		return "P-521";
+	case KEYKIND_ED25519:
+		return "Ed25519";
+	default:
+		return "unknown";
+	}
+}
+
+/* Wait until signing may start: READY, op_lock held shared on success.
+ * LOCKED and UNAVAILABLE answer at once (an UNAVAILABLE token is recovered
+ * first when the back-off allows). */
+static int sign_begin(tok_ctx *ctx, const tok_key *k)
+{
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		tok_state st = tok_get_state(ctx);
+
+		if (st == TOK_UNAVAILABLE) {
+			int r = tok_recover(ctx, false, false);
+
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (st == TOK_LOCKED) {
+			if (ctx->no_login)
+				return err_set(P11J_E_PIN_REQUIRED,
+				               "token '%s' was opened without login; "
+				               "cannot sign with key '%s'",
+				               ctx->label, k->name);
+			return err_set(P11J_E_PIN_REQUIRED,
+			               "token '%s' is locked; log in with `p11jwt login` to sign "
+			               "with key '%s'",
+			               ctx->label, k->name);
+		}
+		pthread_rwlock_rdlock(&ctx->op_lock);
+		if (tok_get_state(ctx) == TOK_READY) {
+			if (k->priv != CK_INVALID_HANDLE)
+				return 0;
+			pthread_rwlock_unlock(&ctx->op_lock);
+			return err_set(P11J_E_UNKNOWN_KEY,
+			               "key '%s' has no usable private key on token '%s' "
+			               "(see the agent's log)",
+			               k->name, ctx->label);
+		}
+		pthread_rwlock_unlock(&ctx->op_lock);
+	}
+	return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable", ctx->label);
+}
+
+static bool session_broken(CK_RV rv)
+{
+	return tok_ckr_to_err(rv) == P11J_E_TOKEN_UNAVAILABLE || rv == CKR_OPERATION_ACTIVE ||
+	       rv == CKR_BUFFER_TOO_SMALL;
+}
+
+int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
+             uint8_t *sig, size_t *siglen)
+{
+	tok_sign_input si;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	uint8_t out[TOK_SIG_MAX];
+	CK_ULONG outlen = sizeof(out);
+	int r = 0;
+	const char *fn = "C_SignInit";
+	int attempt;
+	CK_RV rv;
+
+	if (ctx == NULL || k == NULL || sig == NULL || siglen == NULL || (in == NULL && inlen > 0))
+		return err_set(P11J_E_BAD_REQUEST, "tok_sign: missing argument");
+	if (alg <= JWA_NONE || alg >= JWA__COUNT)
+		return err_set(P11J_E_UNSUPPORTED_ALG, "unknown JWS algorithm");
+	if (!(jwa_algs_for_kind(k->kind) & JWA_BIT(alg)))
+		return err_set(P11J_E_UNSUPPORTED_ALG, "%s does not fit key '%s' (%s); use %s",
+		               jwa_name(alg), k->name, kind_name(k->kind),
+		               jwa_name(jwa_default_for_kind(k->kind)));
+	if (!(k->algs & JWA_BIT(alg)))
+		return err_set(P11J_E_UNSUPPORTED_ALG,
+		               "token '%s' has no mechanism for %s with key '%s'", ctx->label,
+		               jwa_name(alg), k->name);
+	if (*siglen < k->sig_len)
+		return err_set(P11J_E_INTERNAL,
+		               "signature buffer of %zu bytes is under the %zu "
+		               "that key '%s' needs",
+		               *siglen, k->sig_len, k->name);
+	if (inlen > ULONG_MAX)
+		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to sign");
+
+	if ((r = tok_mech_input(ctx, alg, in, inlen, &si)) < 0)
+		goto out;
+
+	/* A fault (device or session lost) makes the token UNAVAILABLE; when
+	 * the back-off allows, it is recovered at once and the signature tried
+	 * once more, so a dropped session costs the client nothing. */
+	for (attempt = 0;; attempt++) {
+		bool fault = false;
+
+		if ((r = sign_begin(ctx, k)) < 0)
+			goto out;
+		outlen = sizeof(out);
+		fn = "C_SignInit";
+		r = tok_pool_get(ctx, &s);
+		if (r < 0) {
+			fault = r == P11J_E_TOKEN_UNAVAILABLE;
+		} else {
+			rv = ctx->f->C_SignInit(s, &si.mech, k->priv);
+			if (rv == CKR_OK && k->always_auth) {
+				/* CKA_ALWAYS_AUTHENTICATE: the PIN again for this
+				 * one operation. */
+				fn = "C_Login(CKU_CONTEXT_SPECIFIC)";
+				rv = ctx->f->C_Login(s, CKU_CONTEXT_SPECIFIC,
+				                     ctx->pinpad ? NULL : (CK_UTF8CHAR *)ctx->pin,
+				                     ctx->pinpad ? 0 : (CK_ULONG)ctx->pin_len);
+			}
+			if (rv == CKR_OK) {
+				fn = "C_Sign";
+				rv = ctx->f->C_Sign(s, (CK_BYTE *)si.data, si.len, out, &outlen);
+			}
+			if (rv != CKR_OK) {
+				r = tok_ck(ctx, fn, rv);
+				fault = r == P11J_E_TOKEN_UNAVAILABLE;
+				/* A key handle that stopped working: the token was
+				 * swapped or re-inserted under our sessions; its
+				 * objects must be found again. */
+				if (rv == CKR_KEY_HANDLE_INVALID ||
+				    rv == CKR_OBJECT_HANDLE_INVALID) {
+					fault = true;
+					r = err_set(P11J_E_TOKEN_UNAVAILABLE,
+					            "%s on token '%s' failed: %s", fn, ctx->label,
+					            tok_ckr_name(rv));
+				}
+				if (session_broken(rv))
+					tok_pool_drop(ctx, s);
+				else
+					tok_pool_put(ctx, s);
+			} else {
+				tok_pool_put(ctx, s);
+			}
+		}
+		if (fault)
+			tok_mark_unavailable(ctx, err_msg());
+		pthread_rwlock_unlock(&ctx->op_lock);
+		if (r == 0)
+			break;
+		if (!fault || attempt > 0)
+			goto out;
+		{
+			char first[256];
+
+			snprintf(first, sizeof(first), "%s", err_msg());
+			/* recovered: sign_begin() answers for a LOCKED token */
+			if (tok_recover(ctx, false, false) < 0) {
+				r = err_set(P11J_E_TOKEN_UNAVAILABLE, "%s", first);
+				goto out;
+			}
+		}
+	}
+
+	if (outlen == k->sig_len) {
+		memcpy(sig, out, outlen);
+	} else if (jwa_is_ec(alg) && outlen > 0 && out[0] == 0x30) {
+		/* A module that returns DER for CKM_ECDSA. */
+		r = jws_ecdsa_der_to_raw(out, outlen, k->sig_len / 2, sig);
+		if (r < 0)
+			goto out;
+	} else {
+		r = err_set(P11J_E_PKCS11,
+		            "C_Sign on token '%s' returned %lu bytes for %s, "
+		            "expected %zu",
+		            ctx->label, (unsigned long)outlen, jwa_name(alg), k->sig_len);
+		goto out;
+	}
+	*siglen = k->sig_len;
+out:
+	OPENSSL_cleanse(si.buf, sizeof(si.buf));
+	return r;
+}
+
+int tok_signer_fn(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen, uint8_t *sig,
+                  size_t *siglen)
+{
+	tok_signer *ts = signer;
+
+	if (ts == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_signer_fn: no signer");
+	return tok_sign(ts->ctx, ts->key, alg, in, inlen, sig, siglen);
+}
