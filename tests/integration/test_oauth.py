@@ -200,6 +200,14 @@ def p11jwt(*args, env, timeout=120):
     return run([CLI, *args], env=env, timeout=timeout)
 
 
+# Presets whose provider accepts more than one alg, each with every key of
+# the test token that one of those algs fits, and the alg chosen with no
+# --alg (entra's PS256/RS256 fit only the RSA key).
+PRESET_KEYS = [('smart', 'ec-p384', 'ES384'), ('smart', 'rsa-2048', 'RS384'),
+               ('okta', 'ec-p256', 'ES256'), ('okta', 'ec-p384', 'ES384'),
+               ('okta', 'ec-p521', 'ES512'), ('okta', 'rsa-2048', 'RS256')]
+
+
 def cc_args(srv, key, alg, *extra):
     return ['--key', key, '--alg', alg, '--client-id', f'cc-{slug(alg)}', '--token-url',
             srv.token_url, *extra]
@@ -243,6 +251,19 @@ def main():
             jwks[(key, alg)] = json.loads(r.stdout)
             clients.append({'client_id': f'cc-{slug(alg)}', 'jwks': jwks[(key, alg)],
                             'grant': 'client_credentials', 'ttl': 600})
+        # issue 16: the JWKS for a preset comes from `jwks --preset`, with
+        # the alg the preset signs with for that key (no --alg anywhere)
+        preset_jwks = {}
+        for preset, key, alg in PRESET_KEYS:
+            r = p11jwt('jwks', '--preset', preset, '--key', key, env=env)
+            got = json.loads(r.stdout)['keys'][0].get('alg') if r.returncode == 0 else None
+            t.ok(got == alg and f'{alg}: first of {preset}' in r.stderr,
+                 f'jwks --preset {preset} --key {key}: the JWK says {alg}, and why',
+                 (got, r.stderr))
+            preset_jwks[(preset, key)] = json.loads(r.stdout) if r.returncode == 0 else \
+                jwks[(key, alg)]
+            clients.append({'client_id': f'{preset}-{key}', 'jwks': preset_jwks[(preset, key)],
+                            'grant': 'client_credentials', 'ttl': 600})
         clients.append({'client_id': 'bearer-es256', 'jwks': jwks[('ec-p256', 'ES256')],
                         'grant': 'jwt-bearer', 'ttl': 600})
         clients.append({'client_id': 'bearer-short', 'jwks': jwks[('ed25519', 'EdDSA')],
@@ -254,6 +275,7 @@ def main():
             return
 
         test_every_alg(srv, env)
+        test_preset_algs(srv, env)
         test_cache(srv, env, work)
         test_parallel(srv, env)
         test_jwt_bearer_refresh(srv, env, work)
@@ -288,6 +310,97 @@ def test_every_alg(srv, env):
         st, body = srv.echo(resp.get('access_token'))
         t.ok(st == 200 and body['client_id'] == f'cc-{slug(alg)}',
              f'{alg}: the token works at the protected API', (st, body))
+
+
+def agent_requests(env):
+    r = p11jwt('status', '--json', env=env)
+    return json.loads(r.stdout)['requests'] if r.returncode == 0 else -1
+
+
+def test_preset_algs(srv, env):
+    """Issue 16: with no --alg a preset signs with the first of its
+    provider's algs that the key signs; oidc-provider checks the assertion
+    against the JWKS `jwks --preset` exported."""
+    for preset, key, alg in PRESET_KEYS:
+        srv.post('/test/reset')
+        r = p11jwt('token', '--preset', preset, '--key', key, '--client-id', f'{preset}-{key}',
+                   '--token-url', srv.token_url, '--scope', 'api:read', '--json', '--no-cache',
+                   env=env)
+        ok = t.ok(r.returncode == 0, f'{preset} with {key}, no --alg: token exchanged',
+                  r.stderr)
+        resp = json.loads(r.stdout) if ok else {}
+        last = srv.stats().get('last_assertion') or {}
+        t.ok(last.get('alg') == alg and last.get('ok') and last.get('typ') == 'JWT' and
+             last.get('kid'), f'{preset} with {key}: the server got a {alg} assertion', last)
+        own = resp.get('p11jwt', {})
+        t.ok(own.get('alg') == alg and own.get('alg_reason', '').startswith(
+             f"{alg}: first of {preset}'s ") and f"key '{key}'" in own.get('alg_reason', ''),
+             f'{preset} with {key}: --json says {alg} and why', own)
+        st, body = srv.echo(resp.get('access_token'))
+        t.ok(st == 200 and body['client_id'] == f'{preset}-{key}',
+             f'{preset} with {key}: the token works at the API', (st, body))
+    # the cache: the chosen alg is part of the key, a second call is a hit
+    srv.post('/test/reset')
+    a = ['token', '--preset', 'okta', '--key', 'ec-p384', '--client-id', 'okta-ec-p384',
+         '--token-url', srv.token_url, '--scope', 'api:read']
+    r1, r2 = p11jwt(*a, env=env), p11jwt(*a, '--json', env=env)
+    resp = json.loads(r2.stdout) if r2.returncode == 0 else {}
+    t.ok(r1.returncode == 0 and resp.get('access_token') == r1.stdout.strip() and
+         srv.stats()['token_requests'] == 1 and resp.get('p11jwt', {}).get('alg') == 'ES384',
+         'okta with ec-p384: the second call is a cache hit, and --json still says ES384',
+         (r1.stderr, r2.stdout))
+    # --dry-run shows the alg and why
+    r = p11jwt('token', '--preset', 'smart', '--key', 'ec-p384', '--client-id', 'x',
+               '--token-url', srv.token_url, '--dry-run', env=env)
+    out = json.loads(r.stdout) if r.returncode == 0 else {}
+    t.ok(out.get('alg') == 'ES384' and out.get('header', {}).get('alg') == 'ES384' and
+         out.get('alg_reason') == "ES384: first of smart's RS384, ES384 that key 'ec-p384' signs",
+         '--dry-run: smart with ec-p384 shows ES384 and why', r.stdout + r.stderr)
+    # a key that fits none of the provider's algs: refused before signing
+    for preset, key, words in (
+            ('nhs', 'ec-p256', "preset 'nhs' accepts RS512 only; key 'ec-p256' is P-256"),
+            ('entra', 'ec-p384', "preset 'entra' accepts PS256, RS256; key 'ec-p384' is P-384"),
+            ('smart', 'ed25519', "preset 'smart' accepts RS384, ES384; key 'ed25519' is "
+                                 "Ed25519")):
+        srv.post('/test/reset')
+        a, b = agent_requests(env), agent_requests(env)
+        d0 = b - a  # what one status request adds (itself)
+        n0 = agent_requests(env)
+        r = p11jwt('token', '--preset', preset, '--key', key, '--client-id', 'x',
+                   '--token-url', srv.token_url, '--no-cache', env=env)
+        n1 = agent_requests(env)
+        t.ok(r.returncode == 2 and 'unsupported_alg' in r.stderr and words in r.stderr,
+             f'{preset} with {key}: exit 2, unsupported_alg naming key, type and algs',
+             r.stderr)
+        t.ok(n1 - n0 == d0 + 1 and srv.stats()['token_requests'] == 0,
+             f'{preset} with {key}: one keys request, nothing signed, nothing sent',
+             (n0, n1, d0))
+    r = p11jwt('jwks', '--preset', 'nhs', '--key', 'ec-p256', env=env)
+    t.ok(r.returncode == 2 and "preset 'nhs' accepts RS512 only" in r.stderr and
+         r.stdout == '', 'jwks --preset nhs --key ec-p256: exit 2, no JWKS printed', r.stderr)
+    # --alg outside the list still works where the key fits, with the warning
+    r = p11jwt('token', '--preset', 'smart', '--key', 'ec-p256', '--alg', 'ES256',
+               '--client-id', 'x', '--token-url', srv.token_url, '--dry-run', env=env)
+    out = json.loads(r.stdout) if r.returncode == 0 else {}
+    t.ok(out.get('alg') == 'ES256' and 'takes RS384 ES384; ES256 will likely be rejected'
+         in r.stderr, 'smart --alg ES256 on ec-p256: signed as asked, with the warning',
+         r.stdout + r.stderr)
+    # a profile's algs replace the preset's list
+    prof = os.path.join(env['XDG_RUNTIME_DIR'], 'okta-algs.json')
+    with open(prof, 'w') as f:
+        json.dump({'preset': 'okta', 'key': 'ec-p384', 'algs': ['ES512', 'ES384'],
+                   'client_id': 'okta-ec-p384', 'token_url': srv.token_url,
+                   'scope': 'api:read'}, f)
+    srv.post('/test/reset')
+    r = p11jwt('token', '--profile', prof, '--no-cache', '--json', env=env)
+    resp = json.loads(r.stdout) if r.returncode == 0 else {}
+    t.ok(r.returncode == 0 and srv.stats()['last_assertion']['alg'] == 'ES384' and
+         resp['p11jwt']['alg_reason'] == "ES384: first of the profile's algs ES512, ES384 "
+                                        "that key 'ec-p384' signs",
+         "a profile's algs: the first the key signs, exchanged", r.stdout + r.stderr)
+    r = p11jwt('token', '--profile', prof, '--key', 'rsa-2048', '--no-cache', env=env)
+    t.ok(r.returncode == 2 and 'the profile accepts ES512, ES384' in r.stderr,
+         "a profile's algs that fit no alg of the key: exit 2, named", r.stderr)
 
 
 def test_cache(srv, env, work):

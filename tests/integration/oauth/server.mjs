@@ -103,6 +103,7 @@ const zeroStats = () => ({
   by_grant: { client_credentials: 0, [JWT_BEARER]: 0, refresh_token: 0 },
   api_requests: 0,
   api_401: 0,
+  last_assertion: null,
 });
 let stats = zeroStats();
 let tokenDelayMs = 0;
@@ -190,6 +191,7 @@ provider.use(async (ctx, next) => {
   if (Array.isArray(gt)) [gt] = gt;
   if (typeof gt === 'string' && gt) stats.by_grant[gt] = (stats.by_grant[gt] ?? 0) + 1;
   else gt = '(no grant_type)';
+  recordAssertion(ctx);
 
   const body = ctx.body;
   if (body && typeof body === 'object' && typeof body.error === 'string') {
@@ -207,6 +209,24 @@ provider.use(async (ctx, next) => {
 
   if (tokenDelayMs > 0) await new Promise((r) => setTimeout(r, tokenDelayMs));
 });
+
+// What the last /token request's JWT (client_assertion, else assertion) had
+// in its header, and whether the request succeeded, for /test/stats.
+function recordAssertion(ctx) {
+  const p = ctx.oidc?.params ?? {};
+  const jwt = typeof p.client_assertion === 'string' ? p.client_assertion : p.assertion;
+  if (typeof jwt !== 'string') return;
+  try {
+    const h = decodeProtectedHeader(jwt);
+    const c = decodeJwt(jwt);
+    stats.last_assertion = {
+      alg: h.alg ?? null, kid: h.kid ?? null, typ: h.typ ?? null, iss: c.iss ?? null,
+      ok: ctx.status >= 200 && ctx.status < 300,
+    };
+  } catch {
+    stats.last_assertion = { alg: null, ok: false };
+  }
+}
 
 // For failed private_key_jwt auth: say which kid/alg/aud/exp the assertion had.
 function assertionSummary(ctx, detail) {
