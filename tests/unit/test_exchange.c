@@ -811,6 +811,91 @@ static void test_alg_reasons_and_sign_request(void **state)
 	json_decref(keys);
 }
 
+/* docs/providers/README.md's Algorithms table says what the code does: one
+ * row per preset, its list, and the alg (or "—") for each test-token key. */
+static void test_alg_table_in_docs(void **state)
+{
+	const char *src = getenv("P11JWT_SRCDIR");
+	json_t *keys = J(TOKEN_KEYS);
+	char path[PATH_MAX], line[512];
+	size_t n = 0, rows = 0;
+	const preset *all = preset_all(&n);
+	bool in_section = false;
+	FILE *f;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/docs/providers/README.md", src ? src : "..");
+	f = fopen(path, "r");
+	if (f == NULL) {
+		print_error("cannot open %s\n", path);
+		fail();
+	}
+	while (fgets(line, sizeof(line), f)) {
+		char *cell[8], *save = NULL, *c;
+		size_t nc = 0;
+		const preset *p = NULL;
+
+		if (strncmp(line, "## ", 3) == 0)
+			in_section = strncmp(line, "## Algorithms", 13) == 0;
+		if (!in_section || strncmp(line, "| `", 3) != 0)
+			continue;
+		for (c = strtok_r(line + 1, "|\n", &save); c && nc < 8; c = strtok_r(NULL, "|\n", &save)) {
+			while (*c == ' ' || *c == '`')
+				c++;
+			for (char *e = c + strlen(c); e > c && (e[-1] == ' ' || e[-1] == '`'); e--)
+				e[-1] = '\0';
+			cell[nc++] = c;
+		}
+		assert_int_equal(nc, 7);
+		for (size_t i = 0; i < n; i++)
+			if (strcmp(all[i].name, cell[0]) == 0)
+				p = &all[i];
+		if (p == NULL) {
+			print_error("README.md names an unknown preset '%s'\n", cell[0]);
+			fail();
+		}
+		rows++;
+		if (p->algs) {
+			char lt[160], *w = lt;
+
+			/* "RS384, ES384" in the docs, "RS384 ES384" in the preset */
+			snprintf(lt, sizeof(lt), "%s", cell[1]);
+			for (char *r = lt; *r; r++)
+				if (!(r[0] == ',' && r[1] == ' '))
+					*w++ = *r;
+			*w = '\0';
+			assert_string_equal(lt, p->algs);
+		} else {
+			assert_string_equal(cell[1], "any");
+		}
+		for (size_t k = 0; k < ARRAY_SIZE(token_keys); k++) {
+			xch_req req;
+			const char *got;
+			int r;
+
+			resolve_for_key(p->name, token_keys[k], NULL, &req);
+			r = xch_choose_alg(&req, keys);
+			got = r < 0 ? "—" : req.alg;
+			for (size_t j = 0; got == NULL && j < json_array_size(keys); j++) {
+				const json_t *e = json_array_get(keys, j); /* the key's default */
+
+				if (strcmp(json_string_value(json_object_get(e, "name")),
+					   token_keys[k]) == 0)
+					got = json_string_value(json_object_get(e, "alg"));
+			}
+			if (strcmp(got, cell[2 + k]) != 0) {
+				print_error("README.md: %s with %s says %s, the code %s\n", p->name,
+					    token_keys[k], cell[2 + k], got);
+				fail();
+			}
+			xch_req_clear(&req);
+		}
+	}
+	fclose(f);
+	assert_int_equal(rows, n);
+	json_decref(keys);
+}
+
 /* a profile's algs replace the preset's list, by the same rule */
 static void test_alg_profile_algs(void **state)
 {
@@ -2542,6 +2627,7 @@ int main(void)
 		cmocka_unit_test(test_preset_table),
 		cmocka_unit_test(test_alg_for_every_preset_and_key),
 		cmocka_unit_test(test_alg_reasons_and_sign_request),
+		cmocka_unit_test(test_alg_table_in_docs),
 		cmocka_unit_test(test_alg_profile_algs),
 		cmocka_unit_test(test_pick_alg),
 		cmocka_unit_test(test_sign_request),
