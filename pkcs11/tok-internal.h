@@ -121,6 +121,10 @@ int tok_ck(const tok_ctx *ctx, const char *fn, CK_RV rv);
  * registered modules (narrowed by the URI's module-name), each allowlisted
  * by realpath(), and C_Initialize them. */
 int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri);
+/* C_Initialize with CKF_OS_LOCKING_OK (at load, and again in recovery). */
+CK_RV tok_module_init(CK_FUNCTION_LIST *m);
+/* C_Finalize the modules we initialised, and release them all. */
+void tok_module_unload(tok_ctx *ctx);
 
 /* ---- tok-slot.c: finding the token ------------------------------------- */
 
@@ -211,6 +215,8 @@ int tok_keys_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s);
 /* Forget every key's private key handle. */
 void tok_keys_forget(tok_ctx *ctx);
 void tok_key_free(tok_key *k);
+/* Free every key of ctx. */
+void tok_keys_free(tok_ctx *ctx);
 
 /* ---- tok-pool.c: the session pool -------------------------------------- */
 

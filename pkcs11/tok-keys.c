@@ -88,99 +88,129 @@ static int key_uri(tok_ctx *ctx, tok_key *k, const uint8_t *label, size_t label_
 	return r;
 }
 
-/* One key from its anchor object (the private key, or with no_login the
- * public key or certificate). Returns 0 with *ret NULL when the key is
- * skipped (a warning has been logged). */
-static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                    CK_OBJECT_CLASS cls, tok_key **ret)
+#define KEY_SKIP 1 /* a step of key_load() skipped the key, with a warning */
+
+/* CKA_EXTRACTABLE and CKA_SENSITIVE of private key o. *ret_why says what
+ * makes the key unsafe ("extractable", "not sensitive"), NULL if nothing
+ * does. Absent flags count against the key: unknown is not safe. */
+static int priv_unsafe(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char **ret_why)
 {
-	tok_key *k = NULL;
-	uint8_t *label = NULL;
-	size_t label_len = 0;
-	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE;
-	CK_OBJECT_HANDLE pubo = CK_INVALID_HANDLE, certo = CK_INVALID_HANDLE;
-	EVP_PKEY *certpub = NULL;
 	int r;
 
-	*ret = NULL;
-	k = calloc(1, sizeof(*k));
-	if (k == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
-	k->priv = CK_INVALID_HANDLE;
-	r = tok_attr_get(ctx, s, o, CKA_LABEL, TOK_ATTR_MAX, &label, &label_len);
+	*ret_why = NULL;
+	if ((r = tok_attr_fixed(ctx, s, o, CKA_EXTRACTABLE, &extractable, 1)) < 0 ||
+	    (r = tok_attr_fixed(ctx, s, o, CKA_SENSITIVE, &sensitive, 1)) < 0)
+		return r;
+	if (extractable != CK_FALSE)
+		*ret_why = "extractable";
+	else if (sensitive == CK_FALSE)
+		*ret_why = "not sensitive";
+	return 0;
+}
+
+/* A CKA_KEY_TYPE (when known) that is not the kind of the public key. */
+static bool type_mismatch(CK_KEY_TYPE kt, jwa_keykind kind)
+{
+	return kt != (CK_KEY_TYPE)-1 && (kt == CKK_RSA) != (kind == KEYKIND_RSA);
+}
+
+/* CKA_LABEL (*ret_label, for the URI) and CKA_ID of o, and the key's name:
+ * the label, else the hex ID, else the handle. */
+static int key_names(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, tok_key *k,
+                     uint8_t **ret_label, size_t *ret_label_len)
+{
+	int r;
+
+	r = tok_attr_get(ctx, s, o, CKA_LABEL, TOK_ATTR_MAX, ret_label, ret_label_len);
 	if (r == 0)
 		r = tok_attr_get(ctx, s, o, CKA_ID, TOK_ATTR_MAX, &k->id, &k->id_len);
 	if (r < 0)
-		goto out;
-	if (label_len > 0 && memchr(label, '\0', label_len) == NULL)
-		k->name = strdup((char *)label);
+		return r;
+	if (*ret_label_len > 0 && memchr(*ret_label, '\0', *ret_label_len) == NULL)
+		k->name = strdup((char *)*ret_label);
 	else if (k->id_len > 0)
 		r = util_hex(k->id, k->id_len, &k->name);
 	else if (asprintf(&k->name, "handle-%lu", (unsigned long)o) < 0)
 		k->name = NULL;
 	if (r < 0)
-		goto out;
-	if (k->name == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
-		goto out;
+		return r;
+	if (k->name == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+/* The private key o itself: an unsafe one is skipped unless allowed (and
+ * then served with a warning); CKA_ALWAYS_AUTHENTICATE. */
+static int key_private(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                       tok_key *k)
+{
+	CK_BBOOL always = CK_FALSE;
+	const char *why;
+	int r;
+
+	k->priv = o;
+	if ((r = priv_unsafe(ctx, s, o, &why)) < 0)
+		return r;
+	k->unsafe = why != NULL;
+	if (k->unsafe && !cfg->allow_unsafe_keys) {
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "skipping key '%s' on token '%s': the private key is %s "
+		        "(allow with --allow-unsafe-keys)",
+		        k->name, ctx->label, why);
+		return KEY_SKIP;
 	}
+	if (k->unsafe)
+		tok_log(ctx, TOK_LOG_WARNING, "serving key '%s' although its private key is %s",
+		        k->name, why);
+	if ((r = tok_attr_fixed(ctx, s, o, CKA_ALWAYS_AUTHENTICATE, &always, 1)) < 0)
+		return r;
+	k->always_auth = always == CK_TRUE;
+	return 0;
+}
 
-	if (cls != CKO_CERTIFICATE &&
-	    (r = tok_attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0)
-		goto out;
+/* The public key object and the certificate of the key whose anchor is o
+ * (of class cls); CK_INVALID_HANDLE for what is not there. */
+static int key_peers(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_OBJECT_CLASS cls,
+                     const tok_key *k, CK_OBJECT_HANDLE *ret_pub, CK_OBJECT_HANDLE *ret_cert)
+{
+	int r = 0;
 
-	if (cls == CKO_PRIVATE_KEY) {
-		k->priv = o;
-		/* Absent flags count against the key: unknown is not safe. */
-		if ((r = tok_attr_fixed(ctx, s, o, CKA_EXTRACTABLE, &extractable, 1)) < 0 ||
-		    (r = tok_attr_fixed(ctx, s, o, CKA_SENSITIVE, &sensitive, 1)) < 0)
-			goto out;
-		k->unsafe = extractable != CK_FALSE || sensitive == CK_FALSE;
-		if (k->unsafe && !cfg->allow_unsafe_keys) {
-			tok_log(ctx, TOK_LOG_WARNING,
-			        "skipping key '%s' on token '%s': the private key is %s "
-			        "(allow with --allow-unsafe-keys)",
-			        k->name, ctx->label,
-			        extractable != CK_FALSE ? "extractable" : "not sensitive");
-			r = 0;
-			goto skip;
-		}
-		if (k->unsafe)
-			tok_log(ctx, TOK_LOG_WARNING,
-			        "serving key '%s' although its private key is %s", k->name,
-			        extractable != CK_FALSE ? "extractable" : "not sensitive");
-		{
-			CK_BBOOL always = CK_FALSE;
-
-			if ((r = tok_attr_fixed(ctx, s, o, CKA_ALWAYS_AUTHENTICATE, &always, 1)) <
-			    0)
-				goto out;
-			k->always_auth = always == CK_TRUE;
-		}
-		r = object_peer(ctx, s, CKO_PUBLIC_KEY, k->id, k->id_len, k->name, &pubo);
-	} else if (cls == CKO_PUBLIC_KEY) {
-		pubo = o;
-	}
+	*ret_pub = CK_INVALID_HANDLE;
+	*ret_cert = CK_INVALID_HANDLE;
+	if (cls == CKO_PRIVATE_KEY)
+		r = object_peer(ctx, s, CKO_PUBLIC_KEY, k->id, k->id_len, k->name, ret_pub);
+	else if (cls == CKO_PUBLIC_KEY)
+		*ret_pub = o;
 	if (r < 0)
-		goto out;
+		return r;
 	if (cls == CKO_CERTIFICATE)
-		certo = o;
-	else if ((r = object_peer(ctx, s, CKO_CERTIFICATE, k->id, k->id_len, NULL, &certo)) < 0)
-		goto out;
+		*ret_cert = o;
+	else
+		r = object_peer(ctx, s, CKO_CERTIFICATE, k->id, k->id_len, NULL, ret_cert);
+	return r;
+}
+
+/* k->pub from the public key object, else from the certificate, else (RSA)
+ * from the private key's public attributes. The certificate is kept only
+ * if it holds the same public key. */
+static int key_pubkey(tok_ctx *ctx, CK_SESSION_HANDLE s, tok_key *k, CK_KEY_TYPE kt,
+                      CK_OBJECT_HANDLE pubo, CK_OBJECT_HANDLE certo)
+{
+	EVP_PKEY *certpub = NULL;
+	int r;
 
 	if (pubo != CK_INVALID_HANDLE) {
 		r = tok_pub_from_object(ctx, s, pubo, kt, k->name, &k->pub);
 		if (r < 0 && r != P11J_E_NOT_FOUND) {
 			tok_log(ctx, TOK_LOG_WARNING, "skipping key '%s': %s", k->name, err_msg());
-			r = 0;
-			goto skip;
+			return KEY_SKIP;
 		}
 	}
 	if (certo != CK_INVALID_HANDLE) {
 		r = tok_cert_read(ctx, s, certo, &k->cert, &k->cert_len, &certpub);
 		if (r == P11J_E_NOMEM)
-			goto out;
+			return r;
 		if (r < 0) {
 			tok_log(ctx, TOK_LOG_WARNING, "ignoring the certificate of key '%s': %s",
 			        k->name, err_msg());
@@ -196,27 +226,32 @@ static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK
 			k->pub = certpub;
 			certpub = NULL;
 		}
+		EVP_PKEY_free(certpub);
 	}
 	/* RSA private key objects carry the (public) modulus and exponent. */
 	if (k->pub == NULL && kt == CKK_RSA && k->priv != CK_INVALID_HANDLE)
-		r = tok_pub_from_object(ctx, s, k->priv, CKK_RSA, k->name, &k->pub);
+		(void)tok_pub_from_object(ctx, s, k->priv, CKK_RSA, k->name, &k->pub);
 	if (k->pub == NULL) {
 		tok_log(ctx, TOK_LOG_WARNING,
 		        "skipping key '%s': no public key object or "
 		        "certificate with the same CKA_ID",
 		        k->name);
-		r = 0;
-		goto skip;
+		return KEY_SKIP;
 	}
+	return 0;
+}
+
+/* The kind of key, the algs the token can sign with it and the length of
+ * its signatures; kinds not served are skipped. */
+static int key_kind(tok_ctx *ctx, tok_key *k, CK_KEY_TYPE kt)
+{
 	k->kind = jwa_keykind_of(k->pub);
-	if (k->kind == KEYKIND_UNKNOWN ||
-	    (kt != (CK_KEY_TYPE)-1 && (kt == CKK_RSA) != (k->kind == KEYKIND_RSA))) {
+	if (k->kind == KEYKIND_UNKNOWN || type_mismatch(kt, k->kind)) {
 		tok_log(ctx, TOK_LOG_WARNING,
 		        "skipping key '%s': unsupported kind of key "
 		        "(RSA under 2048 bits, or not P-256, P-384, P-521, Ed25519)",
 		        k->name);
-		r = 0;
-		goto skip;
+		return KEY_SKIP;
 	}
 	k->algs = tok_mech_algs(ctx, k->kind);
 	if (k->kind == KEYKIND_RSA)
@@ -226,22 +261,46 @@ static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK
 	if (k->sig_len == 0 || k->sig_len > TOK_SIG_MAX) {
 		tok_log(ctx, TOK_LOG_WARNING, "skipping key '%s': signatures over %d bytes",
 		        k->name, TOK_SIG_MAX);
-		r = 0;
-		goto skip;
+		return KEY_SKIP;
 	}
-	r = key_uri(ctx, k, label, label_len);
-	if (r < 0)
+	return 0;
+}
+
+/* One key from its anchor object (the private key, or with no_login the
+ * public key or certificate). Returns 0 with *ret NULL when the key is
+ * skipped (a warning has been logged). */
+static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                    CK_OBJECT_CLASS cls, tok_key **ret)
+{
+	tok_key *k = NULL;
+	uint8_t *label = NULL;
+	size_t label_len = 0;
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_OBJECT_HANDLE pubo = CK_INVALID_HANDLE, certo = CK_INVALID_HANDLE;
+	int r;
+
+	*ret = NULL;
+	k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	k->priv = CK_INVALID_HANDLE;
+	if ((r = key_names(ctx, s, o, k, &label, &label_len)) < 0)
+		goto out;
+	if (cls != CKO_CERTIFICATE &&
+	    (r = tok_attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0)
+		goto out;
+	if (cls == CKO_PRIVATE_KEY && (r = key_private(ctx, cfg, s, o, k)) != 0)
+		goto out;
+	if ((r = key_peers(ctx, s, o, cls, k, &pubo, &certo)) < 0 ||
+	    (r = key_pubkey(ctx, s, k, kt, pubo, certo)) != 0 || (r = key_kind(ctx, k, kt)) != 0 ||
+	    (r = key_uri(ctx, k, label, label_len)) < 0)
 		goto out;
 	*ret = k;
 	k = NULL;
-	goto out;
-skip:
-	r = 0;
 out:
-	EVP_PKEY_free(certpub);
 	free(label);
 	tok_key_free(k);
-	return r;
+	return r == KEY_SKIP ? 0 : r;
 }
 
 static int keys_add(tok_ctx *ctx, tok_key *k)
@@ -331,10 +390,11 @@ out:
 static int key_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s, tok_key *k)
 {
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-	CK_BBOOL yes = CK_TRUE, extractable = CK_TRUE, sensitive = CK_FALSE, always = CK_FALSE;
+	CK_BBOOL yes = CK_TRUE, always = CK_FALSE;
 	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_SIGN, &yes, sizeof(yes)}};
 	CK_OBJECT_HANDLE *v = NULL, o;
+	const char *why = NULL;
 	size_t nv = 0;
 	int r;
 
@@ -354,22 +414,20 @@ static int key_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s, tok_key *k)
 	}
 	o = v[0];
 	if ((r = tok_attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0 ||
-	    (r = tok_attr_fixed(ctx, s, o, CKA_EXTRACTABLE, &extractable, 1)) < 0 ||
-	    (r = tok_attr_fixed(ctx, s, o, CKA_SENSITIVE, &sensitive, 1)) < 0 ||
+	    (r = priv_unsafe(ctx, s, o, &why)) < 0 ||
 	    (r = tok_attr_fixed(ctx, s, o, CKA_ALWAYS_AUTHENTICATE, &always, 1)) < 0)
 		goto out;
-	if (kt != (CK_KEY_TYPE)-1 && (kt == CKK_RSA) != (k->kind == KEYKIND_RSA)) {
+	if (type_mismatch(kt, k->kind)) {
 		tok_log(ctx, TOK_LOG_WARNING,
 		        "key '%s': the private key's type does not match its public key", k->name);
 		goto out;
 	}
-	k->unsafe = extractable != CK_FALSE || sensitive == CK_FALSE;
+	k->unsafe = why != NULL;
 	if (k->unsafe && !ctx->allow_unsafe) {
 		tok_log(ctx, TOK_LOG_WARNING,
 		        "not signing with key '%s' on token '%s': the private key is %s "
 		        "(allow with --allow-unsafe-keys)",
-		        k->name, ctx->label,
-		        extractable != CK_FALSE ? "extractable" : "not sensitive");
+		        k->name, ctx->label, why);
 		goto out;
 	}
 	k->always_auth = always == CK_TRUE;
@@ -396,6 +454,17 @@ void tok_keys_forget(tok_ctx *ctx)
 
 	for (i = 0; i < ctx->nkeys; i++)
 		ctx->keys[i]->priv = CK_INVALID_HANDLE;
+}
+
+void tok_keys_free(tok_ctx *ctx)
+{
+	size_t i;
+
+	for (i = 0; i < ctx->nkeys; i++)
+		tok_key_free(ctx->keys[i]);
+	free(ctx->keys);
+	ctx->keys = NULL;
+	ctx->nkeys = 0;
 }
 
 size_t tok_key_count(const tok_ctx *ctx)

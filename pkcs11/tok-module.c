@@ -75,12 +75,19 @@ ok:
 	return 0;
 }
 
+/* Without CKF_OS_LOCKING_OK SoftHSM turns its own locking off. */
+CK_RV tok_module_init(CK_FUNCTION_LIST *m)
+{
+	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+
+	return m->C_Initialize(&args);
+}
+
 int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 {
 	const char *path = cfg->module_path;
 	const char *want_name = p11_kit_uri_get_module_name(uri);
 	char *real = NULL;
-	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
 	size_t i, n = 0, usable = 0;
 	int r;
 
@@ -150,7 +157,7 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 			if (skip)
 				continue;
 		}
-		rv = m->C_Initialize(&args);
+		rv = tok_module_init(m);
 		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 			r = tok_ck(NULL, "C_Initialize", rv);
 			if (!ctx->mods_from_registry)
@@ -173,4 +180,26 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 		               "no usable PKCS#11 module is registered with p11-kit; "
 		               "give a module path");
 	return 0;
+}
+
+void tok_module_unload(tok_ctx *ctx)
+{
+	size_t i;
+
+	if (ctx->mods != NULL) {
+		for (i = 0; ctx->mods[i] != NULL; i++)
+			if (ctx->state != NULL && ctx->state[i] == MOD_OURS)
+				ctx->mods[i]->C_Finalize(NULL);
+		if (ctx->mods_from_registry) {
+			p11_kit_modules_release(ctx->mods);
+		} else {
+			if (ctx->mods[0] != NULL)
+				p11_kit_module_release(ctx->mods[0]);
+			free(ctx->mods);
+		}
+	}
+	free(ctx->state);
+	ctx->mods = NULL;
+	ctx->state = NULL;
+	ctx->f = NULL;
 }

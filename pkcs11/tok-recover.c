@@ -71,7 +71,6 @@ void tok_mark_unavailable(tok_ctx *ctx, const char *why)
 static int reopen_once(tok_ctx *ctx, bool *ret_absent)
 {
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	CK_RV rv;
 	int r;
 
 	*ret_absent = false;
@@ -82,12 +81,8 @@ static int reopen_once(tok_ctx *ctx, bool *ret_absent)
 		*ret_absent = true;
 		return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is not present", ctx->label);
 	}
-	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
-	if (rv != CKR_OK)
-		return tok_ck(ctx, "C_OpenSession", rv);
-	pthread_mutex_lock(&ctx->mu);
-	ctx->nopen++;
-	pthread_mutex_unlock(&ctx->mu);
+	if ((r = tok_pool_get(ctx, &s)) < 0)
+		return r;
 	ctx->logged_in = false;
 	tok_keys_forget(ctx);
 	if (ctx->pin_cached || ctx->pinpad) {
@@ -133,7 +128,6 @@ fail:
  * token absent (a card pulled out) is left alone. */
 static int reopen(tok_ctx *ctx)
 {
-	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
 	bool absent = false, ours = ctx->state[ctx->mod_idx] == MOD_OURS;
 	CK_RV rv;
 	int r;
@@ -150,7 +144,7 @@ static int reopen(tok_ctx *ctx)
 	ctx->nopen = 0; /* C_Finalize closed every session */
 	pthread_mutex_unlock(&ctx->mu);
 	ctx->reinit_pending = true;
-	rv = ctx->f->C_Initialize(&args);
+	rv = tok_module_init(ctx->f);
 	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		(void)tok_ck(ctx, "C_Initialize", rv);
 		return P11J_E_TOKEN_UNAVAILABLE;

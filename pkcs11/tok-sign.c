@@ -82,18 +82,10 @@ static bool session_broken(CK_RV rv)
 	       rv == CKR_BUFFER_TOO_SMALL;
 }
 
-int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
-             uint8_t *sig, size_t *siglen)
+/* Everything that can be refused before the token is touched. */
+static int sign_check(const tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in,
+                      size_t inlen, const uint8_t *sig, const size_t *siglen)
 {
-	tok_sign_input si;
-	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	uint8_t out[TOK_SIG_MAX];
-	CK_ULONG outlen = sizeof(out);
-	int r = 0;
-	const char *fn = "C_SignInit";
-	int attempt;
-	CK_RV rv;
-
 	if (ctx == NULL || k == NULL || sig == NULL || siglen == NULL || (in == NULL && inlen > 0))
 		return err_set(P11J_E_BAD_REQUEST, "tok_sign: missing argument");
 	if (alg <= JWA_NONE || alg >= JWA__COUNT)
@@ -113,76 +105,65 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 		               *siglen, k->sig_len, k->name);
 	if (inlen > ULONG_MAX)
 		return err_set(P11J_E_REQUEST_TOO_LARGE, "input too large to sign");
+	return 0;
+}
 
-	if ((r = tok_mech_input(ctx, alg, in, inlen, &si)) < 0)
-		goto out;
+/* One C_SignInit (+ context login) + C_Sign on a pooled session; op_lock
+ * held shared. *ret_fault: the device or our sessions are gone, or the
+ * key's handle is stale: the token must be recovered. */
+static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t *out,
+                     CK_ULONG *outlen, bool *ret_fault)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	const char *fn = "C_SignInit";
+	CK_RV rv;
+	int r;
 
-	/* A fault (device or session lost) makes the token UNAVAILABLE; when
-	 * the back-off allows, it is recovered at once and the signature tried
-	 * once more, so a dropped session costs the client nothing. */
-	for (attempt = 0;; attempt++) {
-		bool fault = false;
-
-		if ((r = sign_begin(ctx, k)) < 0)
-			goto out;
-		outlen = sizeof(out);
-		fn = "C_SignInit";
-		r = tok_pool_get(ctx, &s);
-		if (r < 0) {
-			fault = r == P11J_E_TOKEN_UNAVAILABLE;
-		} else {
-			rv = ctx->f->C_SignInit(s, &si.mech, k->priv);
-			if (rv == CKR_OK && k->always_auth) {
-				/* CKA_ALWAYS_AUTHENTICATE: the PIN again for this
-				 * one operation. */
-				fn = "C_Login(CKU_CONTEXT_SPECIFIC)";
-				rv = ctx->f->C_Login(s, CKU_CONTEXT_SPECIFIC,
-				                     ctx->pinpad ? NULL : (CK_UTF8CHAR *)ctx->pin,
-				                     ctx->pinpad ? 0 : (CK_ULONG)ctx->pin_len);
-			}
-			if (rv == CKR_OK) {
-				fn = "C_Sign";
-				rv = ctx->f->C_Sign(s, (CK_BYTE *)si.data, si.len, out, &outlen);
-			}
-			if (rv != CKR_OK) {
-				r = tok_ck(ctx, fn, rv);
-				fault = r == P11J_E_TOKEN_UNAVAILABLE;
-				/* A key handle that stopped working: the token was
-				 * swapped or re-inserted under our sessions; its
-				 * objects must be found again. */
-				if (rv == CKR_KEY_HANDLE_INVALID ||
-				    rv == CKR_OBJECT_HANDLE_INVALID) {
-					fault = true;
-					r = err_set(P11J_E_TOKEN_UNAVAILABLE,
-					            "%s on token '%s' failed: %s", fn, ctx->label,
-					            tok_ckr_name(rv));
-				}
-				if (session_broken(rv))
-					tok_pool_drop(ctx, s);
-				else
-					tok_pool_put(ctx, s);
-			} else {
-				tok_pool_put(ctx, s);
-			}
-		}
-		if (fault)
-			tok_mark_unavailable(ctx, err_msg());
-		pthread_rwlock_unlock(&ctx->op_lock);
-		if (r == 0)
-			break;
-		if (!fault || attempt > 0)
-			goto out;
-		{
-			char first[256];
-
-			snprintf(first, sizeof(first), "%s", err_msg());
-			/* recovered: sign_begin() answers for a LOCKED token */
-			if (tok_recover(ctx, false, false) < 0) {
-				r = err_set(P11J_E_TOKEN_UNAVAILABLE, "%s", first);
-				goto out;
-			}
-		}
+	*ret_fault = false;
+	r = tok_pool_get(ctx, &s);
+	if (r < 0) {
+		*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE;
+		return r;
 	}
+	rv = ctx->f->C_SignInit(s, &si->mech, k->priv);
+	if (rv == CKR_OK && k->always_auth) {
+		/* CKA_ALWAYS_AUTHENTICATE: the PIN again for this one
+		 * operation. */
+		fn = "C_Login(CKU_CONTEXT_SPECIFIC)";
+		rv = ctx->f->C_Login(s, CKU_CONTEXT_SPECIFIC,
+		                     ctx->pinpad ? NULL : (CK_UTF8CHAR *)ctx->pin,
+		                     ctx->pinpad ? 0 : (CK_ULONG)ctx->pin_len);
+	}
+	if (rv == CKR_OK) {
+		fn = "C_Sign";
+		rv = ctx->f->C_Sign(s, (CK_BYTE *)si->data, si->len, out, outlen);
+	}
+	if (rv == CKR_OK) {
+		tok_pool_put(ctx, s);
+		return 0;
+	}
+	r = tok_ck(ctx, fn, rv);
+	*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE;
+	/* A key handle that stopped working: the token was swapped or
+	 * re-inserted under our sessions; its objects must be found again. */
+	if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
+		*ret_fault = true;
+		r = err_set(P11J_E_TOKEN_UNAVAILABLE, "%s on token '%s' failed: %s", fn, ctx->label,
+		            tok_ckr_name(rv));
+	}
+	if (session_broken(rv))
+		tok_pool_drop(ctx, s);
+	else
+		tok_pool_put(ctx, s);
+	return r;
+}
+
+/* The token's signature out[0..outlen) as the JWS wants it: raw, of the
+ * key's exact length (R||S for ECDSA, from DER if the module gave DER). */
+static int sign_output(const tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *out,
+                       CK_ULONG outlen, uint8_t *sig, size_t *siglen)
+{
+	int r;
 
 	if (outlen == k->sig_len) {
 		memcpy(sig, out, outlen);
@@ -190,15 +171,55 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 		/* A module that returns DER for CKM_ECDSA. */
 		r = jws_ecdsa_der_to_raw(out, outlen, k->sig_len / 2, sig);
 		if (r < 0)
-			goto out;
+			return r;
 	} else {
-		r = err_set(P11J_E_PKCS11,
-		            "C_Sign on token '%s' returned %lu bytes for %s, "
-		            "expected %zu",
-		            ctx->label, (unsigned long)outlen, jwa_name(alg), k->sig_len);
-		goto out;
+		return err_set(P11J_E_PKCS11,
+		               "C_Sign on token '%s' returned %lu bytes for %s, "
+		               "expected %zu",
+		               ctx->label, (unsigned long)outlen, jwa_name(alg), k->sig_len);
 	}
 	*siglen = k->sig_len;
+	return 0;
+}
+
+int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
+             uint8_t *sig, size_t *siglen)
+{
+	tok_sign_input si;
+	uint8_t out[TOK_SIG_MAX];
+	CK_ULONG outlen = sizeof(out);
+	char first[256];
+	bool fault = false;
+	int attempt, r;
+
+	if ((r = sign_check(ctx, k, alg, in, inlen, sig, siglen)) < 0)
+		return r;
+	if ((r = tok_mech_input(ctx, alg, in, inlen, &si)) < 0)
+		goto out;
+
+	/* A fault (device or session lost) makes the token UNAVAILABLE; when
+	 * the back-off allows, it is recovered at once and the signature tried
+	 * once more, so a dropped session costs the client nothing. */
+	for (attempt = 0;; attempt++) {
+		if ((r = sign_begin(ctx, k)) < 0)
+			goto out;
+		outlen = sizeof(out);
+		r = sign_once(ctx, k, &si, out, &outlen, &fault);
+		if (fault)
+			tok_mark_unavailable(ctx, err_msg());
+		pthread_rwlock_unlock(&ctx->op_lock);
+		if (r == 0)
+			break;
+		if (!fault || attempt > 0)
+			goto out;
+		snprintf(first, sizeof(first), "%s", err_msg());
+		/* recovered: sign_begin() answers for a LOCKED token */
+		if (tok_recover(ctx, false, false) < 0) {
+			r = err_set(P11J_E_TOKEN_UNAVAILABLE, "%s", first);
+			goto out;
+		}
+	}
+	r = sign_output(ctx, k, alg, out, outlen, sig, siglen);
 out:
 	OPENSSL_cleanse(si.buf, sizeof(si.buf));
 	return r;

@@ -35,55 +35,54 @@ void tok_log(const tok_ctx *ctx, int level, const char *fmt, ...)
 	ctx->log(level, buf, ctx->log_ud);
 }
 
-static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
+/* A context with its locks and its PIN page, nothing opened yet. */
+static int ctx_new(const tok_config *cfg, tok_ctx **ret)
 {
-	tok_ctx *ctx = NULL;
-	P11KitUri *uri = NULL;
-	char *uri_pin = NULL, *shown = NULL;
-	const char *ustr;
-	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	bool locked = false;
-	CK_RV rv;
-	int r, ur;
+	tok_ctx *ctx;
+	pthread_rwlockattr_t ra;
+	int r;
 
-	if (cfg == NULL || ret == NULL)
-		return err_set(P11J_E_BAD_REQUEST, "tok_open: no configuration");
-	ustr = cfg->uri != NULL ? cfg->uri : "pkcs11:";
 	ctx = calloc(1, sizeof(*ctx));
 	if (ctx == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
-	{
-		pthread_rwlockattr_t ra;
-
-		/* Writers (login, lock, recovery) must not starve behind a
-		 * steady stream of signatures. */
-		pthread_rwlockattr_init(&ra);
-		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-		if (pthread_mutex_init(&ctx->mu, NULL) != 0 ||
-		    pthread_cond_init(&ctx->cv, NULL) != 0 ||
-		    pthread_mutex_init(&ctx->close_mu, NULL) != 0 ||
-		    pthread_mutex_init(&ctx->state_mu, NULL) != 0 ||
-		    pthread_rwlock_init(&ctx->op_lock, &ra) != 0) {
-			pthread_rwlockattr_destroy(&ra);
-			free(ctx);
-			return err_set(P11J_E_SYSTEM, "cannot create the session pool locks");
-		}
+	/* Writers (login, lock, recovery) must not starve behind a steady
+	 * stream of signatures. */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	if (pthread_mutex_init(&ctx->mu, NULL) != 0 || pthread_cond_init(&ctx->cv, NULL) != 0 ||
+	    pthread_mutex_init(&ctx->close_mu, NULL) != 0 ||
+	    pthread_mutex_init(&ctx->state_mu, NULL) != 0 ||
+	    pthread_rwlock_init(&ctx->op_lock, &ra) != 0) {
 		pthread_rwlockattr_destroy(&ra);
+		free(ctx);
+		return err_set(P11J_E_SYSTEM, "cannot create the session pool locks");
 	}
+	pthread_rwlockattr_destroy(&ra);
 	ctx->locks_ok = true;
 	ctx->log = cfg->log;
 	ctx->log_ud = cfg->log_ud;
 	ctx->no_login = cfg->no_login;
 	ctx->allow_unsafe = cfg->allow_unsafe_keys;
 	r = tok_pin_store_init(ctx);
-	if (r < 0)
-		goto out;
+	if (r < 0) {
+		tok_close(ctx);
+		return r;
+	}
+	*ret = ctx;
+	return 0;
+}
+
+/* The URI parsed, its pin-value taken out (*ret_pin, NULL if none) so that
+ * no message shows it, and the rest formatted for messages (*ret_shown). */
+static int uri_parse(const char *ustr, P11KitUri **ret_uri, char **ret_pin, char **ret_shown)
+{
+	P11KitUri *uri = NULL;
+	char *pin = NULL, *shown = NULL;
+	int r = 0, ur;
 
 	uri = p11_kit_uri_new();
-	if (uri == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
-		goto out;
-	}
+	if (uri == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
 	ur = p11_kit_uri_parse(ustr, P11_KIT_URI_FOR_OBJECT_ON_TOKEN_AND_MODULE, uri);
 	if (ur != P11_KIT_URI_OK) {
 		r = err_set(P11J_E_BAD_REQUEST, "invalid PKCS#11 URI: %s", p11_kit_uri_message(ur));
@@ -96,10 +95,9 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 		            "type, slot-id, ...)");
 		goto out;
 	}
-	/* Keep pin-value out of anything we format for messages. */
 	if (p11_kit_uri_get_pin_value(uri) != NULL) {
-		uri_pin = strdup(p11_kit_uri_get_pin_value(uri));
-		if (uri_pin == NULL) {
+		pin = strdup(p11_kit_uri_get_pin_value(uri));
+		if (pin == NULL) {
 			r = err_set(P11J_E_NOMEM, "out of memory");
 			goto out;
 		}
@@ -109,27 +107,36 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 		r = err_set(P11J_E_NOMEM, "out of memory");
 		goto out;
 	}
+	*ret_uri = uri;
+	*ret_pin = pin;
+	*ret_shown = shown;
+	uri = NULL;
+	pin = NULL;
+out:
+	freezero_str(pin);
+	p11_kit_uri_free(uri);
+	return r;
+}
 
-	r = tok_module_load(ctx, cfg, uri);
-	if (r < 0)
+static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
+{
+	tok_ctx *ctx = NULL;
+	P11KitUri *uri = NULL;
+	char *uri_pin = NULL, *shown = NULL;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	bool locked = false;
+	int r;
+
+	if (cfg == NULL || ret == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "tok_open: no configuration");
+	if ((r = ctx_new(cfg, &ctx)) < 0)
+		return r;
+	if ((r = uri_parse(cfg->uri != NULL ? cfg->uri : "pkcs11:", &uri, &uri_pin, &shown)) < 0 ||
+	    (r = tok_module_load(ctx, cfg, uri)) < 0 || (r = tok_slot_find(ctx, uri, shown)) < 0 ||
+	    (r = tok_mech_read(ctx)) < 0 || (r = tok_pool_get(ctx, &s)) < 0)
 		goto out;
-	r = tok_slot_find(ctx, uri, shown);
-	if (r < 0)
+	if (!ctx->no_login && (r = tok_pin_open_login(ctx, cfg, uri, uri_pin, s, &locked)) < 0)
 		goto out;
-	r = tok_mech_read(ctx);
-	if (r < 0)
-		goto out;
-	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
-	if (rv != CKR_OK) {
-		r = tok_ck(ctx, "C_OpenSession", rv);
-		goto out;
-	}
-	ctx->nopen = 1;
-	if (!ctx->no_login) {
-		r = tok_pin_open_login(ctx, cfg, uri, uri_pin, s, &locked);
-		if (r < 0)
-			goto out;
-	}
 	r = tok_keys_enumerate(ctx, cfg, uri, s, ctx->no_login || locked);
 	if (r < 0)
 		goto out;
@@ -146,16 +153,14 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 	}
 	/* The login session stays open in the pool: closing a token's last
 	 * session logs the user out. */
-	ctx->free_s[ctx->nfree++] = s;
+	tok_pool_put(ctx, s);
 	s = CK_INVALID_HANDLE;
 	*ret = ctx;
 	ctx = NULL;
 	r = 0;
 out:
-	if (ctx != NULL && s != CK_INVALID_HANDLE) {
-		ctx->f->C_CloseSession(s);
-		ctx->nopen = 0;
-	}
+	if (ctx != NULL && s != CK_INVALID_HANDLE)
+		tok_pool_drop(ctx, s);
 	tok_close(ctx);
 	freezero_str(uri_pin);
 	free(shown);
@@ -181,29 +186,12 @@ CK_FUNCTION_LIST *tok_module(tok_ctx *ctx, CK_SLOT_ID *ret_slot)
 
 void tok_close(tok_ctx *ctx)
 {
-	size_t i;
-
 	if (ctx == NULL)
 		return;
 	if (ctx->f != NULL)
-		for (i = 0; i < ctx->nfree; i++)
-			ctx->f->C_CloseSession(ctx->free_s[i]);
-	if (ctx->mods != NULL) {
-		for (i = 0; ctx->mods[i] != NULL; i++)
-			if (ctx->state != NULL && ctx->state[i] == MOD_OURS)
-				ctx->mods[i]->C_Finalize(NULL);
-		if (ctx->mods_from_registry) {
-			p11_kit_modules_release(ctx->mods);
-		} else {
-			if (ctx->mods[0] != NULL)
-				p11_kit_module_release(ctx->mods[0]);
-			free(ctx->mods);
-		}
-	}
-	free(ctx->state);
-	for (i = 0; i < ctx->nkeys; i++)
-		tok_key_free(ctx->keys[i]);
-	free(ctx->keys);
+		tok_pool_flush(ctx);
+	tok_module_unload(ctx);
+	tok_keys_free(ctx);
 	tok_pin_store_free(ctx);
 	if (ctx->locks_ok) {
 		pthread_mutex_destroy(&ctx->mu);
