@@ -282,14 +282,42 @@ static void print_warnings(const xch_req *req)
 		note("warning: %s", json_string_value(w));
 }
 
-/* Sign the assertion; *ret_jwt is the JWT, *ret_p its decoded parts. */
-static int sign_assertion(const xch_req *req, char **ret_jwt, jws_parsed *ret_p)
+/* The alg for a key, when the preset (or profile) lists the algs the
+ * provider accepts and none was given: the first the key signs, from the
+ * agent's key list. Asked just before the first signature, so that a
+ * cache hit costs no agent round trip (the cache key holds the alg asked
+ * for, not the one chosen). Returns 0 or an exit status. */
+static int choose_alg(xch_req *req)
+{
+	cli_ctx actx = { .socket = req->socket, .agent_uid = agent_uid };
+	json_t *resp = NULL;
+	int r, st;
+
+	if (!xch_alg_needs_key(req))
+		return 0;
+	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return st;
+	r = xch_choose_alg(req, json_object_get(resp, "keys"));
+	json_decref(resp);
+	if (r < 0) {
+		st = cli_fail(r);
+		/* the options do not fit the key: a usage error, not a refusal */
+		return r == P11J_E_UNSUPPORTED_ALG ? CLI_EXIT_USAGE : st;
+	}
+	return 0;
+}
+
+/* Sign the assertion (choosing the alg first); *ret_jwt is the JWT, *ret_p
+ * its decoded parts. */
+static int sign_assertion(xch_req *req, char **ret_jwt, jws_parsed *ret_p)
 {
 	cli_ctx actx = { .socket = req->socket, .agent_uid = agent_uid };
 	json_t *sreq = NULL, *resp = NULL;
 	const char *jwt;
 	int r;
 
+	if ((r = choose_alg(req)) != 0)
+		return r;
 	if ((r = xch_sign_request(req, &sreq)) < 0)
 		return cli_fail(r);
 	if ((r = cli_call(&actx, sreq, &resp)) != 0)
@@ -321,7 +349,7 @@ static void sleep_ms(long ms)
 
 /* POST a form (with a fresh assertion in each attempt when needs_jwt) to
  * the token endpoint and parse the answer. Returns 0 or an exit status. */
-static int post_form(const xch_req *req, form *f, bool needs_jwt, xch_token *tok)
+static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 {
 	static const char *const hdrs[] = { "Content-Type: application/x-www-form-urlencoded",
 					    "Accept: application/json", NULL };
@@ -398,7 +426,7 @@ out:
 }
 
 /* A new access token with an assertion. */
-static int exchange(const xch_req *req, xch_token *tok)
+static int exchange(xch_req *req, xch_token *tok)
 {
 	form f = { 0 };
 	int st;
@@ -413,16 +441,34 @@ static int exchange(const xch_req *req, xch_token *tok)
 	return st;
 }
 
-static json_t *entry_new(const xch_req *req, const xch_token *tok, const char *old_rt)
+/* The alg (and why) of the assertion behind a token: this run's when it
+ * signed one, else the cached entry's (a cache hit, or a refresh that
+ * needed no assertion). */
+static json_t *alg_info(const xch_req *req, const json_t *old)
+{
+	if (old && xch_alg_needs_key(req))
+		return json_pack("{s:O?,s:O?}", "alg", json_object_get(old, "alg"), "alg_reason",
+				 json_object_get(old, "alg_reason"));
+	return json_pack("{s:s?,s:s?}", "alg", req->alg, "alg_reason", req->alg_reason);
+}
+
+static json_t *entry_new(const xch_req *req, const xch_token *tok, const json_t *old)
 {
 	int64_t now = util_now();
+	const char *old_rt = old ? json_string_value(json_object_get(old, "refresh_token")) : NULL;
 	const char *rt = tok->refresh_token ? tok->refresh_token : old_rt;
-	json_t *e = json_pack("{s:i,s:s?,s:s?,s:s,s:s?,s:s?,s:s?,s:s,s:I,s:s,s:s?,s:O}", "v", 1,
-			      "token_url", req->token_url, "client_id", req->client_id, "key",
-			      req->key, "alg", req->alg, "sub", req->sub, "scope", req->scope,
-			      "preset", req->preset->name, "obtained_at", (json_int_t)now,
-			      "access_token", tok->access_token, "refresh_token", rt, "response",
-			      tok->json);
+	json_t *ai = alg_info(req, old);
+	json_t *e = ai ? json_pack("{s:i,s:s?,s:s?,s:s,s:O?,s:O?,s:s?,s:s?,s:s,s:I,s:s,s:s?,s:O}",
+				   "v", 1, "token_url", req->token_url, "client_id",
+				   req->client_id, "key", req->key, "alg",
+				   json_object_get(ai, "alg"), "alg_reason",
+				   json_object_get(ai, "alg_reason"), "sub", req->sub, "scope",
+				   req->scope, "preset", req->preset->name, "obtained_at",
+				   (json_int_t)now, "access_token", tok->access_token,
+				   "refresh_token", rt, "response", tok->json)
+		       : NULL;
+
+	json_decref(ai);
 
 	if (e && tok->expires_in >= 0 &&
 	    json_object_set_new(e, "expires_at", json_integer(now + tok->expires_in)) < 0) {
@@ -435,6 +481,7 @@ static json_t *entry_new(const xch_req *req, const xch_token *tok, const char *o
 typedef struct {
 	char *access_token;
 	json_t *response; /* what --json prints */
+	json_t *alg;      /* {"alg", "alg_reason"} of the assertion behind it */
 	bool from_cache;
 } got_token;
 
@@ -442,6 +489,7 @@ static void got_clear(got_token *g)
 {
 	freezero_str(g->access_token);
 	json_decref(g->response);
+	json_decref(g->alg);
 	memset(g, 0, sizeof(*g));
 }
 
@@ -472,7 +520,7 @@ static int got_from_entry(got_token *g, const json_t *e, int64_t now)
 
 /* The token for req: from the cache, by refresh, or by a new exchange
  * (force: drop the cached one first). Returns 0 or an exit status. */
-static int get_token(const xch_req *req, bool use_cache, bool force, got_token *g)
+static int get_token(xch_req *req, bool use_cache, bool force, got_token *g)
 {
 	tcache c;
 	char key[65];
@@ -501,7 +549,9 @@ static int get_token(const xch_req *req, bool use_cache, bool force, got_token *
 		cache_state cs = cache_entry_state(e, now, XCH_DEFAULT_MARGIN);
 
 		if (cs == CACHE_FRESH) {
-			st = got_from_entry(g, e, now) < 0 ? cli_fail(P11J_E_NOMEM) : 0;
+			st = got_from_entry(g, e, now) < 0 || (g->alg = alg_info(req, e)) == NULL
+				     ? cli_fail(P11J_E_NOMEM)
+				     : 0;
 			goto out;
 		}
 		if (cs == CACHE_REFRESHABLE) {
@@ -528,8 +578,7 @@ static int get_token(const xch_req *req, bool use_cache, bool force, got_token *
 		goto out;
 store:
 	if (use_cache && (tok.expires_in >= 0 || tok.refresh_token)) {
-		const char *old = e ? json_string_value(json_object_get(e, "refresh_token")) : NULL;
-		json_t *ne = entry_new(req, &tok, old);
+		json_t *ne = entry_new(req, &tok, e);
 
 		if (ne == NULL || (r = cache_put(&c, key, ne)) < 0)
 			note("warning: the token was not cached: %s",
@@ -537,6 +586,8 @@ store:
 		json_decref(ne);
 	}
 	got_from_tok(g, &tok);
+	if ((g->alg = alg_info(req, e)) == NULL)
+		st = cli_fail(P11J_E_NOMEM);
 out:
 	xch_token_clear(&tok);
 	json_decref(e);
@@ -544,7 +595,7 @@ out:
 	return st;
 }
 
-static int dry_run(const xch_req *req)
+static int dry_run(xch_req *req)
 {
 	jws_parsed jp = { 0 };
 	char *jwt = NULL;
@@ -584,32 +635,7 @@ static int dry_run(const xch_req *req)
 	return st;
 }
 
-/* The alg for a key, when the preset (or profile) lists the algs the
- * provider accepts and none was given: the first the key signs, from the
- * agent's key list. Before the cache is looked at (its key holds the alg)
- * and before anything is signed. Returns 0 or an exit status. */
-static int choose_alg(xch_req *req)
-{
-	cli_ctx actx = { .socket = req->socket, .agent_uid = agent_uid };
-	json_t *resp = NULL;
-	int r, st;
-
-	if (!xch_alg_needs_key(req))
-		return 0;
-	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
-		return st;
-	r = xch_choose_alg(req, json_object_get(resp, "keys"));
-	json_decref(resp);
-	if (r < 0) {
-		st = cli_fail(r);
-		/* the options do not fit the key: a usage error, not a refusal */
-		return r == P11J_E_UNSUPPORTED_ALG ? CLI_EXIT_USAGE : st;
-	}
-	return 0;
-}
-
-/* Options → resolved request (alg chosen for the key), secret read and
- * wiped. */
+/* Options → resolved request, secret read and wiped. */
 static int prepare(const topts *o, xch_req *req)
 {
 	char *secret = NULL;
@@ -622,17 +648,15 @@ static int prepare(const topts *o, xch_req *req)
 	if (r < 0)
 		return cli_fail(r);
 	print_warnings(req);
-	return choose_alg(req);
+	return 0;
 }
 
-/* --json: the token endpoint's answer, with what p11jwt chose beside it */
-static int print_token_json(const xch_req *req, json_t *response)
+/* --json: the token endpoint's answer, with the alg p11jwt signed with */
+static int print_token_json(const got_token *g)
 {
-	json_t *own = json_pack("{s:s?,s:s?}", "alg", req->alg, "alg_reason", req->alg_reason);
-
-	if (own == NULL || json_object_set_new(response, "p11jwt", own) < 0)
+	if (json_object_set(g->response, "p11jwt", g->alg) < 0)
 		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
-	return cli_print_json(response);
+	return cli_print_json(g->response);
 }
 
 int cmd_token(cli_ctx *ctx, int argc, char **argv)
@@ -661,7 +685,7 @@ int cmd_token(cli_ctx *ctx, int argc, char **argv)
 	if ((st = get_token(&req, !o.no_cache, false, &g)) != 0)
 		goto out;
 	if (o.json)
-		st = print_token_json(&req, g.response);
+		st = print_token_json(&g);
 	else
 		printf("%s\n", g.access_token);
 out:

@@ -567,7 +567,7 @@ static int resolve_algs(const json_t *profile, const json_t *cli, const preset *
 
 bool xch_alg_needs_key(const xch_req *req)
 {
-	return !req->alg_given && req->algs != NULL;
+	return !req->alg_given && req->algs != NULL && !req->alg_checked;
 }
 
 /* "RSA 2048", "P-256", "Ed25519", from the agent's key entry */
@@ -673,6 +673,7 @@ int xch_choose_alg(xch_req *req, const json_t *keys)
 	}
 	if ((r = xch_pick_alg(req->algs, who, owner, req->key, keys, &alg, &reason)) < 0)
 		return r;
+	req->alg_checked = true;
 	if (alg == NULL)
 		return 0; /* not listed: the agent's answer to the sign request says why */
 	free(req->alg);
@@ -1087,14 +1088,19 @@ int xch_cache_key(const xch_req *req, char ret[65])
 	unsigned char md[32];
 	unsigned int mdlen = 0;
 	json_t *o, *fa;
-	char *s;
+	char *s, *asked = NULL;
 	int r;
 
+	/* the alg asked for, stable while xch_choose_alg() changes req->alg */
+	if (!req->alg_given && req->algs &&
+	    (asked = strndup(req->algs, strcspn(req->algs, " "))) == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
 	fa = json_array();
 	o = json_pack("{s:s?,s:s?,s:s,s:s?,s:s?,s:s?,s:s?,s:s?,s:o?}", "token_url",
 		      req->token_url, "client_id", req->client_id, "key", req->key, "alg",
-		      req->alg, "iss", req->iss, "sub", req->sub, "aud", req->aud, "scope",
-		      req->scope, "form", fa);
+		      asked ? asked : req->alg, "iss", req->iss, "sub", req->sub, "aud", req->aud,
+		      "scope", req->scope, "form", fa);
+	free(asked);
 	if (o == NULL)
 		return err_set(P11J_E_NOMEM, "out of memory");
 	for (size_t i = 0; i < req->form.n; i++) {

@@ -47,6 +47,7 @@ typedef struct {
 			   * the preset's), or NULL for any */
 	bool algs_profile; /* algs came from the profile */
 	bool alg_given;    /* alg came from --alg or the profile's alg */
+	bool alg_checked;  /* xch_choose_alg() has run */
 	char *alg_reason;  /* why alg is what it is, e.g. "ES384: first of smart's
 			    * RS384, ES384 that key 'ec-p384' signs" */
 	char *client_id, *token_url, *iss, *sub, *aud, *scope;
@@ -69,10 +70,10 @@ int xch_resolve(const json_t *profile, const json_t *cli, const char *client_sec
 		int64_t now, xch_req *req);
 void xch_req_clear(xch_req *req);
 
-/* True when the alg depends on the key: none was given and there is a
- * list of accepted algs. Then ask the agent for its keys (op "keys") and
- * call xch_choose_alg() before signing or looking in the cache (the cache
- * key holds the alg). */
+/* True when the alg depends on the key and is not chosen yet: none was
+ * given, there is a list of accepted algs, and xch_choose_alg() has not
+ * run. Then ask the agent for its keys (op "keys") and call
+ * xch_choose_alg() before signing. */
 bool xch_alg_needs_key(const xch_req *req);
 
 /* The first of algs (space-separated, in preference order) that key signs,
@@ -88,8 +89,8 @@ int xch_pick_alg(const char *algs, const char *who, const char *owner, const cha
 		 const json_t *keys, char **ret_alg, char **ret_reason);
 
 /* xch_pick_alg() for req (its algs, preset or profile): sets req->alg and
- * req->alg_reason. keys is the agent's "keys" array. A no-op when
- * !xch_alg_needs_key(req). */
+ * req->alg_reason, and req->alg_checked. keys is the agent's "keys" array.
+ * A no-op when !xch_alg_needs_key(req). */
 int xch_choose_alg(xch_req *req, const json_t *keys);
 
 /* The token URL is https, or http to a loopback host (see http_check_url).
@@ -110,7 +111,11 @@ int xch_refresh_form(const xch_req *req, const char *refresh_token, form *ret,
 
 /* Cache key: lowercase hex SHA-256 over the token URL, client id, key, alg,
  * iss, sub, aud, scope and the form without the assertion and the secret,
- * so that two configurations never share a token. ret holds 65 bytes. */
+ * so that two configurations never share a token. ret holds 65 bytes.
+ * The alg is the one asked for: given, else the first of the accepted list
+ * (what xch_resolve() sets, the RSA default), else none; not the one
+ * xch_choose_alg() picks, which depends on the key (already in the hash),
+ * so that a cache hit needs no agent. */
 int xch_cache_key(const xch_req *req, char ret[65]);
 
 typedef struct {

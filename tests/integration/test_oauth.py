@@ -346,9 +346,17 @@ def test_preset_algs(srv, env):
     r1, r2 = p11jwt(*a, env=env), p11jwt(*a, '--json', env=env)
     resp = json.loads(r2.stdout) if r2.returncode == 0 else {}
     t.ok(r1.returncode == 0 and resp.get('access_token') == r1.stdout.strip() and
-         srv.stats()['token_requests'] == 1 and resp.get('p11jwt', {}).get('alg') == 'ES384',
-         'okta with ec-p384: the second call is a cache hit, and --json still says ES384',
-         (r1.stderr, r2.stdout))
+         srv.stats()['token_requests'] == 1 and resp.get('p11jwt', {}).get('alg') == 'ES384' and
+         resp['p11jwt'].get('alg_reason', '').startswith("ES384: first of okta's"),
+         'okta with ec-p384: the second call is a cache hit, and --json still says ES384 '
+         'and why (from the cache entry)', (r1.stderr, r2.stdout))
+    a0, b0 = agent_requests(env), agent_requests(env)
+    n0 = agent_requests(env)
+    r3 = p11jwt(*a, env=env)
+    n1 = agent_requests(env)
+    t.ok(r3.returncode == 0 and r3.stdout == r1.stdout and n1 - n0 == b0 - a0,
+         'a cache hit asks the agent nothing (the cache key holds the alg asked for)',
+         (n0, n1, b0 - a0, r3.stderr))
     # --dry-run shows the alg and why
     r = p11jwt('token', '--preset', 'smart', '--key', 'ec-p384', '--client-id', 'x',
                '--token-url', srv.token_url, '--dry-run', env=env)

@@ -757,6 +757,30 @@ static void test_alg_reasons_and_sign_request(void **state)
 	assert_string_equal(req.alg_reason, "RS512: nhs's only alg, which key 'rsa-2048' signs");
 	xch_req_clear(&req);
 
+	/* the cache key holds the alg asked for, so it is the same before and
+	 * after the choice (a cache hit needs no agent), and for an RSA key the
+	 * same as with the list's first given as --alg (as before issue 16) */
+	{
+		char k0[65], k1[65], k2[65];
+
+		resolve_for_key("smart", "ec-p384", NULL, &req);
+		assert_int_equal(xch_cache_key(&req, k0), 0);
+		assert_int_equal(xch_choose_alg(&req, keys), 0);
+		assert_false(xch_alg_needs_key(&req)); /* chosen once */
+		assert_string_equal(req.alg, "ES384");
+		assert_int_equal(xch_cache_key(&req, k1), 0);
+		assert_string_equal(k0, k1);
+		xch_req_clear(&req);
+		resolve_for_key("smart", "ec-p384", "\"alg\":\"RS384\"", &req);
+		assert_int_equal(xch_cache_key(&req, k2), 0);
+		assert_string_equal(k0, k2);
+		xch_req_clear(&req);
+		resolve_for_key("smart", "ec-p384", "\"alg\":\"ES384\"", &req);
+		assert_int_equal(xch_cache_key(&req, k2), 0);
+		assert_string_not_equal(k0, k2);
+		xch_req_clear(&req);
+	}
+
 	/* the whole message, as the issue asks for it */
 	resolve_for_key("nhs", "ec-p256", NULL, &req);
 	assert_int_equal(xch_choose_alg(&req, keys), P11J_E_UNSUPPORTED_ALG);
