@@ -4,6 +4,7 @@
 #include "jose/jwa.h"
 #include "common/err.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -441,9 +442,128 @@ int jwk_x5c_entry(const uint8_t *der, size_t len, char **ret)
 	return b64_std_encode(der, len, ret);
 }
 
+/* A name from outside (a kid, a "use"), fit for a message: at most 64
+ * bytes, control characters shown as '?'. */
+static const char *jwk_show(const char *s, char *buf, size_t size)
+{
+	size_t i, n = strlen(s), max = size - 4;
+
+	for (i = 0; i < n && i < max; i++)
+		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+	if (i < n)
+		memcpy(buf + i, "...", 4);
+	else
+		buf[i] = '\0';
+	return buf;
+}
+
+/* 0 when jwk may verify signatures; P11J_E_NOT_FOUND when its "use" or
+ * "key_ops" keep it for something else; P11J_E_BAD_REQUEST when they are
+ * malformed (RFC 7517 4.2, 4.3). who names the key in messages. */
+static int jwk_may_verify(const json_t *jwk, const char *who)
+{
+	const json_t *use = json_object_get(jwk, "use"), *ops = json_object_get(jwk, "key_ops");
+	const json_t *v;
+	json_t *seen = NULL;
+	bool verify = false;
+	char show[68];
+	size_t i;
+	int r;
+
+	if (use != NULL && !json_is_string(use))
+		return err_set(P11J_E_BAD_REQUEST, "%s has a \"use\" that is not a string", who);
+	if (use != NULL && strcmp(json_string_value(use), "sig") != 0)
+		return err_set(P11J_E_NOT_FOUND,
+			       "%s is not for signatures: its \"use\" is \"%s\", not \"sig\"", who,
+			       jwk_show(json_string_value(use), show, sizeof(show)));
+	if (ops == NULL)
+		return 0;
+	if (!json_is_array(ops))
+		return err_set(P11J_E_BAD_REQUEST, "%s has a \"key_ops\" that is not an array",
+			       who);
+	/* A set, not a nested loop: the array may be long. */
+	seen = json_object();
+	if (seen == NULL)
+		return err_nomem();
+	json_array_foreach(ops, i, v) {
+		const char *op = json_string_value(v);
+
+		if (op == NULL) {
+			r = err_set(P11J_E_BAD_REQUEST, "%s: \"key_ops\" entry %zu is not a string",
+				    who, i);
+			goto out;
+		}
+		if (json_object_get(seen, op) != NULL) {
+			r = err_set(P11J_E_BAD_REQUEST, "%s: \"key_ops\" lists \"%s\" twice", who,
+				    jwk_show(op, show, sizeof(show)));
+			goto out;
+		}
+		if (json_object_set_new(seen, op, json_true()) != 0) {
+			r = err_nomem();
+			goto out;
+		}
+		if (strcmp(op, "verify") == 0)
+			verify = true;
+	}
+	r = verify ? 0 : err_set(P11J_E_NOT_FOUND,
+				 "%s may not verify signatures: its \"key_ops\" lacks \"verify\"",
+				 who);
+out:
+	json_decref(seen);
+	return r;
+}
+
+int jwk_find_verify(const json_t *jwks, const char *kid, const json_t **ret_jwk)
+{
+	const json_t *keys, *k = NULL;
+	char who[128], show[68], why[512] = "";
+	const char *kk;
+	size_t i;
+	int r;
+
+	if (kid == NULL) {
+		if ((r = jwk_find(jwks, NULL, &k)) < 0)
+			return r;
+		kk = jwk_str(k, "kid");
+		if (kk != NULL)
+			snprintf(who, sizeof(who), "the JWKS's only key (kid \"%s\")",
+				 jwk_show(kk, show, sizeof(show)));
+		else
+			snprintf(who, sizeof(who), "the JWKS's only key");
+		if ((r = jwk_may_verify(k, who)) < 0)
+			return r;
+		*ret_jwk = k;
+		return 0;
+	}
+	keys = json_object_get(jwks, "keys");
+	if (!json_is_array(keys))
+		return err_set(P11J_E_BAD_REQUEST, "JWKS has no \"keys\" array");
+	snprintf(who, sizeof(who), "the JWKS key with kid \"%s\"",
+		 jwk_show(kid, show, sizeof(show)));
+	json_array_foreach(keys, i, k) {
+		kk = jwk_str(k, "kid");
+		if (kk == NULL || strcmp(kk, kid) != 0)
+			continue;
+		r = jwk_may_verify(k, who);
+		if (r == 0) {
+			*ret_jwk = k;
+			return 0;
+		}
+		if (r != P11J_E_NOT_FOUND)
+			return r;
+		/* keep the first refusal; a later key with this kid may be for signing */
+		if (why[0] == '\0')
+			snprintf(why, sizeof(why), "%s", err_msg());
+	}
+	if (why[0] != '\0')
+		return err_set(P11J_E_NOT_FOUND, "%s", why);
+	return err_set(P11J_E_NOT_FOUND, "no key with kid \"%s\" in the JWKS", show);
+}
+
 int jwk_find(const json_t *jwks, const char *kid, const json_t **ret_jwk)
 {
 	const json_t *keys, *k;
+	char show[68];
 	size_t i;
 
 	keys = json_object_get(jwks, "keys");
@@ -468,5 +588,6 @@ int jwk_find(const json_t *jwks, const char *kid, const json_t **ret_jwk)
 			return 0;
 		}
 	}
-	return err_set(P11J_E_NOT_FOUND, "no key with kid \"%s\" in the JWKS", kid);
+	return err_set(P11J_E_NOT_FOUND, "no key with kid \"%s\" in the JWKS",
+		       jwk_show(kid, show, sizeof(show)));
 }

@@ -38,4 +38,14 @@ int jwk_x5c_entry(const uint8_t *der, size_t len, char **ret);
  * P11J_E_NOT_FOUND when none matches. */
 int jwk_find(const json_t *jwks, const char *kid, const json_t **ret_jwk);
 
+/* jwk_find for verifying a signature: only a key whose "use", if present, is
+ * "sig" and whose "key_ops", if present, holds "verify" (RFC 7517 4.2, 4.3).
+ * With a kid, the first such key with that kid (another key with the same
+ * kid but for encryption is passed over); without, the JWKS's only key.
+ * P11J_E_NOT_FOUND when no key with kid exists or none of them may verify
+ * (the message names the kid and why); P11J_E_BAD_REQUEST when a key with
+ * kid has a "use" that is not a string or a "key_ops" that is not an array
+ * of distinct strings. Borrowed reference. */
+int jwk_find_verify(const json_t *jwks, const char *kid, const json_t **ret_jwk);
+
 #endif

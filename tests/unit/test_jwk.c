@@ -317,6 +317,85 @@ static void test_jwk_find(void **state)
 	json_decref(bad);
 }
 
+static void expect_find_verify(const json_t *jwks, const char *kid, int code,
+			       const char *msg_part)
+{
+	const json_t *k = (const json_t *)0x1;
+
+	err_clear();
+	assert_int_equal(jwk_find_verify(jwks, kid, &k), code);
+	assert_ptr_equal(k, (const json_t *)0x1);
+	if (strstr(err_msg(), msg_part) == NULL)
+		fail_msg("kid %s: message \"%s\" lacks \"%s\"", kid ? kid : "(none)", err_msg(),
+			 msg_part);
+}
+
+/* Key selection for verification honours use and key_ops (RFC 7517 4.2,
+ * 4.3); jwk_find itself does not look at them. */
+static void test_jwk_find_verify(void **state)
+{
+	json_t *jwks = load("{\"keys\":["
+			    "{\"kid\":\"enc\",\"kty\":\"RSA\",\"use\":\"enc\"},"
+			    "{\"kid\":\"sig\",\"kty\":\"RSA\",\"use\":\"sig\"},"
+			    "{\"kid\":\"ops\",\"kty\":\"EC\",\"key_ops\":[\"sign\",\"verify\"]},"
+			    "{\"kid\":\"signonly\",\"kty\":\"EC\",\"key_ops\":[\"sign\"]},"
+			    "{\"kid\":\"twice\",\"kty\":\"EC\",\"use\":\"enc\"},"
+			    "{\"kid\":\"twice\",\"kty\":\"OKP\",\"key_ops\":[\"verify\"]},"
+			    "{\"kid\":\"dup\",\"key_ops\":[\"verify\",\"verify\"]},"
+			    "{\"kid\":\"num\",\"key_ops\":[\"verify\",2]},"
+			    "{\"kid\":\"str\",\"key_ops\":\"verify\"},"
+			    "{\"kid\":\"usenum\",\"use\":[\"sig\"]},"
+			    "{\"kid\":\"encs\",\"use\":\"enc\"},"
+			    "{\"kid\":\"encs\",\"key_ops\":[\"decrypt\"]},"
+			    "{\"kid\":\"\\u001b]0;pwned\\u0007\",\"use\":\"enc\"},"
+			    "7]}");
+	json_t *one_enc = load("{\"keys\":[{\"kty\":\"EC\",\"use\":\"enc\"}]}");
+	json_t *one_ops = load("{\"keys\":[{\"kty\":\"EC\",\"key_ops\":[]}]}");
+	json_t *one_ok = load("{\"keys\":[{\"kty\":\"EC\",\"use\":\"sig\"}]}");
+	const json_t *k = NULL;
+
+	(void)state;
+	/* jwk_find, as before, goes by kid alone */
+	assert_int_equal(jwk_find(jwks, "enc", &k), 0);
+	assert_string_equal(json_string_value(json_object_get(k, "use")), "enc");
+
+	assert_int_equal(jwk_find_verify(jwks, "sig", &k), 0);
+	assert_string_equal(json_string_value(json_object_get(k, "kid")), "sig");
+	assert_int_equal(jwk_find_verify(jwks, "ops", &k), 0);
+	assert_string_equal(json_string_value(json_object_get(k, "kid")), "ops");
+	/* the first key with kid "twice" is for encryption: the second is taken */
+	assert_int_equal(jwk_find_verify(jwks, "twice", &k), 0);
+	assert_string_equal(json_string_value(json_object_get(k, "kty")), "OKP");
+	assert_int_equal(jwk_find_verify(one_ok, NULL, &k), 0);
+
+	expect_find_verify(jwks, "enc", P11J_E_NOT_FOUND,
+			   "the JWKS key with kid \"enc\" is not for signatures: its \"use\" is "
+			   "\"enc\", not \"sig\"");
+	expect_find_verify(jwks, "signonly", P11J_E_NOT_FOUND,
+			   "kid \"signonly\" may not verify signatures: its \"key_ops\" lacks "
+			   "\"verify\"");
+	/* two keys with that kid, neither for signatures: the first refusal */
+	expect_find_verify(jwks, "encs", P11J_E_NOT_FOUND, "its \"use\" is \"enc\"");
+	expect_find_verify(jwks, "none", P11J_E_NOT_FOUND, "no key with kid \"none\"");
+	expect_find_verify(jwks, "dup", P11J_E_BAD_REQUEST,
+			   "kid \"dup\": \"key_ops\" lists \"verify\" twice");
+	expect_find_verify(jwks, "num", P11J_E_BAD_REQUEST, "\"key_ops\" entry 1 is not a string");
+	expect_find_verify(jwks, "str", P11J_E_BAD_REQUEST, "\"key_ops\" that is not an array");
+	expect_find_verify(jwks, "usenum", P11J_E_BAD_REQUEST, "\"use\" that is not a string");
+	expect_find_verify(one_enc, NULL, P11J_E_NOT_FOUND,
+			   "the JWKS's only key is not for signatures");
+	expect_find_verify(one_ops, NULL, P11J_E_NOT_FOUND, "lacks \"verify\"");
+	expect_find_verify(jwks, NULL, P11J_E_NOT_FOUND, "not exactly one");
+	expect_find_verify(NULL, "sig", P11J_E_BAD_REQUEST, "\"keys\"");
+	/* a hostile kid is named without its control characters */
+	expect_find_verify(jwks, "\x1b]0;pwned\x07", P11J_E_NOT_FOUND, "kid \"?]0;pwned?\"");
+	expect_find_verify(jwks, "\x1b[2J", P11J_E_NOT_FOUND, "no key with kid \"?[2J\"");
+	json_decref(jwks);
+	json_decref(one_enc);
+	json_decref(one_ops);
+	json_decref(one_ok);
+}
+
 /* The raw-component builders shared with the token layer. */
 static void test_pkey_builders_reject_bad_components(void **state)
 {
@@ -358,6 +437,7 @@ int main(void)
 		cmocka_unit_test(test_jwk_malformed),
 		cmocka_unit_test(test_x5t),
 		cmocka_unit_test(test_jwk_find),
+		cmocka_unit_test(test_jwk_find_verify),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
