@@ -279,11 +279,106 @@ static int claim_time(const json_t *claims, const char *name, bool *ret_have, in
 	return 0;
 }
 
+/* A name from the JWT, fit for a message: at most 64 bytes, control
+ * characters shown as '?', so a hostile header cannot drive the terminal. */
+static const char *jws_show(const char *s, char *buf, size_t size)
+{
+	size_t i, n = strlen(s), max = size - 4;
+
+	for (i = 0; i < n && i < max; i++)
+		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+	if (i < n)
+		memcpy(buf + i, "...", 4);
+	else
+		buf[i] = '\0';
+	return buf;
+}
+
+/* Header Parameters that RFC 7515 4.1, RFC 7516 4.1 and RFC 7518 4 define
+ * themselves: RFC 7515 4.1.11 says crit must not list them. */
+static const char *const jws_registered[] = {
+	"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit",
+	"enc", "zip", "epk", "apu", "apv", "iv", "tag", "p2s", "p2c",
+};
+
+int jws_check_crit(const json_t *header, const char *const *understood)
+{
+	const json_t *crit = json_object_get(header, "crit"), *v;
+	json_t *seen = NULL;
+	char show[68];
+	size_t i, j;
+	int r;
+
+	if (crit == NULL)
+		return 0;
+	if (!json_is_array(crit))
+		return err_set(P11J_E_BAD_JWT, "JWT header \"crit\" is not an array of header "
+			       "parameter names (RFC 7515 4.1.11)");
+	if (json_array_size(crit) == 0)
+		return err_set(P11J_E_BAD_JWT, "JWT header \"crit\" is an empty array, which RFC "
+			       "7515 4.1.11 forbids");
+	/* A set, not a nested loop: crit may hold thousands of names. */
+	seen = json_object();
+	if (seen == NULL)
+		return err_nomem();
+	json_array_foreach(crit, i, v) {
+		const char *name = json_string_value(v);
+
+		if (name == NULL) {
+			r = err_set(P11J_E_BAD_JWT, "JWT header \"crit\" entry %zu is not a string",
+				    i);
+			goto out;
+		}
+		for (j = 0; j < ARRAY_SIZE(jws_registered); j++)
+			if (strcmp(name, jws_registered[j]) == 0) {
+				r = err_set(P11J_E_BAD_JWT,
+					    "JWT header \"crit\" lists \"%s\", which RFC 7515/7518 "
+					    "define: crit may name extensions only", name);
+				goto out;
+			}
+		if (json_object_get(seen, name) != NULL) {
+			r = err_set(P11J_E_BAD_JWT, "JWT header \"crit\" lists \"%s\" twice",
+				    jws_show(name, show, sizeof(show)));
+			goto out;
+		}
+		if (json_object_set_new(seen, name, json_true()) != 0) {
+			r = err_nomem();
+			goto out;
+		}
+		if (json_object_get(header, name) == NULL) {
+			r = err_set(P11J_E_BAD_JWT,
+				    "JWT header \"crit\" lists \"%s\", which is not in the header",
+				    jws_show(name, show, sizeof(show)));
+			goto out;
+		}
+	}
+	/* Well formed: now every name must be an extension the caller implements. */
+	json_array_foreach(crit, i, v) {
+		const char *name = json_string_value(v);
+		const char *const *u;
+
+		for (u = understood; u != NULL && *u != NULL; u++)
+			if (strcmp(name, *u) == 0)
+				break;
+		if (u == NULL || *u == NULL) {
+			r = err_set(P11J_E_BAD_JWT,
+				    "JWT header \"crit\" requires the extension \"%s\", which this "
+				    "verifier does not understand",
+				    jws_show(name, show, sizeof(show)));
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	json_decref(seen);
+	return r;
+}
+
 int jws_verify_jwks(const char *jwt, const json_t *jwks, int64_t now, int64_t leeway,
 		    jws_parsed *ret)
 {
 	jws_parsed p = { 0 };
-	const json_t *jwk = NULL;
+	const json_t *jwk = NULL, *v;
 	const char *kid, *jalg;
 	EVP_PKEY *pub = NULL;
 	int64_t t = 0;
@@ -298,8 +393,18 @@ int jws_verify_jwks(const char *jwt, const json_t *jwks, int64_t now, int64_t le
 				    ?: "(missing)");
 		goto out;
 	}
-	kid = json_string_value(json_object_get(p.header, "kid"));
-	if ((r = jwk_find(jwks, kid, &jwk)) < 0)
+	/* Before any key is looked at: an extension we do not implement may
+	 * change what the signature means (RFC 7515 4.1.11). */
+	if ((r = jws_check_crit(p.header, NULL)) < 0)
+		goto out;
+	v = json_object_get(p.header, "kid");
+	if (v != NULL && !json_is_string(v)) {
+		/* not "no kid": that would pick the JWKS's only key */
+		r = err_set(P11J_E_BAD_JWT, "JWT header \"kid\" is not a string");
+		goto out;
+	}
+	kid = json_string_value(v);
+	if ((r = jwk_find_verify(jwks, kid, &jwk)) < 0)
 		goto out;
 	jalg = json_string_value(json_object_get(jwk, "alg"));
 	if (jalg != NULL && strcmp(jalg, jwa_name(p.alg)) != 0) {

@@ -47,9 +47,19 @@ void jws_parsed_clear(jws_parsed *p);
 int jws_verify_sig(jwa_alg alg, EVP_PKEY *pub, const uint8_t *in, size_t inlen,
 		   const uint8_t *sig, size_t siglen);
 
-/* Full check: parse, pick the key from jwks by header kid, verify the
- * signature, then exp (P11J_E_EXPIRED) and nbf (P11J_E_NOT_YET_VALID) against
- * now with leeway seconds. On success, fills *ret if ret is not NULL. */
+/* RFC 7515 4.1.11: check the header's "crit". understood is a NULL-ended
+ * list of the extension Header Parameters the caller implements (NULL for
+ * none). P11J_E_BAD_JWT, with the reason, when crit is present and is not an
+ * array, is empty, holds a non-string or the same name twice, lists a name
+ * RFC 7515/7516/7518 define (alg, kid, ...) or one absent from the header,
+ * or requires an extension not in understood. 0 when there is no crit. */
+int jws_check_crit(const json_t *header, const char *const *understood);
+
+/* Full check: parse; check crit (no extension is understood, so any crit is
+ * refused) and that a kid is a string (P11J_E_BAD_JWT); pick the key from
+ * jwks with jwk_find_verify; verify the signature, then exp (P11J_E_EXPIRED)
+ * and nbf (P11J_E_NOT_YET_VALID) against now with leeway seconds. On
+ * success, fills *ret if ret is not NULL. */
 int jws_verify_jwks(const char *jwt, const json_t *jwks, int64_t now, int64_t leeway,
 		    jws_parsed *ret);
 

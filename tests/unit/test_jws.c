@@ -443,6 +443,241 @@ static void test_ecdsa_width_leading_zeros(void **state)
 	}
 }
 
+/* A P-256 ES256 JWT with this header (signed for real) checked against a
+ * JWKS holding the key under kid "k": the return code, message in err_msg(). */
+static int verify_hdr(const char *hdr_json, const json_t *jwks)
+{
+	json_t *hdr = load(hdr_json), *claims = json_pack("{s:s}", "sub", "alice");
+	char *jwt = NULL;
+	int r;
+
+	assert_int_equal(jws_sign_compact(hdr, claims, JWA_ES256, softsign_fn, keys[KEYKIND_P256],
+					  64, &jwt), 0);
+	err_clear();
+	r = jws_verify_jwks(jwt, jwks, NOW, 0, NULL);
+	free(jwt);
+	json_decref(hdr);
+	json_decref(claims);
+	return r;
+}
+
+static void expect_verify_hdr(const char *hdr_json, const json_t *jwks, int code,
+			      const char *msg_part)
+{
+	int r = verify_hdr(hdr_json, jwks);
+
+	if (r != code)
+		fail_msg("%s: got %d (%s), want %d", hdr_json, r, err_msg(), code);
+	if (strstr(err_msg(), msg_part) == NULL)
+		fail_msg("%s: message \"%s\" lacks \"%s\"", hdr_json, err_msg(), msg_part);
+}
+
+/* RFC 7515 4.1.11: a validly signed JWT whose crit the verifier cannot honour
+ * is invalid. Each of these verified before (issue 15). */
+static void test_crit_refused(void **state)
+{
+	json_t *jwks = jwks_for(KEYKIND_P256, "k", NULL);
+
+	(void)state;
+	/* the same key and header without crit verify */
+	assert_int_equal(verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"urn:x\":1}", jwks), 0);
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"urn:x-unknown\"],"
+			  "\"urn:x-unknown\":true}",
+			  jwks, P11J_E_BAD_JWT,
+			  "requires the extension \"urn:x-unknown\", which this verifier does not "
+			  "understand");
+	/* RFC 7797 b64 is an extension we do not implement either */
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"b64\":false,\"crit\":[\"b64\"]}",
+			  jwks, P11J_E_BAD_JWT, "\"b64\", which this verifier does not understand");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[]}", jwks, P11J_E_BAD_JWT,
+			  "\"crit\" is an empty array");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":\"exp\",\"exp\":1}", jwks,
+			  P11J_E_BAD_JWT, "\"crit\" is not an array");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":{\"urn:x\":1},\"urn:x\":1}",
+			  jwks, P11J_E_BAD_JWT, "\"crit\" is not an array");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":null}", jwks,
+			  P11J_E_BAD_JWT, "\"crit\" is not an array");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"urn:x\",7],\"urn:x\":1}",
+			  jwks, P11J_E_BAD_JWT, "\"crit\" entry 1 is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[[\"urn:x\"]],\"urn:x\":1}",
+			  jwks, P11J_E_BAD_JWT, "\"crit\" entry 0 is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"urn:x\",\"urn:x\"],"
+			  "\"urn:x\":1}",
+			  jwks, P11J_E_BAD_JWT, "\"crit\" lists \"urn:x\" twice");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"urn:absent\"]}", jwks,
+			  P11J_E_BAD_JWT, "\"urn:absent\", which is not in the header");
+	/* names RFC 7515/7518 define may not be listed, present or not */
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"kid\"]}", jwks,
+			  P11J_E_BAD_JWT, "lists \"kid\", which RFC 7515/7518 define");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"alg\"]}", jwks,
+			  P11J_E_BAD_JWT, "lists \"alg\"");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"crit\"]}", jwks,
+			  P11J_E_BAD_JWT, "lists \"crit\"");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\",\"crit\":[\"x5t#S256\"]}", jwks,
+			  P11J_E_BAD_JWT, "lists \"x5t#S256\"");
+	/* crit is checked before the key is looked for: no kid match needed */
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"nope\",\"crit\":[]}", jwks,
+			  P11J_E_BAD_JWT, "empty array");
+	json_decref(jwks);
+}
+
+/* jws_check_crit itself, with extensions a caller says it understands. */
+static void test_check_crit_understood(void **state)
+{
+	static const char *const ours[] = { "urn:a", "kid", NULL };
+	json_t *h;
+
+	(void)state;
+	h = load("{\"alg\":\"ES256\"}");
+	assert_int_equal(jws_check_crit(h, NULL), 0);
+	json_decref(h);
+	h = load("{\"crit\":[\"urn:a\"],\"urn:a\":{}}");
+	assert_int_equal(jws_check_crit(h, ours), 0);
+	assert_int_equal(jws_check_crit(h, NULL), P11J_E_BAD_JWT);
+	assert_non_null(strstr(err_msg(), "\"urn:a\""));
+	json_decref(h);
+	h = load("{\"crit\":[\"urn:a\",\"urn:b\"],\"urn:a\":1,\"urn:b\":2}");
+	assert_int_equal(jws_check_crit(h, ours), P11J_E_BAD_JWT);
+	assert_non_null(strstr(err_msg(), "\"urn:b\""));
+	json_decref(h);
+	/* well-formedness comes first: a duplicate of an understood name */
+	h = load("{\"crit\":[\"urn:a\",\"urn:a\"],\"urn:a\":1}");
+	assert_int_equal(jws_check_crit(h, ours), P11J_E_BAD_JWT);
+	assert_non_null(strstr(err_msg(), "twice"));
+	json_decref(h);
+	/* "understanding" kid does not make it listable */
+	h = load("{\"crit\":[\"kid\"],\"kid\":\"x\"}");
+	assert_int_equal(jws_check_crit(h, ours), P11J_E_BAD_JWT);
+	assert_non_null(strstr(err_msg(), "RFC 7515/7518"));
+	json_decref(h);
+	/* a hostile name is shown without its control characters, and bounded */
+	h = load("{\"crit\":[\"\\u001b[2Jurn:evil\"],\"\\u001b[2Jurn:evil\":1}");
+	assert_int_equal(jws_check_crit(h, NULL), P11J_E_BAD_JWT);
+	assert_null(strchr(err_msg(), 0x1b));
+	assert_non_null(strstr(err_msg(), "\"?[2Jurn:evil\""));
+	json_decref(h);
+	{
+		char big[400], hdr[900];
+
+		memset(big, 'n', sizeof(big) - 1);
+		big[sizeof(big) - 1] = '\0';
+		snprintf(hdr, sizeof(hdr), "{\"crit\":[\"%s\"],\"%s\":1}", big, big);
+		h = load(hdr);
+		assert_int_equal(jws_check_crit(h, NULL), P11J_E_BAD_JWT);
+		assert_non_null(strstr(err_msg(), "nnn...\""));
+		assert_true(strlen(err_msg()) < 200);
+		json_decref(h);
+	}
+}
+
+/* A kid that is not a string is refused, not taken as "no kid" (which picks
+ * the JWKS's only key: that verified before, issue 15). */
+static void test_kid_not_string(void **state)
+{
+	json_t *jwks = jwks_for(KEYKIND_P256, "k", NULL), *jwk = NULL, *nokid;
+
+	(void)state;
+	/* the only key, without a kid of its own */
+	assert_int_equal(jwk_from_pkey(keys[KEYKIND_P256], &jwk), 0);
+	nokid = json_pack("{s:[o]}", "keys", jwk);
+	assert_non_null(nokid);
+	assert_int_equal(verify_hdr("{\"alg\":\"ES256\"}", nokid), 0);
+	assert_int_equal(verify_hdr("{\"alg\":\"ES256\"}", jwks), 0);
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":7}", jwks, P11J_E_BAD_JWT,
+			  "\"kid\" is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":null}", nokid, P11J_E_BAD_JWT,
+			  "\"kid\" is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":[\"k\"]}", jwks, P11J_E_BAD_JWT,
+			  "\"kid\" is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":{\"k\":1}}", nokid, P11J_E_BAD_JWT,
+			  "\"kid\" is not a string");
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":false}", jwks, P11J_E_BAD_JWT,
+			  "\"kid\" is not a string");
+	json_decref(nokid);
+	json_decref(jwks);
+}
+
+/* JWKS with the P-256 key under kid "k" and these extra members. */
+static json_t *jwks_p256_with(const char *extra_json)
+{
+	json_t *jwks = jwks_for(KEYKIND_P256, "k", NULL), *extra = load(extra_json);
+
+	assert_int_equal(json_object_update(json_array_get(json_object_get(jwks, "keys"), 0),
+					    extra), 0);
+	json_decref(extra);
+	return jwks;
+}
+
+static void expect_key_use(const char *extra_json, const char *hdr_json, int code,
+			   const char *msg_part)
+{
+	json_t *jwks = jwks_p256_with(extra_json);
+
+	if (code == 0) {
+		if (verify_hdr(hdr_json, jwks) != 0)
+			fail_msg("%s: %s", extra_json, err_msg());
+	} else {
+		expect_verify_hdr(hdr_json, jwks, code, msg_part);
+	}
+	json_decref(jwks);
+}
+
+/* RFC 7517 4.2/4.3: a key whose use or key_ops say it is not for verifying
+ * signatures is not used (each refused case verified before, issue 15). */
+static void test_key_use_and_ops(void **state)
+{
+	const char *k = "{\"alg\":\"ES256\",\"kid\":\"k\"}", *none = "{\"alg\":\"ES256\"}";
+
+	(void)state;
+	expect_key_use("{\"use\":\"sig\"}", k, 0, NULL);
+	expect_key_use("{\"key_ops\":[\"verify\"]}", k, 0, NULL);
+	expect_key_use("{\"use\":\"sig\",\"key_ops\":[\"sign\",\"verify\"]}", k, 0, NULL);
+	expect_key_use("{\"use\":\"enc\"}", k, P11J_E_NOT_FOUND,
+		       "the JWKS key with kid \"k\" is not for signatures: its \"use\" is \"enc\"");
+	expect_key_use("{\"use\":\"SIG\"}", k, P11J_E_NOT_FOUND, "\"use\" is \"SIG\"");
+	expect_key_use("{\"use\":\"\"}", k, P11J_E_NOT_FOUND, "\"use\" is \"\"");
+	expect_key_use("{\"use\":\"enc\"}", none, P11J_E_NOT_FOUND,
+		       "the JWKS's only key (kid \"k\") is not for signatures");
+	expect_key_use("{\"key_ops\":[\"sign\"]}", k, P11J_E_NOT_FOUND,
+		       "kid \"k\" may not verify signatures: its \"key_ops\" lacks \"verify\"");
+	expect_key_use("{\"key_ops\":[]}", none, P11J_E_NOT_FOUND, "lacks \"verify\"");
+	expect_key_use("{\"key_ops\":[\"encrypt\",\"wrapKey\"]}", k, P11J_E_NOT_FOUND,
+		       "lacks \"verify\"");
+	expect_key_use("{\"use\":\"sig\",\"key_ops\":[\"sign\"]}", k, P11J_E_NOT_FOUND,
+		       "lacks \"verify\"");
+	/* malformed use / key_ops: bad_request, the key named */
+	expect_key_use("{\"use\":1}", k, P11J_E_BAD_REQUEST,
+		       "kid \"k\" has a \"use\" that is not a string");
+	expect_key_use("{\"key_ops\":\"verify\"}", k, P11J_E_BAD_REQUEST,
+		       "\"key_ops\" that is not an array");
+	expect_key_use("{\"key_ops\":[\"verify\",null]}", k, P11J_E_BAD_REQUEST,
+		       "\"key_ops\" entry 1 is not a string");
+	expect_key_use("{\"key_ops\":[\"verify\",\"sign\",\"verify\"]}", k, P11J_E_BAD_REQUEST,
+		       "\"key_ops\" lists \"verify\" twice");
+}
+
+/* A kid shared by an encryption key and a signing key: the signing one. */
+static void test_same_kid_enc_then_sig(void **state)
+{
+	json_t *jwks = jwks_for(KEYKIND_P256, "k", NULL), *keyarr = json_object_get(jwks, "keys");
+	json_t *enc = json_deep_copy(json_array_get(keyarr, 0));
+	json_t *other = NULL;
+
+	(void)state;
+	json_object_set_new(enc, "use", json_string("enc"));
+	json_object_set_new(json_array_get(keyarr, 0), "use", json_string("sig"));
+	assert_int_equal(json_array_insert_new(keyarr, 0, enc), 0);
+	assert_int_equal(verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\"}", jwks), 0);
+	/* the usable key is another key: its signature check fails, not the lookup */
+	assert_int_equal(jwk_from_pkey(keys[KEYKIND_P256 + 1], &other), 0);
+	json_object_set_new(other, "kid", json_string("k"));
+	assert_int_equal(json_array_remove(keyarr, 1), 0);
+	assert_int_equal(json_array_append_new(keyarr, other), 0);
+	expect_verify_hdr("{\"alg\":\"ES256\",\"kid\":\"k\"}", jwks, P11J_E_UNSUPPORTED_ALG,
+			  "does not fit");
+	json_decref(jwks);
+}
+
 static int short_signer(void *ctx, jwa_alg alg, const uint8_t *in, size_t inlen, uint8_t *sig,
 			size_t *siglen)
 {
@@ -502,6 +737,11 @@ int main(void)
 		cmocka_unit_test(test_parse_bad_inputs),
 		cmocka_unit_test(test_ecdsa_width_leading_zeros),
 		cmocka_unit_test(test_signer_checked),
+		cmocka_unit_test(test_crit_refused),
+		cmocka_unit_test(test_check_crit_understood),
+		cmocka_unit_test(test_kid_not_string),
+		cmocka_unit_test(test_key_use_and_ops),
+		cmocka_unit_test(test_same_kid_enc_then_sig),
 	};
 	return cmocka_run_group_tests(tests, setup_keys, teardown_keys);
 }
