@@ -83,80 +83,95 @@ CK_RV tok_module_init(CK_FUNCTION_LIST *m)
 	return m->C_Initialize(&args);
 }
 
+/* The one module at path, allowlisted. */
+static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *path)
+{
+	char *real = NULL;
+	const char *m;
+	int r;
+
+	r = module_check(cfg, path, &real);
+	if (r < 0)
+		return r;
+	ctx->mods = calloc(2, sizeof(*ctx->mods));
+	ctx->state = calloc(1, sizeof(*ctx->state));
+	if (ctx->mods == NULL || ctx->state == NULL) {
+		r = err_set(P11J_E_NOMEM, "out of memory");
+		goto out;
+	}
+	ctx->mods[0] = p11_kit_module_load(real, 0);
+	if (ctx->mods[0] == NULL) {
+		m = p11_kit_message();
+		r = err_set(P11J_E_MODULE, "cannot load PKCS#11 module '%s': %s", real,
+		            m ? m : "unknown reason");
+	}
+out:
+	free(real);
+	return r;
+}
+
+/* p11-kit's registered modules (each checked before it is initialised). */
+static int modules_from_registry(tok_ctx *ctx)
+{
+	const char *m;
+	size_t n = 0;
+
+	ctx->mods = p11_kit_modules_load(NULL, 0);
+	ctx->mods_from_registry = true;
+	if (ctx->mods == NULL) {
+		m = p11_kit_message();
+		return err_set(P11J_E_MODULE, "cannot load the p11-kit registered modules: %s",
+		               m ? m : "unknown reason");
+	}
+	while (ctx->mods[n] != NULL)
+		n++;
+	ctx->state = calloc(n + 1, sizeof(*ctx->state));
+	if (ctx->state == NULL)
+		return err_set(P11J_E_NOMEM, "out of memory");
+	return 0;
+}
+
+/* A registered module that is not the URI's module-name, or that lies
+ * outside the allowed directories (user configuration can register
+ * modules too): passed over, the latter with a warning. */
+static bool module_passed_over(tok_ctx *ctx, const tok_config *cfg, CK_FUNCTION_LIST *m,
+                               const char *want_name)
+{
+	char *fn = p11_kit_module_get_filename(m);
+	char *nm = p11_kit_module_get_name(m);
+	char *rp = NULL;
+	bool skip = false;
+
+	if (want_name != NULL && (nm == NULL || strcmp(nm, want_name) != 0))
+		skip = true;
+	if (!skip && fn != NULL && module_check(cfg, fn, &rp) < 0) {
+		tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s", err_msg());
+		skip = true;
+	}
+	free(rp);
+	free(fn);
+	free(nm);
+	return skip;
+}
+
 int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 {
 	const char *path = cfg->module_path;
 	const char *want_name = p11_kit_uri_get_module_name(uri);
-	char *real = NULL;
-	size_t i, n = 0, usable = 0;
+	size_t i, usable = 0;
 	int r;
 
 	if (path == NULL)
 		path = p11_kit_uri_get_module_path(uri);
-	if (path != NULL) {
-		r = module_check(cfg, path, &real);
-		if (r < 0)
-			return r;
-		ctx->mods = calloc(2, sizeof(*ctx->mods));
-		ctx->state = calloc(1, sizeof(*ctx->state));
-		if (ctx->mods == NULL || ctx->state == NULL) {
-			free(real);
-			return err_set(P11J_E_NOMEM, "out of memory");
-		}
-		ctx->mods[0] = p11_kit_module_load(real, 0);
-		if (ctx->mods[0] == NULL) {
-			const char *m = p11_kit_message();
-
-			r = err_set(P11J_E_MODULE, "cannot load PKCS#11 module '%s': %s", real,
-			            m ? m : "unknown reason");
-			free(real);
-			return r;
-		}
-		free(real);
-		n = 1;
-	} else {
-		ctx->mods = p11_kit_modules_load(NULL, 0);
-		ctx->mods_from_registry = true;
-		if (ctx->mods == NULL) {
-			const char *m = p11_kit_message();
-
-			return err_set(P11J_E_MODULE,
-			               "cannot load the p11-kit registered modules: %s",
-			               m ? m : "unknown reason");
-		}
-		while (ctx->mods[n] != NULL)
-			n++;
-		ctx->state = calloc(n + 1, sizeof(*ctx->state));
-		if (ctx->state == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
-	}
-
-	for (i = 0; i < n; i++) {
+	r = path != NULL ? module_from_path(ctx, cfg, path) : modules_from_registry(ctx);
+	if (r < 0)
+		return r;
+	for (i = 0; ctx->mods[i] != NULL; i++) {
 		CK_FUNCTION_LIST *m = ctx->mods[i];
 		CK_RV rv;
 
-		if (ctx->mods_from_registry) {
-			char *fn = p11_kit_module_get_filename(m);
-			char *nm = p11_kit_module_get_name(m);
-			bool skip = false;
-
-			if (want_name != NULL && (nm == NULL || strcmp(nm, want_name) != 0))
-				skip = true;
-			if (!skip && fn != NULL) {
-				char *rp = NULL;
-
-				if (module_check(cfg, fn, &rp) < 0) {
-					tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s",
-					        err_msg());
-					skip = true;
-				}
-				free(rp);
-			}
-			free(fn);
-			free(nm);
-			if (skip)
-				continue;
-		}
+		if (ctx->mods_from_registry && module_passed_over(ctx, cfg, m, want_name))
+			continue;
 		rv = tok_module_init(m);
 		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 			r = tok_ck(NULL, "C_Initialize", rv);

@@ -20,6 +20,19 @@ static void trim_padded(char *dst, const unsigned char *src, size_t n)
 	dst[n] = '\0';
 }
 
+/* "'a', 'b'": the first 8 tokens seen, for the message when none matches. */
+static void seen_add(char *seen, size_t size, size_t *nseen, const char *lbl)
+{
+	if (*nseen < 8 && strlen(seen) + strlen(lbl) + 5 < size) {
+		if (*nseen > 0)
+			strcat(seen, ", ");
+		strcat(seen, "'");
+		strcat(seen, lbl);
+		strcat(seen, "'");
+	}
+	(*nseen)++;
+}
+
 int tok_slot_find(tok_ctx *ctx, P11KitUri *uri, const char *uri_shown)
 {
 	char seen[256] = "";
@@ -64,14 +77,7 @@ int tok_slot_find(tok_ctx *ctx, P11KitUri *uri, const char *uri_shown)
 			if (!(ti.flags & CKF_TOKEN_INITIALIZED))
 				continue;
 			trim_padded(lbl, ti.label, sizeof(ti.label));
-			if (nseen < 8 && strlen(seen) + strlen(lbl) + 5 < sizeof(seen)) {
-				if (nseen > 0)
-					strcat(seen, ", ");
-				strcat(seen, "'");
-				strcat(seen, lbl);
-				strcat(seen, "'");
-			}
-			nseen++;
+			seen_add(seen, sizeof(seen), &nseen, lbl);
 			if (!p11_kit_uri_match_token_info(uri, &ti))
 				continue;
 			ctx->f = m;
