@@ -91,10 +91,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	keys = json_object_get(jwks, "keys");
 	(void)jwk_find(jwks, NULL, &found);
 	(void)jwk_find(jwks, "fuzz", &found);
+	(void)jwk_find_verify(jwks, NULL, &found);
+	(void)jwk_find_verify(jwks, "fuzz", &found);
 	json_array_foreach(keys, i, k) {
 		const char *kid = json_string_value(json_object_get(k, "kid"));
 
-		if (kid != NULL && jwk_find(jwks, kid, &found) == 0 &&
+		if (kid == NULL)
+			continue;
+		/* both find a key with that kid (jwk_find: the first one) */
+		if (jwk_find(jwks, kid, &found) != 0 ||
+		    strcmp(json_string_value(json_object_get(found, "kid")), kid) != 0)
+			abort();
+		if (jwk_find_verify(jwks, kid, &found) == 0 &&
 		    strcmp(json_string_value(json_object_get(found, "kid")), kid) != 0)
 			abort();
 	}
