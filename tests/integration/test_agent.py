@@ -340,6 +340,12 @@ def test_with_agent(agent, tokdir, sock, pin, work):
     r = cli('verify', forged, '--jwks', jwks_file)
     t.ok(r.returncode == 1 and 'verify' in r.stderr,
          'p11jwt verify rejects a changed payload (exit 1)', r.stderr)
+    # a crit extension the verifier does not implement (issue 15)
+    r = cli('sign', '--key', 'ec-p256', '--header', 'crit:=["urn:x-unknown"]',
+            '--header', 'urn:x-unknown:=true', sock=sock)
+    r = cli('verify', r.stdout.strip(), '--jwks', jwks_file)
+    t.ok(r.returncode == 1 and 'bad_jwt' in r.stderr and '"urn:x-unknown"' in r.stderr,
+         'p11jwt verify refuses a JWT whose crit names an unknown extension', r.stderr)
     r = cli('sign', '--key', 'ec-p256', '--claim', 'iat:=1000000000', '--claim',
             'exp:=1000000300', sock=sock)
     r = cli('verify', r.stdout.strip(), '--jwks', jwks_file)
