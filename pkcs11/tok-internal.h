@@ -208,8 +208,7 @@ extern const uint8_t tok_str_ed25519[14];
 
 /* Every key matching the URI, from the private keys, or with public_only
  * (no login, or locked) from the public key objects and certificates. */
-int tok_keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_SESSION_HANDLE s,
-                       bool public_only);
+int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool public_only);
 /* Find every key's private key again (after login or recovery). */
 int tok_keys_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s);
 /* Forget every key's private key handle. */

@@ -109,6 +109,18 @@ static int priv_unsafe(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, co
 	return 0;
 }
 
+/* An unsafe private key (why: priv_unsafe()) that allow_unsafe_keys does
+ * not let through: logged as "<verb> '<key>' on token ...". */
+static bool unsafe_refused(const tok_ctx *ctx, const tok_key *k, const char *why, const char *verb)
+{
+	if (why == NULL || ctx->allow_unsafe)
+		return false;
+	tok_log(ctx, TOK_LOG_WARNING,
+	        "%s '%s' on token '%s': the private key is %s (allow with --allow-unsafe-keys)",
+	        verb, k->name, ctx->label, why);
+	return true;
+}
+
 /* A CKA_KEY_TYPE (when known) that is not the kind of the public key. */
 static bool type_mismatch(CK_KEY_TYPE kt, jwa_keykind kind)
 {
@@ -142,8 +154,7 @@ static int key_names(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, tok_
 
 /* The private key o itself: an unsafe one is skipped unless allowed (and
  * then served with a warning); CKA_ALWAYS_AUTHENTICATE. */
-static int key_private(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                       tok_key *k)
+static int key_private(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, tok_key *k)
 {
 	CK_BBOOL always = CK_FALSE;
 	const char *why;
@@ -153,13 +164,8 @@ static int key_private(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s,
 	if ((r = priv_unsafe(ctx, s, o, &why)) < 0)
 		return r;
 	k->unsafe = why != NULL;
-	if (k->unsafe && !cfg->allow_unsafe_keys) {
-		tok_log(ctx, TOK_LOG_WARNING,
-		        "skipping key '%s' on token '%s': the private key is %s "
-		        "(allow with --allow-unsafe-keys)",
-		        k->name, ctx->label, why);
+	if (unsafe_refused(ctx, k, why, "skipping key"))
 		return KEY_SKIP;
-	}
 	if (k->unsafe)
 		tok_log(ctx, TOK_LOG_WARNING, "serving key '%s' although its private key is %s",
 		        k->name, why);
@@ -269,8 +275,8 @@ static int key_kind(tok_ctx *ctx, tok_key *k, CK_KEY_TYPE kt)
 /* One key from its anchor object (the private key, or with no_login the
  * public key or certificate). Returns 0 with *ret NULL when the key is
  * skipped (a warning has been logged). */
-static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                    CK_OBJECT_CLASS cls, tok_key **ret)
+static int key_load(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_OBJECT_CLASS cls,
+                    tok_key **ret)
 {
 	tok_key *k = NULL;
 	uint8_t *label = NULL;
@@ -289,7 +295,7 @@ static int key_load(tok_ctx *ctx, const tok_config *cfg, CK_SESSION_HANDLE s, CK
 	if (cls != CKO_CERTIFICATE &&
 	    (r = tok_attr_fixed(ctx, s, o, CKA_KEY_TYPE, &kt, sizeof(kt))) < 0)
 		goto out;
-	if (cls == CKO_PRIVATE_KEY && (r = key_private(ctx, cfg, s, o, k)) != 0)
+	if (cls == CKO_PRIVATE_KEY && (r = key_private(ctx, s, o, k)) != 0)
 		goto out;
 	if ((r = key_peers(ctx, s, o, cls, k, &pubo, &certo)) < 0 ||
 	    (r = key_pubkey(ctx, s, k, kt, pubo, certo)) != 0 || (r = key_kind(ctx, k, kt)) != 0 ||
@@ -325,8 +331,7 @@ static bool id_known(const tok_ctx *ctx, const uint8_t *id, size_t id_len)
 	return false;
 }
 
-int tok_keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_SESSION_HANDLE s,
-                       bool public_only)
+int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool public_only)
 {
 	/* With no_login the private keys are invisible; the public halves
 	 * (then certificates with no public key object) stand in for them. */
@@ -362,7 +367,7 @@ int tok_keys_enumerate(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri, CK_S
 		for (i = 0; i < nv; i++) {
 			tok_key *k = NULL;
 
-			r = key_load(ctx, cfg, s, v[i], cls, &k);
+			r = key_load(ctx, s, v[i], cls, &k);
 			if (r < 0)
 				goto out;
 			if (k == NULL)
@@ -423,13 +428,8 @@ static int key_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s, tok_key *k)
 		goto out;
 	}
 	k->unsafe = why != NULL;
-	if (k->unsafe && !ctx->allow_unsafe) {
-		tok_log(ctx, TOK_LOG_WARNING,
-		        "not signing with key '%s' on token '%s': the private key is %s "
-		        "(allow with --allow-unsafe-keys)",
-		        k->name, ctx->label, why);
+	if (unsafe_refused(ctx, k, why, "not signing with key"))
 		goto out;
-	}
 	k->always_auth = always == CK_TRUE;
 	k->priv = o;
 out:

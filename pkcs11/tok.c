@@ -137,7 +137,7 @@ static int open_token(const tok_config *cfg, bool need_keys, tok_ctx **ret)
 		goto out;
 	if (!ctx->no_login && (r = tok_pin_open_login(ctx, cfg, uri, uri_pin, s, &locked)) < 0)
 		goto out;
-	r = tok_keys_enumerate(ctx, cfg, uri, s, ctx->no_login || locked);
+	r = tok_keys_enumerate(ctx, uri, s, ctx->no_login || locked);
 	if (r < 0)
 		goto out;
 	if (ctx->no_login || locked) {
