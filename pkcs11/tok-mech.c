@@ -111,9 +111,9 @@ unsigned tok_mech_algs(const tok_ctx *ctx, jwa_keykind kind)
 	return jwa_algs_for_kind(kind) & (ctx->algs_mech | ctx->algs_raw);
 }
 
-/* The row's mech when the token lists it (and tests do not force raw),
- * else its raw mechanism on a digest hashed here. The caller wipes
- * ret->buf. */
+/* The row's mech when the row has no raw one, or when the token lists it
+ * (and tests do not force raw); else the raw mechanism on a digest hashed
+ * here. The caller wipes ret->buf. */
 int tok_mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t inlen,
                    tok_sign_input *ret)
 {
@@ -126,7 +126,7 @@ int tok_mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t in
 	memset(ret, 0, sizeof(*ret));
 	ret->data = in;
 	ret->len = (CK_ULONG)inlen;
-	if ((ctx->algs_mech & JWA_BIT(alg)) && !(ctx->force_raw && m->raw != TOK_CKM_NONE)) {
+	if (m->raw == TOK_CKM_NONE || ((ctx->algs_mech & JWA_BIT(alg)) && !ctx->force_raw)) {
 		ret->mech.mechanism = m->mech;
 		if (m->pss_hash != 0) {
 			ret->pss.hashAlg = m->pss_hash;
