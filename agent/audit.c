@@ -18,9 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The record's members, in the order of the line after the peer. */
-static const char *const audit_members[] = {"op",  "key", "alg", "kid", "iss",
-                                            "sub", "aud", "jti", "exp", NULL};
+/* The record's members, in the order of the line after the peer (jkt,
+ * htm, htu and iat: dpop records). */
+static const char *const audit_members[] = {"op",  "key", "alg", "kid", "jkt", "htm", "htu",
+                                            "iss", "sub", "aud", "jti", "iat", "exp", NULL};
 
 int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
                size_t *ret_len)

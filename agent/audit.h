@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The audit trail: one JSON line per request that reached a key or the
- * token's login state (sign, login, lock), allowed or refused. The record is
+ * token's login state (sign, dpop, login, lock), allowed or refused. The record is
  * filled by proto_handle_ex() without I/O; audit_line() turns it into the
  * line (pure, unit-tested) and an audit sink writes it: a file opened
  * O_APPEND with one write() per batch of lines, syslog (LOG_AUTHPRIV, over
@@ -21,6 +21,7 @@
  * {"time":"2026-11-23T10:11:12.345Z","uid":..,"gid":..,"pid":..,"op":"sign",
  *  "key":..,"alg":..,"kid":..,"iss":..,"sub":..,"aud":..,"jti":..,"exp":..,
  *  "result":"ok"|"<error code>"}
+ * (a dpop record: op, key, alg, jkt, htm, htu, jti, iat, result)
  * Members the request did not have are left out. now_ms: milliseconds since
  * the epoch (UTC). */
 int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,

@@ -19,7 +19,7 @@
 enum {
 	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO,                       /* [agent] */
 	S_MODULE, S_TURI, S_PINFILE, S_UNSAFE,                          /* [token] */
-	S_KURI, S_TOKEN, S_OBJECT, S_ALG, S_KID, S_MAXLIFE, S_DENY, S_INC, S_INCAUTO, /* [key] */
+	S_KURI, S_TOKEN, S_OBJECT, S_ALG, S_KID, S_MAXLIFE, S_DENY, S_INC, S_INCAUTO, S_DPOP, /* [key] */
 	S__COUNT
 };
 
@@ -644,10 +644,13 @@ static void key_setting(cfg_parser *p, const char *name, const char *v)
 			return;
 		k->pol.include_auto = 0;
 		each_item(p, v, true, add_include, &k->pol.include_auto);
+	} else if (strcmp(name, "dpop") == 0) {
+		if (once(p, S_DPOP, name))
+			parse_bool(p, name, v, &k->pol.dpop);
 	} else {
 		perr(p, p->line, "unknown setting '%.64s' in [%s] (uri, token, object, algs, alg, "
 		     "kid, uids, gids, max_lifetime, iss, sub, aud, deny_header, include, "
-		     "include_auto)", name, p->section);
+		     "include_auto, dpop)", name, p->section);
 	}
 }
 

@@ -2,6 +2,7 @@
 #include "agent/keyring.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/dpop.h"
 #include "jose/jwk.h"
 
 #include <stdlib.h>
@@ -15,6 +16,7 @@ static void kr_key_free(kr_key *k)
 	free(k->name);
 	free(k->uri);
 	free(k->kid);
+	free(k->jkt);
 	EVP_PKEY_free(k->pub);
 	free(k->cert);
 	json_decref(k->jwk);
@@ -22,14 +24,19 @@ static void kr_key_free(kr_key *k)
 	free(k->x5t);
 	free(k->x5t_s256);
 	free(k->x5c);
-	for (int a = 0; a < JWA__COUNT; a++)
+	for (int a = 0; a < JWA__COUNT; a++) {
 		free(k->hdr_json[a]);
+		free(k->dpop_hdr[a]);
+	}
 	free(k);
 }
 
-/* (Re)build the pre-serialised default headers, after the kid is known. */
+/* (Re)build the pre-serialised default headers, after the kid is known,
+ * and the DPoP proof headers. */
 static int kr_key_headers(kr_key *k)
 {
+	int r;
+
 	for (int a = JWA_NONE + 1; a < JWA__COUNT; a++) {
 		json_t *h;
 		char *t = NULL;
@@ -37,8 +44,13 @@ static int kr_key_headers(kr_key *k)
 		free(k->hdr_json[a]);
 		k->hdr_json[a] = NULL;
 		k->hdr_len[a] = 0;
+		free(k->dpop_hdr[a]);
+		k->dpop_hdr[a] = NULL;
+		k->dpop_hdr_len[a] = 0;
 		if (!(k->algs & JWA_BIT(a)))
 			continue;
+		if ((r = dpop_header((jwa_alg)a, k->jwk, &k->dpop_hdr[a], &k->dpop_hdr_len[a])) < 0)
+			return r;
 		h = json_pack("{s:s,s:s,s:s}", "alg", jwa_name((jwa_alg)a), "typ", "JWT", "kid",
 			      k->kid);
 		if (h != NULL)
@@ -144,6 +156,10 @@ int kr_add(keyring *kr, const char *name, const char *uri, EVP_PKEY *pub, const 
 	}
 	if ((r = jwk_from_pkey(pub, &k->jwk)) < 0 || (r = jwk_thumbprint(k->jwk, &k->kid)) < 0)
 		goto fail;
+	if ((k->jkt = strdup(k->kid)) == NULL) {
+		r = err_nomem();
+		goto fail;
+	}
 	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
 	    json_object_set_new(k->jwk, "use", json_string("sig")) < 0) {

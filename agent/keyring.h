@@ -39,6 +39,12 @@ typedef struct kr_key {
 	 * {"alg":"...","typ":"JWT","kid":"..."}; NULL for other algs */
 	char *hdr_json[JWA__COUNT];
 	size_t hdr_len[JWA__COUNT];
+	/* DPoP (op "dpop"): the RFC 7638 thumbprint of the public JWK (the kid
+	 * may be configured otherwise), and the proof header per alg,
+	 * serialised once: {"typ":"dpop+jwt","alg":"...","jwk":{public members}} */
+	char *jkt;
+	char *dpop_hdr[JWA__COUNT];
+	size_t dpop_hdr_len[JWA__COUNT];
 } kr_key;
 
 typedef struct {

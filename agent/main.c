@@ -111,6 +111,8 @@ static void usage(FILE *f)
 	      "  --foreground          stay in the foreground and log to stderr\n"
 	      "  --print-env           print P11JWT_AGENT_SOCK and P11JWT_AGENT_PID for eval\n"
 	      "  --allow-unsafe-keys   also serve private keys that are extractable or not sensitive\n"
+	      "  --allow-dpop          keys without a [key] section (--config) may make DPoP\n"
+	      "                        proofs (RFC 9449; default: no)\n"
 	      "  --max-connections N   concurrent clients (default 1024)\n"
 	      "  --workers N           signing threads, 1 to 64 (default: 2 per CPU)\n"
 	      "  --line-timeout SEC    drop a client that leaves half a request line\n"
@@ -195,7 +197,7 @@ struct opts {
 	const char *token;
 	const char *pin_file;
 	const char *socket;
-	bool foreground, print_env, allow_unsafe;
+	bool foreground, print_env, allow_unsafe, allow_dpop;
 	size_t max_conns;
 	unsigned workers;
 	unsigned line_timeout_ms;
@@ -400,7 +402,8 @@ static int serve(const struct opts *o, int lfd)
 {
 	proto_env env = { .owner_uid = geteuid(), .version = P11JWT_VERSION,
 			  .login = pin_login, .lock = pin_lock,
-			  .acquire = rl_acquire, .release = rl_release, .kr_ud = the_rl };
+			  .acquire = rl_acquire, .release = rl_release, .kr_ud = the_rl,
+			  .dpop_default = o->allow_dpop };
 	srv_config sc = { .env = &env,
 			  .max_connections = o->max_conns,
 			  .workers = o->workers,
@@ -510,6 +513,7 @@ int main(int argc, char **argv)
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "print-env", no_argument, NULL, 'e' },
 		{ "allow-unsafe-keys", no_argument, NULL, 'U' },
+		{ "allow-dpop", no_argument, NULL, 'D' },
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "workers", required_argument, NULL, 'w' },
 		{ "line-timeout", required_argument, NULL, 'L' },
@@ -549,6 +553,7 @@ int main(int argc, char **argv)
 		case 'f': o.foreground = true; break;
 		case 'e': o.print_env = true; break;
 		case 'U': o.allow_unsafe = true; break;
+		case 'D': o.allow_dpop = true; break;
 		case 'c':
 			if (!parse_count("max-connections", optarg, 1, 65536, &v))
 				return EXIT_USAGE;

@@ -130,6 +130,28 @@ static const char *inc_name(unsigned bit)
 	return bit == POL_INC_X5T ? "x5t" : bit == POL_INC_X5T_S256 ? "x5t#S256" : "x5c";
 }
 
+/* the alg rule, shared by sign and dpop */
+static int check_alg(const pol_key *p, const char *keyname, unsigned key_algs, jwa_alg alg)
+{
+	char buf[128];
+
+	if (p->algs == 0 || (p->algs & JWA_BIT(alg)))
+		return 0;
+	algs_text(p->algs & key_algs, buf, sizeof(buf));
+	return err_set(P11J_E_POLICY, "alg %s not allowed for key %s (allowed: %s)", jwa_name(alg),
+		       keyname, buf[0] ? buf : "none on this token");
+}
+
+int pol_check_dpop(const pol_key *p, bool dflt, const char *keyname, unsigned key_algs,
+		   jwa_alg alg)
+{
+	if (!(p != NULL ? p->dpop : dflt))
+		return err_set(P11J_E_POLICY, "key %s may not make DPoP proofs (policy dpop; %s)",
+			       keyname, p != NULL ? "set dpop = yes in its [key] section"
+						  : "start the agent with --allow-dpop");
+	return check_alg(p != NULL ? p : &pol_defaults, keyname, key_algs, alg);
+}
+
 int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa_alg alg,
 		   const json_t *header, int64_t lifetime, const json_t *claims, int64_t now,
 		   unsigned *inc)
@@ -142,13 +164,8 @@ int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa
 	if (p == NULL)
 		p = &pol_defaults;
 	max = p->max_lifetime > 0 ? p->max_lifetime : POL_DEFAULT_MAX_LIFETIME;
-	if (p->algs != 0 && !(p->algs & JWA_BIT(alg))) {
-		char buf[128];
-
-		algs_text(p->algs & key_algs, buf, sizeof(buf));
-		return err_set(P11J_E_POLICY, "alg %s not allowed for key %s (allowed: %s)",
-			       jwa_name(alg), keyname, buf[0] ? buf : "none on this token");
-	}
+	if ((r = check_alg(p, keyname, key_algs, alg)) < 0)
+		return r;
 	if (header != NULL)
 		for (size_t i = 0; i < p->deny_header.n; i++)
 			if (json_object_get(header, p->deny_header.v[i]) != NULL)

@@ -38,6 +38,7 @@ typedef struct pol_key {
 	pol_list deny_header;   /* header members clients may not set */
 	unsigned include;       /* POL_INC_* a client may ask for */
 	unsigned include_auto;  /* POL_INC_* added to every JWT */
+	bool dpop;              /* may make DPoP proofs (op "dpop"); default no */
 } pol_key;
 
 /* Fill p with the defaults (no allocation). */
@@ -55,6 +56,13 @@ bool pol_may_use(const pol_key *p, uid_t owner, uid_t uid, gid_t gid);
 int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa_alg alg,
 		   const json_t *header, int64_t lifetime, const json_t *claims, int64_t now,
 		   unsigned *inc);
+
+/* Check a DPoP proof request against p: the key must be allowed to make
+ * proofs (p->dpop; for a key without rules, pol NULL, dflt says: the
+ * agent's --allow-dpop) and alg must be one of its algs. P11J_E_POLICY
+ * naming the rule otherwise. */
+int pol_check_dpop(const pol_key *p, bool dflt, const char *keyname, unsigned key_algs,
+		   jwa_alg alg);
 
 /* Whether s looks like a glob (has *, ? or [). */
 bool pol_is_glob(const char *s);

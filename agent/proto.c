@@ -2,6 +2,7 @@
 #include "agent/proto.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/dpop.h"
 #include "jose/jsonfast.h"
 #include "jose/jws.h"
 
@@ -437,6 +438,112 @@ out:
 	return r;
 }
 
+/* An optional string field of a request: NULL when absent. */
+static int opt_string(const json_t *req, const char *name, const char **ret, size_t *ret_len)
+{
+	const json_t *v = json_object_get(req, name);
+
+	*ret = NULL;
+	*ret_len = 0;
+	if (v == NULL)
+		return 0;
+	if (!json_is_string(v))
+		return err_set(P11J_E_BAD_REQUEST, "field '%s' must be a string", name);
+	*ret = json_string_value(v);
+	*ret_len = json_string_length(v);
+	/* a NUL inside would cut the claim short */
+	if (strlen(*ret) != *ret_len)
+		return err_set(P11J_E_BAD_REQUEST, "field '%s' holds a NUL character", name);
+	return 0;
+}
+
+/* Members a proof request may not carry, with why: the agent makes the
+ * header itself (typ, alg, and the key's own public jwk: a client cannot
+ * bind a proof to another key), and it never takes the access token. */
+static int dpop_refused_field(const json_t *req)
+{
+	static const char *const hdr[] = { "jwk", "header", "typ", "kid", "jku", "x5c", NULL };
+	static const char *const tok[] = { "access_token", "token", "claims", NULL };
+
+	for (const char *const *f = hdr; *f != NULL; f++)
+		if (json_object_get(req, *f) != NULL)
+			return err_set(P11J_E_BAD_REQUEST, "field '%s' cannot be set in a DPoP proof: "
+				       "the agent writes the header, with the key's own public jwk", *f);
+	for (const char *const *f = tok; *f != NULL; f++)
+		if (json_object_get(req, *f) != NULL)
+			return err_set(P11J_E_BAD_REQUEST, "field '%s' is not part of a dpop request; "
+				       "send 'ath' (base64url SHA-256 of the access token), never the "
+				       "token", *f);
+	return 0;
+}
+
+/* "dpop": an RFC 9449 proof JWT for the key, on the same path as "sign"
+ * (a header serialised once per key and alg, claims printed by jsonfast,
+ * one jws_sign_compact_raw). */
+static int op_dpop(const proto_env *env, const proto_peer *peer, const json_t *req,
+		   json_t *resp)
+{
+	static const char *const allowed[] = { "key", "alg", "htm", "htu", "nonce", "ath", NULL };
+	const char *htm, *htu, *nonce, *ath;
+	size_t htm_len, htu_len, nonce_len, ath_len;
+	const kr_key *k = NULL;
+	char jti[DPOP_JTI_LEN + 1];
+	char *nhtu = NULL, *cbuf = NULL, *jwt = NULL;
+	dpop_claims_in in = { 0 };
+	jwa_alg alg = JWA_NONE;
+	size_t cl;
+	int r;
+
+	if ((r = dpop_refused_field(req)) < 0 || (r = check_fields(req, allowed)) < 0 ||
+	    (r = get_key(env, peer, req, true, &k)) < 0 || (r = pick_alg(k, req, NULL, &alg)) < 0)
+		return r;
+	if ((r = opt_string(req, "htm", &htm, &htm_len)) < 0 ||
+	    (r = opt_string(req, "htu", &htu, &htu_len)) < 0 ||
+	    (r = opt_string(req, "nonce", &nonce, &nonce_len)) < 0 ||
+	    (r = opt_string(req, "ath", &ath, &ath_len)) < 0)
+		return r;
+	if (htm == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "missing field 'htm' (the HTTP method, e.g. POST)");
+	if (htu == NULL)
+		return err_set(P11J_E_BAD_REQUEST, "missing field 'htu' (the request's URL)");
+	if ((r = dpop_htm_check(htm, htm_len)) < 0 ||
+	    (nonce != NULL && (r = dpop_nonce_check(nonce, nonce_len)) < 0) ||
+	    (ath != NULL && (r = dpop_ath_check(ath, ath_len)) < 0))
+		return r;
+	if ((r = dpop_htu_normalise(htu, htu_len, &nhtu)) < 0)
+		return r;
+	if ((r = pol_check_dpop(k->pol, env->dpop_default, k->name, k->algs, alg)) < 0)
+		goto out;
+	if (k->dpop_hdr[alg] == NULL) {
+		r = err_set(P11J_E_INTERNAL, "key '%s' has no DPoP header for %s", k->name,
+			    jwa_name(alg));
+		goto out;
+	}
+	if ((r = dpop_jti(jti)) < 0)
+		goto out;
+	in = (dpop_claims_in){ .jti = jti, .htm = htm, .htu = nhtu, .iat = util_now(),
+			       .nonce = nonce, .ath = ath };
+	if ((r = dpop_claims(&in, &cbuf, &cl)) < 0)
+		goto out;
+	r = jws_sign_compact_raw(k->dpop_hdr[alg], k->dpop_hdr_len[alg], cbuf, cl, alg, k->sign,
+				 k->sign_ctx, k->sigmax, &jwt);
+	if (r < 0)
+		goto out;
+	if ((r = set(resp, "jwt", json_stringn_nocheck(jwt, strlen(jwt)))) < 0 ||
+	    (r = set(resp, "alg", json_string_nocheck(jwa_name(alg)))) < 0 ||
+	    (r = set(resp, "jkt", json_string(k->jkt))) < 0 ||
+	    (r = set(resp, "htu", json_string(nhtu))) < 0 ||
+	    (r = set(resp, "jti", json_string(jti))) < 0 ||
+	    (r = set(resp, "iat", json_integer(in.iat))) < 0)
+		goto out;
+	r = 0;
+out:
+	freezero_str(jwt);
+	freezero_str(cbuf);
+	free(nhtu);
+	return r;
+}
+
 /* login / lock: even if other uids may sign some day (per-key policy), only
  * the agent's own uid and root may change its login state. The PIN is in a
  * JSON string, which the agent's Jansson allocator wipes when freed. */
@@ -541,7 +648,33 @@ static void audit_put(json_t *f, const char *k, json_t *v_new)
 		json_object_set_new(f, k, v_new);
 }
 
-/* The audit record of a sign, login or lock request: what was asked and,
+/* A dpop request's record: key, alg, jkt, htm, htu (as signed: the
+ * normalised URL), jti and iat of a proof that was made; never ath, the
+ * nonce or the proof. */
+static void audit_dpop(const proto_env *env, const json_t *req, const json_t *resp, json_t *f)
+{
+	const json_t *kv = json_object_get(req, "key"), *v;
+	const kr_key *k = NULL;
+
+	if (json_is_string(kv) && env->kr != NULL)
+		k = kr_find(env->kr, json_string_value(kv));
+	audit_put(f, "key", audit_str(kv, 128));
+	v = resp ? json_object_get(resp, "alg") : NULL;
+	audit_put(f, "alg", audit_str(v ? v : json_object_get(req, "alg"), 32));
+	if (k != NULL)
+		audit_put(f, "jkt", json_string(k->jkt));
+	audit_put(f, "htm", audit_str(json_object_get(req, "htm"), 32));
+	v = resp ? json_object_get(resp, "htu") : NULL;
+	audit_put(f, "htu", audit_str(v ? v : json_object_get(req, "htu"), 512));
+	if (resp != NULL) {
+		audit_put(f, "jti", audit_str(json_object_get(resp, "jti"), 64));
+		v = json_object_get(resp, "iat");
+		if (json_is_integer(v))
+			audit_put(f, "iat", json_integer(json_integer_value(v)));
+	}
+}
+
+/* The audit record of a sign, dpop, login or lock request: what was asked and,
  * for a signature that was made, what was issued (alg, kid, exp and jti
  * from the answer). Only named claims, cut short: never the JWT, never the
  * PIN (nor the token URI, which may carry a pin-value). */
@@ -558,12 +691,14 @@ static void audit_fill(const proto_env *env, const json_t *req, const json_t *re
 	a->result = result;
 	a->fields = NULL;
 	if (a->no_fields || opname == NULL ||
-	    (strcmp(opname, "sign") != 0 && strcmp(opname, "login") != 0 &&
-	     strcmp(opname, "lock") != 0))
+	    (strcmp(opname, "sign") != 0 && strcmp(opname, "dpop") != 0 &&
+	     strcmp(opname, "login") != 0 && strcmp(opname, "lock") != 0))
 		return;
 	if ((f = json_object()) == NULL)
 		return;
 	audit_put(f, "op", json_string(opname));
+	if (strcmp(opname, "dpop") == 0)
+		audit_dpop(env, req, resp, f);
 	if (strcmp(opname, "sign") == 0) {
 		kv = json_object_get(req, "key");
 		claims = json_object_get(req, "claims");
@@ -685,6 +820,8 @@ int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *li
 		r = op_jwks(env, peer, req, resp);
 	else if (strcmp(opname, "sign") == 0)
 		r = op_sign(env, peer, req, resp);
+	else if (strcmp(opname, "dpop") == 0)
+		r = op_dpop(env, peer, req, resp);
 	else if (strcmp(opname, "login") == 0)
 		r = op_login(env, peer, req, resp);
 	else if (strcmp(opname, "lock") == 0)
@@ -693,7 +830,7 @@ int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *li
 		r = op_status(env, peer, req, resp);
 	else
 		r = err_set(P11J_E_UNKNOWN_OP,
-			    "unknown op '%.32s' (hello, keys, jwks, sign, login, lock, status)", opname);
+			    "unknown op '%.32s' (hello, keys, jwks, sign, dpop, login, lock, status)", opname);
 	if (r < 0)
 		goto error;
 	audit_fill(env, req, resp, 0, audit);

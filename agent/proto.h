@@ -45,16 +45,20 @@ typedef struct {
 	const keyring *(*acquire)(void *ud, void **ref);
 	void (*release)(void *ref);
 	void *kr_ud;
+	/* "dpop" for keys without a policy of their own (kr_key.pol NULL):
+	 * the agent's --allow-dpop. Keys with a policy follow its dpop rule. */
+	bool dpop_default;
 } proto_env;
 
 /* What proto_handle_ex() tells the server about the request it answered:
- * the outcome for the counters, and for sign, login and lock the audit
- * record (docs/design.md, "Operations"). No I/O here: the server writes
- * the line (agent/audit.h). */
+ * the outcome for the counters, and for sign, dpop, login and lock the
+ * audit record (docs/design.md, "Operations"). No I/O here: the server
+ * writes the line (agent/audit.h). */
 typedef struct {
 	int result;      /* 0, or the P11J_E_* code of the error answer */
 	json_t *fields;  /* audited requests only, else NULL: op, key, alg, kid,
-			    iss, sub, aud, jti, exp as far as known; owned */
+			    iss, sub, aud, jti, exp (sign) or alg, jkt, htm,
+			    htu, jti, iat (dpop) as far as known; owned */
 	bool no_fields;  /* in: only the result is wanted (no audit trail) */
 } proto_audit;
 

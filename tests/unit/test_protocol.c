@@ -12,12 +12,15 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "agent/audit.h"
+#include "agent/config.h"
 #include "agent/keyring.h"
 #include "agent/policy.h"
 #include "agent/proto.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "jose/b64url.h"
+#include "jose/dpop.h"
 #include "jose/jwk.h"
 #include "jose/jws.h"
 #include "support/protoenv.h"
@@ -542,6 +545,337 @@ static void test_error_line_helper(void **state)
 	free(line);
 }
 
+/* DPoP proofs (op "dpop", RFC 9449). */
+static const char dpop_ath_ex[] = "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo";
+
+static void test_dpop_off_by_default(void **state)
+{
+	(void)state;
+	assert_false(env.dpop_default);
+	err_case("{\"op\":\"dpop\",\"key\":\"p256\",\"htm\":\"POST\",\"htu\":\"https://a.example/t\"}",
+		 "policy_violation", "key p256 may not make DPoP proofs (policy dpop; start the "
+		 "agent with --allow-dpop)");
+}
+
+/* Check one proof as a verifier would: typ, alg, the key's public jwk and
+ * nothing else in the header, the signature with that jwk, the claims. */
+static void check_proof(const kr_key *k, json_t *v, const char *alg, const char *htm,
+			const char *htu, const char *nonce, const char *ath, char *jti_out)
+{
+	const char *jwt = json_string_value(json_object_get(v, "jwt"));
+	jws_parsed p = { 0 };
+	const json_t *hj;
+	json_t *pub;
+	EVP_PKEY *vk = NULL;
+	char *tp = NULL;
+	const char *jti;
+	uint8_t *raw = NULL;
+	size_t rawn = 0;
+
+	if (!json_is_true(json_object_get(v, "ok")))
+		fail_msg("%s/%s: %s", k->name, alg,
+			 json_string_value(json_object_get(json_object_get(v, "error"), "message")));
+	assert_non_null(jwt);
+	assert_int_equal(jws_parse(jwt, &p), 0);
+	assert_string_equal(json_string_value(json_object_get(p.header, "typ")), "dpop+jwt");
+	assert_string_equal(json_string_value(json_object_get(p.header, "alg")), alg);
+	assert_int_equal(json_object_size(p.header), 3);
+	hj = json_object_get(p.header, "jwk");
+	pub = dpop_public_jwk(k->jwk);
+	assert_true(json_equal(hj, pub));
+	assert_null(json_object_get(hj, "kid"));
+	assert_null(json_object_get(hj, "d"));
+	assert_int_equal(jwk_to_pkey(hj, &vk), 0);
+	assert_int_equal(jws_verify_sig(p.alg, vk, (const uint8_t *)jwt, p.signing_input_len, p.sig,
+					p.sig_len), 0);
+	/* jkt: the thumbprint of the header's jwk */
+	assert_int_equal(jwk_thumbprint(hj, &tp), 0);
+	assert_string_equal(json_string_value(json_object_get(v, "jkt")), tp);
+	assert_string_equal(json_string_value(json_object_get(v, "alg")), alg);
+	assert_string_equal(json_string_value(json_object_get(p.claims, "htm")), htm);
+	assert_string_equal(json_string_value(json_object_get(p.claims, "htu")), htu);
+	assert_string_equal(json_string_value(json_object_get(v, "htu")), htu);
+	assert_int_equal(json_integer_value(json_object_get(p.claims, "iat")), PROTOENV_NOW);
+	assert_int_equal(json_integer_value(json_object_get(v, "iat")), PROTOENV_NOW);
+	jti = json_string_value(json_object_get(p.claims, "jti"));
+	assert_non_null(jti);
+	assert_string_equal(json_string_value(json_object_get(v, "jti")), jti);
+	assert_int_equal(b64u_decode(jti, strlen(jti), &raw, &rawn), 0);
+	assert_true(rawn >= 16); /* 128 bits at least */
+	free(raw);
+	if (jti_out != NULL)
+		strcpy(jti_out, jti);
+	if (nonce != NULL)
+		assert_string_equal(json_string_value(json_object_get(p.claims, "nonce")), nonce);
+	else
+		assert_null(json_object_get(p.claims, "nonce"));
+	if (ath != NULL)
+		assert_string_equal(json_string_value(json_object_get(p.claims, "ath")), ath);
+	else
+		assert_null(json_object_get(p.claims, "ath"));
+	/* no exp, no kid, nothing else */
+	assert_int_equal(json_object_size(p.claims), 4 + (nonce != NULL) + (ath != NULL));
+	free(tp);
+	EVP_PKEY_free(vk);
+	json_decref(pub);
+	jws_parsed_clear(&p);
+}
+
+static void test_dpop_every_pair(void **state)
+{
+	char line[512], jti[64], prev[64] = "";
+	json_t *v;
+
+	(void)state;
+	env.dpop_default = true;
+	for (size_t i = 0; i < kr.n; i++) {
+		const kr_key *k = kr.keys[i];
+
+		for (int a = JWA_NONE + 1; a < JWA__COUNT; a++) {
+			if (!(k->algs & JWA_BIT(a)))
+				continue;
+			snprintf(line, sizeof(line), "{\"op\":\"dpop\",\"key\":\"%s\",\"alg\":\"%s\","
+				 "\"htm\":\"POST\",\"htu\":\"HTTPS://Server.Example:443/token?x=1#f\"}",
+				 k->name, jwa_name((jwa_alg)a));
+			v = call(line);
+			check_proof(k, v, jwa_name((jwa_alg)a), "POST", "https://server.example/token",
+				    NULL, NULL, jti);
+			assert_string_not_equal(jti, prev);
+			strcpy(prev, jti);
+			json_decref(v);
+		}
+	}
+	/* without alg: the key's default; nonce and ath when given */
+	v = call("{\"id\":9,\"op\":\"dpop\",\"key\":\"p384\",\"htm\":\"GET\","
+		 "\"htu\":\"http://127.0.0.1:8080/api\",\"nonce\":\"eyJ7S_zG.eyJH0-Z.HX4w-7v\"}");
+	assert_int_equal(json_integer_value(json_object_get(v, "id")), 9);
+	check_proof(kr_find(&kr, "p384"), v, "ES384", "GET", "http://127.0.0.1:8080/api",
+		    "eyJ7S_zG.eyJH0-Z.HX4w-7v", NULL, NULL);
+	json_decref(v);
+	snprintf(line, sizeof(line), "{\"op\":\"dpop\",\"key\":\"ed\",\"htm\":\"DELETE\","
+		 "\"htu\":\"https://r.example/x\",\"ath\":\"%s\"}", dpop_ath_ex);
+	v = call(line);
+	check_proof(kr_find(&kr, "ed"), v, "EdDSA", "DELETE", "https://r.example/x", NULL,
+		    dpop_ath_ex, NULL);
+	json_decref(v);
+	snprintf(line, sizeof(line), "{\"op\":\"dpop\",\"key\":\"rsa\",\"alg\":\"PS256\",\"htm\":"
+		 "\"POST\",\"htu\":\"https://r.example/x\",\"nonce\":\"n\",\"ath\":\"%s\"}",
+		 dpop_ath_ex);
+	v = call(line);
+	check_proof(kr_find(&kr, "rsa"), v, "PS256", "POST", "https://r.example/x", "n",
+		    dpop_ath_ex, NULL);
+	json_decref(v);
+	env.dpop_default = false;
+}
+
+static void test_dpop_bad_requests(void **state)
+{
+	static const char pre[] = "{\"op\":\"dpop\",\"key\":\"p256\",";
+	static const struct {
+		const char *rest, *code, *msg;
+	} cases[] = {
+		/* the header is the agent's: no jwk, header, typ, kid of the client's */
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"jwk\":{\"kty\":\"EC\"}}", "bad_request",
+		  "field 'jwk' cannot be set" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"header\":{}}", "bad_request",
+		  "field 'header' cannot be set" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"typ\":\"JWT\"}", "bad_request", "'typ'" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"kid\":\"x\"}", "bad_request", "'kid'" },
+		/* nor the access token */
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"access_token\":\"t\"}", "bad_request",
+		  "never the token" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"claims\":{}}", "bad_request", "'ath'" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"lifetime\":5}", "bad_request",
+		  "unknown field 'lifetime'" },
+		/* htm */
+		{ "\"htu\":\"https://a/\"}", "bad_request", "missing field 'htm'" },
+		{ "\"htm\":1,\"htu\":\"https://a/\"}", "bad_request", "'htm' must be a string" },
+		{ "\"htm\":\"\",\"htu\":\"https://a/\"}", "bad_request", "htm" },
+		{ "\"htm\":\"post\",\"htu\":\"https://a/\"}", "bad_request", "case-sensitive" },
+		{ "\"htm\":\"PO ST\",\"htu\":\"https://a/\"}", "bad_request", "token" },
+		{ "\"htm\":\"PO\\u0000ST\",\"htu\":\"https://a/\"}", "bad_request", "NUL" },
+		/* htu */
+		{ "\"htm\":\"POST\"}", "bad_request", "missing field 'htu'" },
+		{ "\"htm\":\"POST\",\"htu\":[]}", "bad_request", "'htu' must be a string" },
+		{ "\"htm\":\"POST\",\"htu\":\"/token\"}", "bad_request", "absolute" },
+		{ "\"htm\":\"POST\",\"htu\":\"ftp://a/\"}", "bad_request", "http or https" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://u:p@a/\"}", "bad_request", "userinfo" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a:70000/\"}", "bad_request", "65535" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\\u00e9\"}", "bad_request", "non-ASCII" },
+		/* nonce */
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"nonce\":\"\"}", "bad_request", "nonce" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"nonce\":5}", "bad_request",
+		  "'nonce' must be a string" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"nonce\":\"a b\"}", "bad_request", "nonce" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"nonce\":\"a\\\"b\"}", "bad_request",
+		  "nonce" },
+		/* ath */
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"ath\":\"abc\"}", "bad_request", "ath" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"ath\":null}", "bad_request",
+		  "'ath' must be a string" },
+		{ "\"htm\":\"POST\",\"htu\":\"https://a/\",\"ath\":"
+		  "\"fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQ+o\"}", "bad_request", "base64url" },
+		/* alg */
+		{ "\"alg\":\"ES384\",\"htm\":\"POST\",\"htu\":\"https://a/\"}", "unsupported_alg",
+		  "ES384 does not fit key 'p256'" },
+		{ "\"alg\":\"none\",\"htm\":\"POST\",\"htu\":\"https://a/\"}", "unsupported_alg",
+		  "none" },
+		{ "\"alg\":\"HS256\",\"htm\":\"POST\",\"htu\":\"https://a/\"}", "unsupported_alg",
+		  "HS256" },
+		{ "\"alg\":7,\"htm\":\"POST\",\"htu\":\"https://a/\"}", "bad_request", "'alg'" },
+	};
+	char line[1024];
+
+	(void)state;
+	env.dpop_default = true;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(line, sizeof(line), "%s%s", pre, cases[i].rest);
+		err_case(line, cases[i].code, cases[i].msg);
+	}
+	err_case("{\"op\":\"dpop\",\"htm\":\"POST\",\"htu\":\"https://a/\"}", "bad_request",
+		 "missing field 'key'");
+	err_case("{\"op\":\"dpop\",\"key\":\"zz\",\"htm\":\"POST\",\"htu\":\"https://a/\"}",
+		 "unknown_key", "zz");
+	env.dpop_default = false;
+}
+
+static void test_dpop_policy(void **state)
+{
+	kr_key *k = kr.keys[0]; /* rsa */
+	const proto_peer other = { .uid = 2000, .gid = 2000, .pid = 5 };
+	pol_key pol;
+	json_t *v;
+	char *resp = NULL;
+	size_t rlen = 0;
+	proto_audit aud = { 0 };
+	uid_t uids[1] = { 2000 };
+	static const char q_rsa[] = "{\"op\":\"dpop\",\"key\":\"rsa\",\"htm\":\"GET\","
+				    "\"htu\":\"https://a/\"}";
+	static const char q_p256[] = "{\"op\":\"dpop\",\"key\":\"p256\",\"htm\":\"GET\","
+				     "\"htu\":\"https://a/\"}";
+	static const char q_refused[] = "{\"op\":\"dpop\",\"key\":\"p256\",\"htm\":\"POST\","
+					"\"htu\":\"https://b/\"}";
+
+	(void)state;
+	assert_string_equal(k->name, "rsa");
+	pol_key_init(&pol);
+	assert_false(pol.dpop);
+	pol.algs = JWA_BIT(JWA_PS256);
+	pol.uids = uids;
+	pol.nuids = 1;
+	assert_int_equal(kr_key_configure(k, &pol, JWA_NONE, "fixed-kid"), 0);
+	/* a key with a policy follows its dpop rule, not --allow-dpop */
+	env.dpop_default = true;
+	err_case("{\"op\":\"dpop\",\"key\":\"rsa\",\"htm\":\"POST\",\"htu\":\"https://a/\"}",
+		 "policy_violation", "key rsa may not make DPoP proofs (policy dpop; set dpop = yes");
+	env.dpop_default = false;
+	pol.dpop = true;
+	/* the policy's algs: the default follows them, others are refused */
+	err_case("{\"op\":\"dpop\",\"key\":\"rsa\",\"alg\":\"RS256\",\"htm\":\"POST\","
+		 "\"htu\":\"https://a/\"}", "policy_violation", "alg RS256 not allowed for key rsa");
+	v = call("{\"op\":\"dpop\",\"key\":\"rsa\",\"htm\":\"POST\",\"htu\":\"https://a/\"}");
+	check_proof(k, v, "PS256", "POST", "https://a/", NULL, NULL, NULL);
+	/* jkt is the thumbprint, whatever the configured kid */
+	assert_string_equal(json_string_value(json_object_get(v, "jkt")), k->jkt);
+	assert_string_not_equal(k->jkt, k->kid);
+	json_decref(v);
+	/* uids apply as for sign; a uid the policy names may make proofs */
+	v = call_raw(&other, q_rsa, strlen(q_rsa));
+	check_proof(k, v, "PS256", "GET", "https://a/", NULL, NULL, NULL);
+	json_decref(v);
+	v = call_raw(&other, q_p256, strlen(q_p256));
+	expect_error(v, "forbidden", "policy uids");
+	json_decref(v);
+
+	/* the audit record: op, key, alg, jkt, htm, htu, jti, iat; never ath */
+	{
+		static const char req[] = "{\"op\":\"dpop\",\"key\":\"rsa\",\"htm\":\"POST\","
+					  "\"htu\":\"HTTPS://A.example/t?secret=1\",\"nonce\":\"nn\","
+					  "\"ath\":\"fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo\"}";
+		char *al = NULL;
+		size_t alen = 0;
+		json_t *a, *r;
+		const char *name;
+		json_t *val;
+
+		assert_int_equal(proto_handle_ex(&env, &me, req, sizeof(req) - 1, &aud, &resp, &rlen),
+				 0);
+		r = json_loadb(resp, rlen, 0, NULL);
+		assert_true(json_is_true(json_object_get(r, "ok")));
+		assert_int_equal(aud.result, 0);
+		assert_int_equal(audit_line(&aud, &me, PROTOENV_NOW * 1000, &al, &alen), 0);
+		a = json_loadb(al, alen, 0, NULL);
+		assert_non_null(a);
+		{
+			static const char *const want[] = { "time", "uid", "gid", "pid", "op", "key",
+							    "alg", "jkt", "htm", "htu", "jti", "iat",
+							    "result", NULL };
+			size_t i = 0;
+
+			json_object_foreach(a, name, val) {
+				assert_non_null(want[i]);
+				assert_string_equal(name, want[i]);
+				i++;
+			}
+			assert_null(want[i]);
+		}
+		assert_string_equal(json_string_value(json_object_get(a, "op")), "dpop");
+		assert_string_equal(json_string_value(json_object_get(a, "alg")), "PS256");
+		assert_string_equal(json_string_value(json_object_get(a, "jkt")), k->jkt);
+		assert_string_equal(json_string_value(json_object_get(a, "htu")), "https://a.example/t");
+		assert_string_equal(json_string_value(json_object_get(a, "jti")),
+				    json_string_value(json_object_get(r, "jti")));
+		assert_int_equal(json_integer_value(json_object_get(a, "iat")), PROTOENV_NOW);
+		assert_null(strstr(al, "fUHyO2r2"));
+		assert_null(strstr(al, "secret"));
+		assert_null(strstr(al, "eyJ"));
+		json_decref(a);
+		json_decref(r);
+		free(al);
+		free(resp);
+		proto_audit_clear(&aud);
+		/* a refused one: what was asked, and the code */
+		assert_int_equal(proto_handle_ex(&env, &me, q_refused, strlen(q_refused), &aud, &resp,
+						 &rlen), 0);
+		assert_int_equal(aud.result, P11J_E_POLICY);
+		assert_string_equal(json_string_value(json_object_get(aud.fields, "op")), "dpop");
+		assert_string_equal(json_string_value(json_object_get(aud.fields, "htu")),
+				    "https://b/");
+		assert_string_equal(json_string_value(json_object_get(aud.fields, "jkt")),
+				    kr_find(&kr, "p256")->jkt);
+		assert_null(json_object_get(aud.fields, "jti"));
+		free(resp);
+		proto_audit_clear(&aud);
+	}
+	/* back to the defaults for the other tests */
+	pol.uids = NULL;
+	pol.nuids = 0;
+	assert_int_equal(kr_key_configure(k, NULL, JWA_RS256, k->jkt), 0);
+	pol_key_clear(&pol);
+}
+
+/* dpop = yes|no in a [key] section (agent/config.c) */
+static void test_dpop_config(void **state)
+{
+	static const char good[] = "[key a]\nobject = a\ndpop = yes\n[key b]\nobject = b\n";
+	static const char bad[] = "[key a]\nobject = a\ndpop = maybe\n[key b]\nobject = b\n"
+				  "dpop = no\ndpop = no\n";
+	cfg_config *cfg = NULL;
+	char *errs = NULL;
+
+	(void)state;
+	assert_int_equal(cfg_load_string("t.conf", good, strlen(good), &cfg, &errs), 0);
+	assert_true(cfg_find_key(cfg, "a")->pol.dpop);
+	assert_false(cfg_find_key(cfg, "b")->pol.dpop);
+	cfg_free(cfg);
+	cfg = NULL;
+	assert_int_equal(cfg_load_string("t.conf", bad, strlen(bad), &cfg, &errs),
+			 P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(errs, "t.conf:3: 'dpop' must be yes or no, not 'maybe'"));
+	assert_non_null(strstr(errs, "t.conf:7: 'dpop' given twice in [key b]"));
+	free(errs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -557,6 +891,11 @@ int main(void)
 		cmocka_unit_test(test_id_echoed_on_errors),
 		cmocka_unit_test(test_forbidden_peer),
 		cmocka_unit_test(test_error_line_helper),
+		cmocka_unit_test(test_dpop_off_by_default),
+		cmocka_unit_test(test_dpop_every_pair),
+		cmocka_unit_test(test_dpop_bad_requests),
+		cmocka_unit_test(test_dpop_policy),
+		cmocka_unit_test(test_dpop_config),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
