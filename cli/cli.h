@@ -79,6 +79,8 @@ int cmd_verify(cli_ctx *ctx, int argc, char **argv);
 int cmd_token(cli_ctx *ctx, int argc, char **argv);
 int cmd_call(cli_ctx *ctx, int argc, char **argv);
 int cmd_cache(cli_ctx *ctx, int argc, char **argv);
+/* cmd_dpop.c: one DPoP proof (RFC 9449) */
+int cmd_dpop(cli_ctx *ctx, int argc, char **argv);
 /* cmd_pin.c: the agent's PIN lifecycle */
 int cmd_login(cli_ctx *ctx, int argc, char **argv);
 int cmd_lock(cli_ctx *ctx, int argc, char **argv);

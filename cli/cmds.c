@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p11jwt-cmds.so: the commands of p11jwt that need libcrypto (keys, jwks,
- * decode, verify, token, call, cache). p11jwt loads it only to run one of
+ * decode, verify, token, call, cache, dpop: its ath is a SHA-256). p11jwt loads it only to run one of
  * them, so that `p11jwt sign` and the other agent commands do not pay for
  * loading and relocating libcrypto (about 0.6 ms of a 2 ms run; see
  * docs/performance.md). Everything it needs is linked in; only the two
@@ -26,7 +26,7 @@ int p11jwt_cmds_run(const cli_ctx *gctx, int argc, char **argv)
 	} cmds[] = {
 		{ "keys", cmd_keys },	  { "jwks", cmd_jwks },	  { "decode", cmd_decode },
 		{ "verify", cmd_verify }, { "token", cmd_token }, { "call", cmd_call },
-		{ "cache", cmd_cache },
+		{ "cache", cmd_cache },	  { "dpop", cmd_dpop },
 	};
 	cli_ctx ctx = *gctx;
 

@@ -115,6 +115,17 @@ static const struct cli_cmd_doc {
 	  "or unavailable), the number of keys, the requests answered since it\n"
 	  "started, its error answers by code, and its connections (open now,\n"
 	  "accepted, refused). Only the agent's own user and root may ask." },
+	{ "dpop", "dpop --key NAME --htm METHOD --htu URL [--token-file FILE|-] [--nonce N] [--json]",
+	  "print a DPoP proof (RFC 9449) for one HTTP request",
+	  "Ask the agent for a DPoP proof JWT for one request and print it, for\n"
+	  "curl -H \"DPoP: $(p11jwt dpop ...)\". The header carries typ dpop+jwt,\n"
+	  "the key's alg and its public JWK; the claims a fresh jti, htm, htu (the\n"
+	  "URL without query and fragment, normalised by the agent), iat, and the\n"
+	  "server's nonce and ath when given. The access token, for requests that\n"
+	  "carry one, is read from --token-file (- for standard input), never from\n"
+	  "the command line; only its SHA-256 (ath) is sent to the agent. The key\n"
+	  "must be allowed to make proofs (dpop = yes in p11jwt-agent.conf(5), or\n"
+	  "p11jwt-agent --allow-dpop). See docs/dpop.md." },
 	{ "cache", "cache list|clear [--json]",
 	  "list or clear cached access tokens",
 	  "list: one line per cached token (token URL, client id, key, subject,\n"
@@ -211,6 +222,16 @@ static const struct cli_opt_doc {
 	{ "call", "request", 'X', "METHOD", "HTTP method (default GET, or POST with -d)" },
 	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
 	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },
+	{ "dpop", "key", 0, "NAME", "key to make the proof with (required)" },
+	{ "dpop", "alg", 0, "ALG", "signature algorithm (default: the key's)" },
+	{ "dpop", "htm", 0, "METHOD", "the request's HTTP method, e.g. POST (required;\n"
+				    "case-sensitive)" },
+	{ "dpop", "htu", 0, "URL", "the request's URL (required; query and fragment\n"
+				 "are dropped, http or https only)" },
+	{ "dpop", "token-file", 0, "FILE|-", "the access token the request carries, read\n"
+					  "from FILE or standard input (-); adds ath" },
+	{ "dpop", "nonce", 0, "NONCE", "the server's DPoP-Nonce, to put in the proof" },
+	{ "dpop", "json", 0, NULL, "print {jwt, jkt, alg, htu, jti, iat} as JSON" },
 	{ "cache", "json", 0, NULL, "list as JSON" },
 	{ "status", "json", 0, NULL, "print the agent's answer as JSON" },
 	{ "login lock", "token", 0, "URI", "PKCS#11 URI of the agent's token (default: the\n"

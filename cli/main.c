@@ -24,7 +24,7 @@
  * Two helpers of this program live in libexecdir: p11jwt-admin (keygen,
  * csr and cert talk to the token directly, so they need p11-kit and a
  * PKCS#11 module in the process) and p11jwt-cmds.so (the commands that need
- * libcrypto: keys, jwks, decode, verify, token, call, cache). What remains
+ * libcrypto: keys, jwks, decode, verify, token, call, cache, dpop). What remains
  * here, the agent's commands (sign, status, login, lock), loads neither
  * PKCS#11 code nor libcrypto and starts in half the time. A helper is
  * found next to this program first (the build tree), then in
@@ -104,6 +104,7 @@ static int cmd_module(cli_ctx *ctx, int argc, char **argv)
 #define cmd_token cmd_module
 #define cmd_call cmd_module
 #define cmd_cache cmd_module
+#define cmd_dpop cmd_module
 #endif
 
 static const struct {
@@ -114,7 +115,7 @@ static const struct {
 	{ "decode", cmd_decode }, { "verify", cmd_verify }, { "token", cmd_token },
 	{ "call", cmd_call },	  { "cache", cmd_cache },	    { "keygen", cmd_keygen },
 	{ "csr", cmd_csr },	  { "cert", cmd_cert },	    { "login", cmd_login },
-	{ "lock", cmd_lock },	  { "status", cmd_status },
+	{ "lock", cmd_lock },	  { "status", cmd_status }, { "dpop", cmd_dpop },
 };
 
 int main(int argc, char **argv)
