@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -24,7 +25,7 @@
 #include <unistd.h>
 
 #define READ_CHUNK 16384
-#define IN_CAP (PROTO_MAX_LINE + 1)  /* one maximal line and its newline */
+#define IN_CAP SRV_FRAME_CAP        /* one maximal line and its newline */
 #define OUT_HIGH (64 * 1024)         /* stop taking requests while this much is unsent */
 #define DRAIN_MS 1000                /* discard input this long after a fatal error line */
 #define DRAIN_MAX (4 * 1024 * 1024)
@@ -32,6 +33,9 @@
 #define TURN_REQUESTS 8              /* requests a turn answers between looks at the epoll set */
 #define STOP_DEADLINE_MS 10000       /* srv_stop(): in-flight answers get this long */
 #define LINGER_NS 50000              /* watch a quiet connection this long before epoll */
+#define LOG_EVERY_MS 10000           /* a log line that could come once per client: this often */
+#define ACCEPT_PAUSE_MS TICK_MS      /* accept() failing for want of resources: retry after */
+#define ADMIN_SLOTS_MAX 16           /* slots kept for the agent's uid and root */
 
 enum conn_state {
 	C_OPEN,  /* reading requests */
@@ -54,24 +58,53 @@ struct conn {
 	bool wr_shut;
 	bool answered_in_stop;
 	size_t drained;
+	bool uid_counted; /* held against max_connections_per_uid */
 	/* read by the timer thread */
 	_Atomic uint64_t line_since;  /* when the current partial line began (0: none) */
 	_Atomic uint64_t out_since;   /* when unsent output last moved (0: none pending) */
 	_Atomic uint64_t drain_until; /* 0: not draining */
+	_Atomic uint64_t idle_since;  /* armed with nothing to read, sign or send, since
+					 (0: not idle; the timer claims it by setting 0) */
 	_Atomic int kick;             /* set by the timer thread, acted on by the owner */
 	/* s->mu */
 	struct conn *next, *prev;
+};
+
+/* A log line that can come once per client (a refusal, accept() failing)
+ * comes at most every LOG_EVERY_MS and says how many were left out. Only
+ * the thread holding the listening socket's one-shot event uses these. */
+struct loglimit {
+	uint64_t last_ms;
+	uint64_t missed;
+};
+
+/* Connections of a uid held to max_connections_per_uid. */
+struct uid_count {
+	uid_t uid;
+	size_t n;
 };
 
 struct srv {
 	srv_config cfg;
 	int listen_fd, ep, wake[2];
 	unsigned nworkers;
-	unsigned line_timeout;
-	pthread_mutex_t mu; /* the connection list and its count */
+	unsigned line_timeout, idle_timeout;
+	size_t per_uid;     /* max_connections_per_uid in force */
+	size_t admin_slots; /* the last connections: only for the agent's uid and root */
+	uid_t owner_uid;
+	/* Only the accepting thread: an fd held open to be closed when accept()
+	 * fails with EMFILE/ENFILE, so that the client can be told "busy" and
+	 * let go instead of being left in the backlog with the listening
+	 * socket ready for ever (a spin). */
+	int reserve_fd;
+	struct loglimit ll_conns, ll_uid, ll_fds, ll_accept;
+	_Atomic uint64_t accept_resume; /* not re-armed until then (0: armed) */
+	pthread_mutex_t mu; /* the connection list, its count and uids */
 	pthread_cond_t cv;
 	struct conn *conns;
 	size_t nconns;
+	struct uid_count *uids;
+	size_t nuids, uids_cap;
 	_Atomic bool stopping, quit;
 	/* counters for srv_get_stats() */
 	_Atomic uint64_t n_requests, n_accepted, n_refused;
@@ -189,6 +222,53 @@ fail:
 	return r;
 }
 
+/* ---- framing ------------------------------------------------------------ */
+
+srv_frame_result srv_frame_next(const char *buf, size_t len, size_t off, size_t *ret_len)
+{
+	const char *nl = len > off ? memchr(buf + off, '\n', len - off) : NULL;
+
+	if (nl == NULL)
+		return len - off >= SRV_FRAME_CAP ? SRV_FRAME_TOO_LONG : SRV_FRAME_PARTIAL;
+	*ret_len = (size_t)(nl - (buf + off));
+	return SRV_FRAME_LINE;
+}
+
+bool srv_frame_has_line(const char *buf, size_t len, size_t off)
+{
+	return len > off && memchr(buf + off, '\n', len - off) != NULL;
+}
+
+size_t srv_frame_compact(char *buf, size_t len, size_t off)
+{
+	if (off == 0)
+		return len;
+	memmove(buf, buf + off, len - off);
+	memset(buf + len - off, 0, off);
+	return len - off;
+}
+
+/* since was set (not 0), and limit has passed since then. A worker may
+ * set it a little after the timer read the clock: that is not a wrap. */
+static bool passed(uint64_t since, uint64_t now, uint64_t limit)
+{
+	return since != 0 && now >= since && now - since >= limit;
+}
+
+/* Whether a line that can come once per client may be logged now; then
+ * *ret_missed is how many were left out since the last one. */
+static bool loglimit_pass(struct loglimit *l, uint64_t now, uint64_t *ret_missed)
+{
+	if (l->last_ms != 0 && now - l->last_ms < LOG_EVERY_MS) {
+		l->missed++;
+		return false;
+	}
+	*ret_missed = l->missed;
+	l->missed = 0;
+	l->last_ms = now;
+	return true;
+}
+
 /* ---- connections -------------------------------------------------------- */
 
 /* A worker's own buffers: socket reads while draining, and the audit
@@ -223,8 +303,14 @@ static void conn_rearm(srv *s, struct conn *c)
 	 * drains, no more input may come to wake us, so ask for a writable
 	 * event (at once if the socket has room) and serve them then */
 	if (c->out_len > c->out_off ||
-	    (c->state == C_OPEN && c->in_len && memchr(c->in, '\n', c->in_len)))
+	    (c->state == C_OPEN && srv_frame_has_line(c->in, c->in_len, 0)))
 		ev |= EPOLLOUT;
+	/* nothing buffered either way and the client still there: the idle
+	 * clock starts (the timer closes it after idle_timeout) */
+	atomic_store(&c->idle_since, c->state == C_OPEN && !c->eof && c->in_len == 0 &&
+					     c->out_len == c->out_off
+				     ? now_ms()
+				     : 0);
 	e = (struct epoll_event){ .events = ev, .data.ptr = c };
 	epoll_ctl(s->ep, EPOLL_CTL_MOD, c->fd, &e);
 }
@@ -237,6 +323,36 @@ static void conn_free_bufs(struct conn *c)
 		freezero_buf(c->out, c->out_cap);
 	c->in = c->out = NULL;
 	c->in_len = c->in_cap = c->in_hwm = c->out_len = c->out_off = c->out_cap = 0;
+}
+
+/* The uid table (s->mu held): how many connections uid has, counted in
+ * when add. NULL when it has none and add is false, or out of memory. */
+static struct uid_count *uid_find(srv *s, uid_t uid, bool add)
+{
+	for (size_t i = 0; i < s->nuids; i++)
+		if (s->uids[i].uid == uid)
+			return &s->uids[i];
+	if (!add)
+		return NULL;
+	if (s->nuids == s->uids_cap) {
+		size_t cap = s->uids_cap ? 2 * s->uids_cap : 16;
+		struct uid_count *grown = realloc(s->uids, cap * sizeof(*grown));
+
+		if (grown == NULL)
+			return NULL;
+		s->uids = grown;
+		s->uids_cap = cap;
+	}
+	s->uids[s->nuids] = (struct uid_count){ .uid = uid };
+	return &s->uids[s->nuids++];
+}
+
+static void uid_put(srv *s, uid_t uid)
+{
+	struct uid_count *u = uid_find(s, uid, false);
+
+	if (u != NULL && --u->n == 0)
+		*u = s->uids[--s->nuids]; /* the order does not matter */
 }
 
 /* Only the owner (the thread holding its one-shot event) closes. The list
@@ -252,6 +368,8 @@ static void conn_close(srv *s, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->nconns--;
+	if (c->uid_counted)
+		uid_put(s, c->peer.uid);
 	epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	if (s->stopping && s->nconns == 0)
@@ -429,26 +547,24 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 
 	while (served < budget && c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
-		char *nl = c->in_len > off ? memchr(line, '\n', c->in_len - off) : NULL;
 		proto_audit aud = { 0 };
 		char *resp = NULL, *al = NULL;
-		size_t len, rlen = 0, alen = 0;
+		size_t len = 0, rlen = 0, alen = 0;
+		srv_frame_result fr = srv_frame_next(c->in, c->in_len, off, &len);
 
-		if (nl == NULL) {
-			if (c->in_len - off == IN_CAP) {
-				srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
-					(unsigned)c->peer.uid, (int)c->peer.pid);
-				count_error(s, P11J_E_REQUEST_TOO_LARGE);
-				return conn_fatal(c, P11J_E_REQUEST_TOO_LARGE,
-						  "request line over 65536 bytes; closing");
-			}
-			break;
+		if (fr == SRV_FRAME_TOO_LONG) {
+			srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
+				(unsigned)c->peer.uid, (int)c->peer.pid);
+			count_error(s, P11J_E_REQUEST_TOO_LARGE);
+			return conn_fatal(c, P11J_E_REQUEST_TOO_LARGE,
+					  "request line over 65536 bytes; closing");
 		}
+		if (fr == SRV_FRAME_PARTIAL)
+			break;
 		if (atomic_load(&s->stopping) && c->answered_in_stop)
 			break; /* stopping: the line being served was answered */
-		len = (size_t)(nl - line);
 		if ((np > 0 || c->out_len > c->out_off) &&
-		    memchr(nl + 1, '\n', c->in_len - off - len - 1) == NULL &&
+		    !srv_frame_has_line(c->in, c->in_len, off + len + 1) &&
 		    ((r = conn_commit(s, c, w, pend, &np)) < 0 || (r = conn_flush(c, now)) < 0))
 			break;
 		aud.no_fields = s->cfg.audit == NULL; /* nobody reads the record */
@@ -490,16 +606,12 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 	}
 	if (np > 0 && conn_commit(s, c, w, pend, &np) < 0)
 		r = -1;
-	if (off > 0) { /* what is left moves to the front once */
-		c->in_len -= off;
-		memmove(c->in, c->in + off, c->in_len);
-		memset(c->in + c->in_len, 0, off);
-	}
+	c->in_len = srv_frame_compact(c->in, c->in_len, off); /* the rest, to the front once */
 	if (r < 0)
 		return r;
 	/* a partial line starts its clock; a complete one (waiting because of
 	 * unsent output) does not */
-	if (c->state == C_OPEN && c->in_len && !memchr(c->in, '\n', c->in_len)) {
+	if (c->state == C_OPEN && c->in_len && !srv_frame_has_line(c->in, c->in_len, 0)) {
 		if (atomic_load(&c->line_since) == 0)
 			atomic_store(&c->line_since, now);
 	} else {
@@ -562,6 +674,7 @@ static void conn_turn(srv *s, struct conn *c, uint32_t events, struct wctx *w)
 
 again:
 	now = now_ms();
+	atomic_store(&c->idle_since, 0); /* not idle while its owner serves it */
 	kick = atomic_load(&c->kick);
 	if (kick == KICK_HARD || (events & EPOLLERR))
 		goto close;
@@ -607,7 +720,7 @@ again:
 		had = c->in_len;
 		if (conn_read(s, c, w->scratch) < 0)
 			goto close;
-		if (c->in_len == had && !memchr(c->in, '\n', c->in_len))
+		if (c->in_len == had && !srv_frame_has_line(c->in, c->in_len, 0))
 			break;
 		now = now_ms();
 	}
@@ -642,10 +755,14 @@ close:
 	conn_close(s, c);
 }
 
-static void refuse(srv *s, int fd, const char *msg)
+/* Answer "busy" (msg says which limit) and close. The log line (what,
+ * the client's uid and pid when known) comes at most every LOG_EVERY_MS
+ * per limit: a client that reconnects in a loop must not flood the log. */
+static void refuse(srv *s, int fd, struct loglimit *ll, const char *msg, const char *what)
 {
 	char *resp = NULL;
 	size_t rlen = 0;
+	uint64_t missed = 0;
 
 	atomic_fetch_add_explicit(&s->n_refused, 1, memory_order_relaxed);
 	count_error(s, P11J_E_BUSY);
@@ -653,22 +770,119 @@ static void refuse(srv *s, int fd, const char *msg)
 		(void)send(fd, resp, rlen, MSG_NOSIGNAL | MSG_DONTWAIT);
 	free(resp);
 	close(fd);
-	srv_log(s, LOG_WARNING, "%s", msg);
+	if (loglimit_pass(ll, now_ms(), &missed)) {
+		if (missed > 0)
+			srv_log(s, LOG_WARNING, "%s, refused (busy); %llu more since the last message",
+				what, (unsigned long long)missed);
+		else
+			srv_log(s, LOG_WARNING, "%s, refused (busy)", what);
+	}
 }
 
-static void srv_accept(srv *s)
+/* accept() failed with EMFILE or ENFILE (which it does before it looks
+ * at the backlog): take the client with the reserve fd's number, tell it
+ * "busy" and let it go, so that it neither hangs in the backlog nor keeps
+ * the listening socket ready. 1: a client was refused (look for more); 0:
+ * nobody was waiting; -1: not possible (no reserve): the caller stops
+ * accepting for a while. */
+static int accept_out_of_fds(srv *s, int err)
 {
+	char what[160];
+	int fd, e;
+
+	snprintf(what, sizeof(what), "accept: %s (RLIMIT_NOFILE; LimitNOFILE= under systemd)",
+		 strerror(err));
+	if (s->reserve_fd < 0) {
+		uint64_t missed = 0;
+
+		if (loglimit_pass(&s->ll_fds, now_ms(), &missed))
+			srv_log(s, LOG_ERR, "%s; not accepting for %d ms (%llu more since the last "
+				"message)", what, ACCEPT_PAUSE_MS, (unsigned long long)missed);
+		return -1;
+	}
+	close(s->reserve_fd);
+	fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	e = errno;
+	if (fd >= 0)
+		refuse(s, fd, &s->ll_fds, "out of file descriptors; try again later", what);
+	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 || e == EINTR || e == ECONNABORTED)
+		return 1;
+	return e == EAGAIN ? 0 : -1;
+}
+
+/* Which limit refuses a client of uid, if any (s->mu held). The agent's
+ * own uid and root are held to max_connections only; other uids also to
+ * max_connections_per_uid each and, together, to all but the last
+ * admin_slots, so that the agent's owner and root can always get in (to
+ * ask for "status", for one) however many other uids fill the agent. */
+static const char *conn_limit(srv *s, uid_t uid, char *what, size_t wlen,
+			      struct loglimit **ret_ll)
+{
+	struct uid_count *u;
+
+	*ret_ll = &s->ll_conns;
+	if (s->nconns >= s->cfg.max_connections) {
+		snprintf(what, wlen, "uid %u: max_connections (%zu) reached", (unsigned)uid,
+			 s->cfg.max_connections);
+		return "too many connections; try again later";
+	}
+	if (uid == 0 || uid == s->owner_uid)
+		return NULL;
+	if (s->nconns >= s->cfg.max_connections - s->admin_slots) {
+		snprintf(what, wlen, "uid %u: the last %zu of max_connections (%zu) are kept for "
+			 "uid %u and root", (unsigned)uid, s->admin_slots, s->cfg.max_connections,
+			 (unsigned)s->owner_uid);
+		return "too many connections; try again later";
+	}
+	u = uid_find(s, uid, false);
+	if (u != NULL && u->n >= s->per_uid) {
+		*ret_ll = &s->ll_uid;
+		snprintf(what, wlen, "uid %u: max_connections_per_uid (%zu) reached", (unsigned)uid,
+			 s->per_uid);
+		return "too many connections from this uid (max_connections_per_uid); try again "
+		       "later";
+	}
+	return NULL;
+}
+
+/* Take the clients waiting in the backlog. False when accept() failed for
+ * want of resources: the listening socket is then left unarmed for
+ * ACCEPT_PAUSE_MS (srv_timers() re-arms it), rather than woken again at
+ * once for the same failure. */
+static bool srv_accept(srv *s)
+{
+	if (s->reserve_fd < 0) /* given up to a refused client and not yet back */
+		s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	for (;;) {
 		struct ucred cred;
 		socklen_t clen = sizeof(cred);
 		struct epoll_event e;
 		struct conn *c;
+		const char *busy;
+		struct loglimit *ll = NULL;
+		char what[200];
 		int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {
-			if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
-				srv_log(s, LOG_ERR, "accept: %s", strerror(errno));
-			return;
+			uint64_t missed = 0;
+
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EAGAIN)
+				return true;
+			if (errno == EMFILE || errno == ENFILE) {
+				int r = accept_out_of_fds(s, errno);
+
+				if (r > 0)
+					continue;
+				return r == 0;
+			}
+			if (loglimit_pass(&s->ll_accept, now_ms(), &missed))
+				srv_log(s, LOG_ERR, "accept: %s; not accepting for %d ms (%llu more "
+					"since the last message)", strerror(errno), ACCEPT_PAUSE_MS,
+					(unsigned long long)missed);
+			return false; /* ENOBUFS, ENOMEM: not better at once */
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
 			srv_log(s, LOG_ERR, "SO_PEERCRED: %s", strerror(errno));
@@ -685,10 +899,22 @@ static void srv_accept(srv *s)
 		c->peer.gid = cred.gid;
 		c->peer.pid = cred.pid;
 		pthread_mutex_lock(&s->mu);
-		if (s->nconns >= s->cfg.max_connections) {
+		busy = conn_limit(s, cred.uid, what, sizeof(what), &ll);
+		if (busy == NULL && cred.uid != 0 && cred.uid != s->owner_uid) {
+			struct uid_count *u = uid_find(s, cred.uid, true);
+
+			if (u == NULL) {
+				snprintf(what, sizeof(what), "uid %u: out of memory", (unsigned)cred.uid);
+				busy = "out of memory; try again later";
+			} else {
+				u->n++;
+				c->uid_counted = true;
+			}
+		}
+		if (busy != NULL) {
 			pthread_mutex_unlock(&s->mu);
 			free(c);
-			refuse(s, fd, "too many connections; try again later");
+			refuse(s, fd, ll, busy, what);
 			continue;
 		}
 		c->next = s->conns;
@@ -696,6 +922,7 @@ static void srv_accept(srv *s)
 			s->conns->prev = c;
 		s->conns = c;
 		s->nconns++;
+		atomic_store(&c->idle_since, now_ms());
 		e = (struct epoll_event){ .events = EPOLLIN | EPOLLONESHOT, .data.ptr = c };
 		if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
 			srv_log(s, LOG_ERR, "epoll_ctl: %s", strerror(errno));
@@ -703,6 +930,8 @@ static void srv_accept(srv *s)
 			if (c->next)
 				c->next->prev = NULL;
 			s->nconns--;
+			if (c->uid_counted)
+				uid_put(s, cred.uid);
 			pthread_mutex_unlock(&s->mu);
 			close(fd);
 			free(c);
@@ -755,8 +984,10 @@ static void *worker_main(void *arg)
 				struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT,
 							 .data.ptr = &tag_listen };
 
-				srv_accept(s);
-				epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &e);
+				if (srv_accept(s))
+					epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &e);
+				else /* srv_timers() re-arms it */
+					atomic_store(&s->accept_resume, now_ms() + ACCEPT_PAUSE_MS);
 			}
 		} else if (ev.data.ptr == &tag_wake) {
 			/* level-triggered: every worker sees it */
@@ -771,26 +1002,41 @@ static void *worker_main(void *arg)
 }
 
 /* Clients that stall: half a line for too long, answers left unread, a
- * drain past its deadline. The owner does the closing: it is woken by
- * shutdown() (EPOLLIN for the read side, EPOLLHUP for both). */
+ * drain past its deadline; and clients idle for too long. The owner does
+ * the closing: it is woken by shutdown() (EPOLLIN for the read side,
+ * EPOLLHUP for both). Also re-arms the listening socket after a pause. */
 static void srv_timers(srv *s, uint64_t now)
 {
+	uint64_t resume = atomic_load(&s->accept_resume);
+
+	if (resume != 0 && now >= resume &&
+	    atomic_compare_exchange_strong(&s->accept_resume, &resume, 0)) {
+		struct epoll_event e = { .events = EPOLLIN | EPOLLONESHOT, .data.ptr = &tag_listen };
+
+		epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &e);
+	}
 	pthread_mutex_lock(&s->mu);
 	for (struct conn *c = s->conns; c != NULL; c = c->next) {
 		uint64_t ls = atomic_load(&c->line_since), os = atomic_load(&c->out_since);
-		uint64_t du = atomic_load(&c->drain_until);
+		uint64_t du = atomic_load(&c->drain_until), is = atomic_load(&c->idle_since);
 
 		if (atomic_load(&c->kick) != KICK_NONE)
 			continue;
-		if (ls && now - ls >= s->line_timeout) {
+		if (passed(ls, now, s->line_timeout)) {
 			atomic_store(&c->kick, KICK_LINE);
 			shutdown(c->fd, SHUT_RD);
-		} else if ((os && now - os >= SRV_SEND_TIMEOUT_MS) || (du && now >= du)) {
-			if (os && now - os >= SRV_SEND_TIMEOUT_MS)
+		} else if (passed(os, now, SRV_SEND_TIMEOUT_MS) || (du && now >= du)) {
+			if (passed(os, now, SRV_SEND_TIMEOUT_MS))
 				srv_log(s, LOG_WARNING, "uid %u pid %d: answers unread for %d ms, dropped",
 					(unsigned)c->peer.uid, (int)c->peer.pid, SRV_SEND_TIMEOUT_MS);
 			atomic_store(&c->kick, KICK_HARD);
 			shutdown(c->fd, SHUT_RDWR);
+		} else if (passed(is, now, s->idle_timeout) &&
+			   atomic_compare_exchange_strong(&c->idle_since, &is, 0)) {
+			/* Idle, and its owner did not take it meanwhile (it clears
+			 * idle_since first): it reads EOF and closes. A request that
+			 * came just now is still read and answered first. */
+			shutdown(c->fd, SHUT_RD);
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -800,6 +1046,7 @@ int srv_new(const srv_config *cfg, int listen_fd, srv **ret)
 {
 	srv *s = calloc(1, sizeof(*s));
 	struct epoll_event e;
+	struct rlimit fds;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
 	if (s == NULL)
@@ -808,9 +1055,32 @@ int srv_new(const srv_config *cfg, int listen_fd, srv **ret)
 	s->listen_fd = listen_fd;
 	s->wake[0] = s->wake[1] = s->ep = -1;
 	s->line_timeout = cfg->line_timeout_ms ? cfg->line_timeout_ms : SRV_LINE_TIMEOUT_MS;
+	s->idle_timeout = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : SRV_IDLE_TIMEOUT_MS;
 	s->nworkers = cfg->workers ? cfg->workers : (unsigned)(ncpu > 1 ? 2 * ncpu : 2);
 	if (s->nworkers > SRV_MAX_WORKERS)
 		s->nworkers = SRV_MAX_WORKERS;
+	s->owner_uid = cfg->env != NULL ? cfg->env->owner_uid : geteuid();
+	if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur != RLIM_INFINITY) {
+		size_t keep = SRV_FD_RESERVE + s->nworkers;
+		size_t room = fds.rlim_cur > keep + 1 ? (size_t)fds.rlim_cur - keep : 1;
+
+		if (s->cfg.max_connections > room) {
+			srv_log(s, LOG_WARNING, "max_connections %zu lowered to %zu: the file "
+				"descriptor limit is %llu (RLIMIT_NOFILE: LimitNOFILE= under systemd, "
+				"ulimit -n), and %zu are kept for the token, the audit trail and the "
+				"workers", s->cfg.max_connections, room,
+				(unsigned long long)fds.rlim_cur, keep);
+			s->cfg.max_connections = room;
+		}
+	}
+	if (s->cfg.max_connections == 0)
+		s->cfg.max_connections = 1;
+	s->per_uid = cfg->max_connections_per_uid ? cfg->max_connections_per_uid
+						  : (s->cfg.max_connections + 3) / 4;
+	s->admin_slots = s->cfg.max_connections / 16;
+	if (s->admin_slots > ADMIN_SLOTS_MAX)
+		s->admin_slots = ADMIN_SLOTS_MAX;
+	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) < 0 ||
@@ -941,7 +1211,10 @@ void srv_free(srv *s)
 		close(s->wake[0]);
 		close(s->wake[1]);
 	}
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	free(s->uids);
 	free(s);
 }

@@ -15,6 +15,7 @@
 #ifndef P11J_SERVER_H
 #define P11J_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "agent/proto.h"
@@ -23,10 +24,16 @@ typedef void (*srv_log_fn)(int level, const char *msg);
 
 typedef struct {
 	const proto_env *env;
-	size_t max_connections;   /* refused with an error line beyond this */
+	size_t max_connections;   /* refused with an error line beyond this; lowered
+				     to what RLIMIT_NOFILE leaves (srv_new logs it) */
+	size_t max_connections_per_uid; /* for uids other than the agent's own
+					   (env->owner_uid) and root (0: a quarter
+					   of max_connections) */
 	unsigned workers;         /* signing threads (0: a default from the CPU count) */
 	unsigned line_timeout_ms; /* a partial line older than this drops the client
 				     (0: SRV_LINE_TIMEOUT_MS) */
+	unsigned idle_timeout_ms; /* a connection with nothing to read, sign or send
+				     for this long is closed (0: SRV_IDLE_TIMEOUT_MS) */
 	srv_log_fn log;
 	/* The audit trail (both set, or neither). audit() is called on the
 	 * serving thread for each audited request (sign, login, lock) and
@@ -55,10 +62,38 @@ typedef struct {
 } srv_stats;
 
 #define SRV_LINE_TIMEOUT_MS 10000
+#define SRV_IDLE_TIMEOUT_MS 300000
+/* File descriptors kept for everything but connections (the token module,
+ * the audit trail, the event loop), plus one per worker: max_connections is
+ * lowered to RLIMIT_NOFILE minus this. */
+#define SRV_FD_RESERVE 64
 #define SRV_SEND_TIMEOUT_MS 30000 /* an unread answer older than this drops the client */
 #define SRV_MAX_WORKERS 64
 
 typedef struct srv srv;
+
+/* The request framing, pure so that tests/fuzz/fuzz_frame.c drives the
+ * code the server runs: a request is a line ending in "\n" of at most
+ * PROTO_MAX_LINE bytes, and a connection buffers at most SRV_FRAME_CAP
+ * bytes of input (one maximal line and its newline). One read may bring
+ * several lines and the start of the next. */
+#define SRV_FRAME_CAP (PROTO_MAX_LINE + 1)
+
+typedef enum {
+	SRV_FRAME_PARTIAL,  /* no newline yet: keep the bytes and read more */
+	SRV_FRAME_LINE,     /* a complete line */
+	SRV_FRAME_TOO_LONG, /* SRV_FRAME_CAP bytes without a newline */
+} srv_frame_result;
+
+/* What starts at buf[off] (len: the bytes buffered). On SRV_FRAME_LINE the
+ * line is buf[off..off + *ret_len), its newline follows, and the next one
+ * starts at off + *ret_len + 1. */
+srv_frame_result srv_frame_next(const char *buf, size_t len, size_t off, size_t *ret_len);
+/* Whether buf[off..len) holds a complete line. */
+bool srv_frame_has_line(const char *buf, size_t len, size_t off);
+/* The lines before off are served: move the rest to the front, wipe the
+ * bytes it leaves behind, and return the new length. */
+size_t srv_frame_compact(char *buf, size_t len, size_t off);
 
 /* Create the socket's directory (0700, or check an existing one is ours and
  * private), replace a stale socket, bind under umask 077, chmod 0600, listen. */
