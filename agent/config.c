@@ -17,7 +17,7 @@
 
 /* Where a scalar setting was first seen, to report a second one. */
 enum {
-	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO,                       /* [agent] */
+	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO, S_IDLETO, S_MAXUID,   /* [agent] */
 	S_MODULE, S_TURI, S_PINFILE, S_UNSAFE,                          /* [token] */
 	S_KURI, S_TOKEN, S_OBJECT, S_ALG, S_KID, S_MAXLIFE, S_DENY, S_INC, S_INCAUTO, S_DPOP, /* [key] */
 	S__COUNT
@@ -534,9 +534,15 @@ static void agent_setting(cfg_parser *p, const char *name, const char *v)
 	} else if (strcmp(name, "line_timeout") == 0) {
 		if (once(p, S_LINETO, name))
 			parse_ulong(p, name, v, 1, 3600, &c->line_timeout);
+	} else if (strcmp(name, "idle_timeout") == 0) {
+		if (once(p, S_IDLETO, name))
+			parse_ulong(p, name, v, 1, 86400, &c->idle_timeout);
+	} else if (strcmp(name, "max_connections_per_uid") == 0) {
+		if (once(p, S_MAXUID, name))
+			parse_ulong(p, name, v, 1, 65536, &c->max_connections_per_uid);
 	} else {
 		perr(p, p->line, "unknown setting '%.64s' in [agent] (socket, max_connections, "
-		     "workers, line_timeout)", name);
+		     "max_connections_per_uid, workers, line_timeout, idle_timeout)", name);
 	}
 }
 

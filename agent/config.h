@@ -47,6 +47,7 @@ typedef struct {
 	char *path;
 	char *socket;             /* NULL: not set */
 	unsigned long max_connections, workers, line_timeout; /* 0: not set */
+	unsigned long idle_timeout, max_connections_per_uid;  /* 0: not set */
 	cfg_token *tokens;
 	size_t ntokens;
 	cfg_key *keys;

@@ -113,10 +113,16 @@ static void usage(FILE *f)
 	      "  --allow-unsafe-keys   also serve private keys that are extractable or not sensitive\n"
 	      "  --allow-dpop          keys without a [key] section (--config) may make DPoP\n"
 	      "                        proofs (RFC 9449; default: no)\n"
-	      "  --max-connections N   concurrent clients (default 1024)\n"
+	      "  --max-connections N   concurrent clients (default 1024; fewer if the file\n"
+	      "                        descriptor limit is lower, with a warning)\n"
+	      "  --max-connections-per-uid N\n"
+	      "                        concurrent clients of one uid other than the agent's\n"
+	      "                        and root (default: a quarter of --max-connections)\n"
 	      "  --workers N           signing threads, 1 to 64 (default: 2 per CPU)\n"
 	      "  --line-timeout SEC    drop a client that leaves half a request line\n"
 	      "                        this long (default 10)\n"
+	      "  --idle-timeout SEC    close a connection that has nothing to read, sign or\n"
+	      "                        send for this long (default 300)\n"
 	      "  --config FILE         agent settings, tokens and per-key policy (INI, see\n"
 	      "                        p11jwt-agent.conf(5)); re-read on SIGHUP\n"
 	      "  --check-config FILE   check FILE, print every error as FILE:LINE: message,\n"
@@ -188,6 +194,13 @@ static void harden(void)
 	 * process holds a logged-in session and, briefly, the PIN. */
 	prctl(PR_SET_DUMPABLE, 0);
 	setrlimit(RLIMIT_CORE, &rl);
+	/* Every client is a file descriptor: take all the hard limit allows
+	 * (systemd's soft limit is 1024 whatever the hard one is). The server
+	 * lowers max_connections to what this leaves, and says so. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 }
 
 struct opts {
@@ -199,8 +212,10 @@ struct opts {
 	const char *socket;
 	bool foreground, print_env, allow_unsafe, allow_dpop;
 	size_t max_conns;
+	size_t max_conns_per_uid; /* 0: the server's default */
 	unsigned workers;
 	unsigned line_timeout_ms;
+	unsigned idle_timeout_ms; /* 0: the server's default */
 	const char *audit;
 	const char *config;   /* --config */
 	cfg_config *cfg;      /* its contents, until rl_new() takes them */
@@ -406,8 +421,10 @@ static int serve(const struct opts *o, int lfd)
 			  .dpop_default = o->allow_dpop };
 	srv_config sc = { .env = &env,
 			  .max_connections = o->max_conns,
+			  .max_connections_per_uid = o->max_conns_per_uid,
 			  .workers = o->workers,
 			  .line_timeout_ms = o->line_timeout_ms,
+			  .idle_timeout_ms = o->idle_timeout_ms,
 			  .log = srv_logger,
 			  .audit = audit_enabled(the_audit) ? audit_record : NULL,
 			  .audit_write = audit_enabled(the_audit) ? audit_records_write : NULL,
@@ -499,6 +516,10 @@ static int apply_config(struct opts *o)
 		o->workers = (unsigned)o->cfg->workers;
 	if (o->line_timeout_ms == 0)
 		o->line_timeout_ms = (unsigned)o->cfg->line_timeout * 1000;
+	if (o->idle_timeout_ms == 0)
+		o->idle_timeout_ms = (unsigned)o->cfg->idle_timeout * 1000;
+	if (o->max_conns_per_uid == 0)
+		o->max_conns_per_uid = o->cfg->max_connections_per_uid;
 	return 0;
 }
 
@@ -517,6 +538,8 @@ int main(int argc, char **argv)
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "workers", required_argument, NULL, 'w' },
 		{ "line-timeout", required_argument, NULL, 'L' },
+		{ "idle-timeout", required_argument, NULL, 'I' },
+		{ "max-connections-per-uid", required_argument, NULL, 'u' },
 		{ "audit", required_argument, NULL, 'a' },
 		{ "config", required_argument, NULL, 'C' },
 		{ "check-config", required_argument, NULL, 'K' },
@@ -569,6 +592,16 @@ int main(int argc, char **argv)
 			if (!parse_count("line-timeout", optarg, 1, 3600, &v))
 				return EXIT_USAGE;
 			o.line_timeout_ms = (unsigned)v * 1000;
+			break;
+		case 'I':
+			if (!parse_count("idle-timeout", optarg, 1, 86400, &v))
+				return EXIT_USAGE;
+			o.idle_timeout_ms = (unsigned)v * 1000;
+			break;
+		case 'u':
+			if (!parse_count("max-connections-per-uid", optarg, 1, 65536, &v))
+				return EXIT_USAGE;
+			o.max_conns_per_uid = v;
 			break;
 		case 'a': o.audit = optarg; break;
 		case 'C': o.config = optarg; break;

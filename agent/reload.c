@@ -359,7 +359,8 @@ static bool settings_differ(const cfg_config *a, const cfg_config *b)
 	return (a->socket == NULL) != (b->socket == NULL) ||
 	       (a->socket && strcmp(a->socket, b->socket) != 0) ||
 	       a->max_connections != b->max_connections || a->workers != b->workers ||
-	       a->line_timeout != b->line_timeout;
+	       a->line_timeout != b->line_timeout || a->idle_timeout != b->idle_timeout ||
+	       a->max_connections_per_uid != b->max_connections_per_uid;
 }
 
 int rl_reload(rl_ctx *r)
