@@ -172,6 +172,8 @@ static void test_defaults(void **state)
 	(void)state;
 	assert_null(c->socket);
 	assert_int_equal(c->max_connections, 0);
+	assert_int_equal(c->idle_timeout, 0);
+	assert_int_equal(c->max_connections_per_uid, 0);
 	assert_int_equal(c->ntokens, 0);
 	assert_int_equal(k->pol.algs, 0);
 	assert_int_equal(k->alg, JWA_NONE);
@@ -284,6 +286,24 @@ static void test_more_errors(void **state)
 	expect_line(errs, "t.conf:3: 'workers' given twice in [agent] (first at line 2)");
 	expect_line(errs, "t.conf:4: duplicate [agent] (first at line 1)");
 	expect_line(errs, "t.conf:5: [key k] has both 'uri' and 'object'");
+	free(errs);
+	/* the connection limits: ranges, once each */
+	{
+		cfg_config *c = load_ok("[agent]\nidle_timeout = 120\n"
+					"max_connections_per_uid = 5\n");
+
+		assert_int_equal(c->idle_timeout, 120);
+		assert_int_equal(c->max_connections_per_uid, 5);
+		cfg_free(c);
+	}
+	errs = load_bad("[agent]\nidle_timeout = 0\nidle_timeout = 86401\n"
+			"max_connections_per_uid = 65537\nmax_connections_per_uid = 2\n"
+			"max_connections_per_uid = 3\n");
+	expect_line(errs, "t.conf:2: 'idle_timeout' must be a whole number from 1 to 86400");
+	expect_line(errs, "t.conf:3: 'idle_timeout' given twice in [agent] (first at line 2)");
+	expect_line(errs, "t.conf:4: 'max_connections_per_uid' must be a whole number from 1 to "
+			  "65536");
+	expect_line(errs, "t.conf:5: 'max_connections_per_uid' given twice in [agent]");
 	free(errs);
 	/* a line longer than inih's buffer is reported, not split */
 	memset(long_line, 'a', sizeof(long_line));
