@@ -205,6 +205,7 @@ def main():
     test_event_loop(tokdir, work)
     test_one_worker_turns(tokdir, work)
     test_detached(tokdir, work)
+    test_dpop(tokdir, work)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(sockdir, ignore_errors=True)
     t.done()
@@ -782,6 +783,153 @@ echo "pid=$P11JWT_AGENT_PID"
         time.sleep(0.1)
     t.ok(gone, 'the detached agent is gone after --kill')
 
+
+DPOP_PAIRS = [('rsa-2048', 'RS256'), ('rsa-2048', 'PS256'), ('ec-p256', 'ES256'),
+              ('ec-p384', 'ES384'), ('ed25519', 'EdDSA')]
+
+
+def test_dpop(tokdir, work):
+    """DPoP proofs (RFC 9449, issue 18) from the real agent on SoftHSM, each
+    checked with PyJWT and cryptography against the jwk in its own header;
+    `p11jwt dpop` with the access token on standard input; the audit trail."""
+    sockdir = tempfile.mkdtemp(prefix='p11jwt-dp-', dir='/tmp')
+    sock = os.path.join(sockdir, 'run', 'agent.sock')
+    audit = os.path.join(work, 'dpop-audit.log')
+    htu_in = 'HTTPS://Resource.Example:443/api/v1/items?page=2#top'
+    htu = 'https://resource.example/api/v1/items'
+    access_token = 'Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU'
+    ath = b64u(hashlib.sha256(access_token.encode()).digest())
+
+    # off by default: an agent without --allow-dpop refuses, naming the rule
+    agent = Agent(tokdir, sock, extra=['--audit', 'none'])
+    try:
+        if t.ok(agent.ready, 'dpop: an agent without --allow-dpop starts', agent.stderr()
+                if not agent.ready else None):
+            c = Conn(sock)
+            r = c.req({'op': 'dpop', 'key': 'ec-p256', 'htm': 'POST', 'htu': htu})
+            c.close()
+            t.ok(r.get('ok') is False and r['error']['code'] == 'policy_violation' and
+                 'policy dpop' in r['error']['message'],
+                 'dpop: proofs are off by default (policy_violation naming the rule)', r)
+    finally:
+        agent.stop()
+
+    agent = Agent(tokdir, sock, extra=['--allow-dpop', '--audit', 'file:' + audit])
+    if not t.ok(agent.ready, 'dpop: the agent starts with --allow-dpop',
+                None if agent.ready else agent.stderr()):
+        shutil.rmtree(sockdir, ignore_errors=True)
+        return
+    try:
+        r = cli('jwks', sock=sock)
+        jwks = json.loads(r.stdout) if r.returncode == 0 else {'keys': []}
+        keys = {k['name']: k for k in json.loads(cli('keys', '--json', sock=sock).stdout)}
+        by_kid = {j['kid']: j for j in jwks['keys']}
+        c = Conn(sock)
+        jtis = set()
+        for name, alg in DPOP_PAIRS:
+            want_jwk = {m: v for m, v in by_kid.get(keys.get(name, {}).get('kid'), {}).items()
+                        if m not in ('kid', 'alg', 'use')}
+            nonce = 'n-' + alg
+            r = c.req({'id': alg, 'op': 'dpop', 'key': name, 'alg': alg, 'htm': 'POST',
+                       'htu': htu_in, 'nonce': nonce, 'ath': ath})
+            if not t.ok(r.get('ok') is True and r.get('id') == alg,
+                        f'dpop {name}/{alg}: the agent makes a proof', r):
+                continue
+            proof = r['jwt']
+            h = pyjwt.get_unverified_header(proof)
+            t.ok(h.get('typ') == 'dpop+jwt' and h.get('alg') == alg and
+                 set(h) == {'typ', 'alg', 'jwk'},
+                 f'dpop {name}/{alg}: header is typ dpop+jwt, alg, jwk and nothing else', h)
+            jwk = h.get('jwk', {})
+            t.ok(not any(m in jwk for m in ('d', 'p', 'q', 'dp', 'dq', 'qi', 'kid')),
+                 f'dpop {name}/{alg}: the jwk has no private member and no kid', jwk)
+            t.eq(jwk, want_jwk, f'dpop {name}/{alg}: the jwk is the key\'s JWKS entry minus '
+                 'kid, alg and use')
+            try:
+                key = pyjwt.PyJWK(jwk, algorithm=alg).key
+                claims = pyjwt.decode(proof, key=key, algorithms=[alg],
+                                      options={'require': ['jti', 'iat']})
+            except Exception as e:  # noqa: BLE001
+                t.ok(False, f'dpop {name}/{alg}: PyJWT verifies the proof with its jwk', repr(e))
+                continue
+            t.ok(True, f'dpop {name}/{alg}: PyJWT verifies the proof with its jwk')
+            t.eq((claims.get('htm'), claims.get('htu'), claims.get('nonce'), claims.get('ath')),
+                 ('POST', htu, nonce, ath),
+                 f'dpop {name}/{alg}: htm, normalised htu, nonce and ath')
+            t.ok(abs(claims.get('iat', 0) - time.time()) < 60 and 'exp' not in claims,
+                 f'dpop {name}/{alg}: iat is now, no exp', claims)
+            jti = claims.get('jti', '')
+            t.ok(len(b64u_dec(jti)) >= 16 and jti not in jtis,
+                 f'dpop {name}/{alg}: jti is fresh and at least 128 bits', jti)
+            jtis.add(jti)
+            req_m = {'RSA': ('e', 'kty', 'n'), 'EC': ('crv', 'kty', 'x', 'y'),
+                     'OKP': ('crv', 'kty', 'x')}[jwk['kty']]
+            canon = json.dumps({m: jwk[m] for m in req_m}, separators=(',', ':'), sort_keys=True)
+            t.eq(r.get('jkt'), b64u(hashlib.sha256(canon.encode()).digest()),
+                 f'dpop {name}/{alg}: jkt is the RFC 7638 thumbprint of the jwk')
+        r = c.req({'op': 'dpop', 'key': 'ec-p256', 'htm': 'POST', 'htu': htu,
+                   'jwk': {'kty': 'EC'}})
+        t.ok(r.get('ok') is False and r['error']['code'] == 'bad_request' and
+             'jwk' in r['error']['message'], 'dpop: a client cannot put its own jwk in', r)
+        r = c.req({'op': 'dpop', 'key': 'ec-p256', 'htm': 'POST', 'htu': htu,
+                   'access_token': access_token})
+        t.ok(r.get('ok') is False and r['error']['code'] == 'bad_request',
+             'dpop: the agent refuses to receive the access token', r)
+        c.close()
+
+        # the CLI: the token on standard input, never in argv
+        r = cli('dpop', '--key', 'ec-p256', '--htm', 'GET', '--htu', htu_in, '--token-file', '-',
+                sock=sock, input=access_token + '\n')
+        if t.ok(r.returncode == 0 and r.stdout.count('.') == 2,
+                'p11jwt dpop --token-file - prints a proof', r.stderr):
+            proof = r.stdout.strip()
+            jwk = pyjwt.get_unverified_header(proof)['jwk']
+            claims = pyjwt.decode(proof, key=pyjwt.PyJWK(jwk, algorithm='ES256').key,
+                                  algorithms=['ES256'])
+            t.eq((claims['htm'], claims['htu'], claims.get('ath'), 'nonce' in claims),
+                 ('GET', htu, ath, False), 'p11jwt dpop: htm, htu and the ath of the token')
+        tf = os.path.join(work, 'dpop-token')
+        with open(tf, 'w') as f:
+            f.write(access_token)
+        r = cli('dpop', '--key', 'ed25519', '--htm', 'POST', '--htu', htu, '--token-file', tf,
+                '--nonce', 'srv-nonce', '--json', sock=sock)
+        if t.ok(r.returncode == 0, 'p11jwt dpop --token-file FILE --json', r.stderr):
+            out = json.loads(r.stdout)
+            _, claims = jwt_parts(out['jwt'])
+            t.ok(out.get('jkt') == keys['ed25519']['kid'] and claims.get('ath') == ath and
+                 claims.get('nonce') == 'srv-nonce' and out.get('htu') == htu,
+                 'p11jwt dpop --json: jwt, jkt, the nonce and ath', out)
+        r = cli('dpop', '--key', 'ec-p256', '--htm', 'GET', '--htu', htu, sock=sock)
+        t.ok(r.returncode == 0 and 'ath' not in jwt_parts(r.stdout.strip())[1],
+             'p11jwt dpop without a token: no ath', r.stderr)
+        r = cli('dpop', '--key', 'ec-p256', '--htm', 'GET', '--htu', htu, access_token, sock=sock)
+        t.ok(r.returncode == 2 and 'never from the command line' in r.stderr,
+             'p11jwt dpop refuses a token in argv (exit 2)', r.stderr)
+        r = cli('dpop', '--key', 'ec-p256', '--htm', 'get', '--htu', htu, sock=sock)
+        t.ok(r.returncode == 4 and 'bad_request' in r.stderr and 'case-sensitive' in r.stderr,
+             'p11jwt dpop: a lower-case method is refused (exit 4)', r.stderr)
+        r = cli('dpop', '--key', 'ec-p256', '--htm', 'GET', '--htu', 'https://u:p@a.example/',
+                sock=sock)
+        t.ok(r.returncode == 4 and 'userinfo' in r.stderr,
+             'p11jwt dpop: an htu with userinfo is refused (exit 4)', r.stderr)
+    finally:
+        rc = agent.stop()
+        t.eq(rc, 0, 'dpop: the agent exits 0')
+    text = open(audit).read() if os.path.exists(audit) else ''
+    recs = [json.loads(line) for line in text.splitlines()]
+    dp = [a for a in recs if a.get('op') == 'dpop']
+    ok = [a for a in dp if a.get('result') == 'ok']
+    t.eq(len(ok), len(DPOP_PAIRS) + 3, 'dpop: one audit record per proof made')
+    if ok:
+        t.eq(list(ok[0].keys()), ['time', 'uid', 'gid', 'pid', 'op', 'key', 'alg', 'jkt', 'htm',
+                                  'htu', 'jti', 'iat', 'result'], 'dpop: audit members, in order')
+        t.ok(all(a['htu'] == htu and a['jkt'] for a in ok),
+             'dpop: audit records hold the normalised htu and the jkt', ok)
+    t.ok(access_token not in text and ath not in text and 'eyJ' not in text and 'page=2' not in text,
+         'dpop: the audit trail has neither the access token, nor ath, nor a proof')
+    t.ok(any(a.get('result') == 'bad_request' for a in dp),
+         'dpop: refused proof requests are audited with their code')
+    shutil.rmtree(sockdir, ignore_errors=True)
 
 if __name__ == '__main__':
     main()
