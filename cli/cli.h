@@ -17,6 +17,13 @@ enum {
 	CLI_EXIT_AGENT = 3,   /* agent unreachable */
 	CLI_EXIT_REFUSED = 4, /* the agent refused the request */
 	CLI_EXIT_OTHER = 5,
+	/* token and call */
+	CLI_EXIT_OAUTH = 6,        /* the token endpoint answered an OAuth error */
+	CLI_EXIT_CONNECT = 7,      /* cannot connect (DNS, refused) */
+	CLI_EXIT_TIMEOUT = 8,      /* a server did not answer in time */
+	CLI_EXIT_TLS = 9,          /* TLS handshake or certificate check */
+	CLI_EXIT_BAD_RESPONSE = 10, /* a server's answer is unusable */
+	CLI_EXIT_HTTP_STATUS = 11, /* call: the API answered a non-2xx status */
 };
 
 typedef struct {

@@ -20,21 +20,33 @@ static void print_err(int code)
 	fprintf(stderr, "p11jwt: %s: %s\n", err_code_name(code), err_msg());
 }
 
+/* The exit status of each error code a command may fail with locally;
+ * anything else is CLI_EXIT_OTHER. The agent's refusals are
+ * CLI_EXIT_REFUSED whatever their code (cli_call). */
+static const struct {
+	int code, exit;
+} exit_table[] = {
+	{ P11J_E_BAD_REQUEST, CLI_EXIT_USAGE },
+	{ P11J_E_REQUEST_TOO_LARGE, CLI_EXIT_USAGE },
+	{ P11J_E_NOT_FOUND, CLI_EXIT_USAGE },
+	{ P11J_E_INSECURE, CLI_EXIT_USAGE },
+	{ P11J_E_BAD_JWT, CLI_EXIT_USAGE },
+	{ P11J_E_AGENT_UNAVAILABLE, CLI_EXIT_AGENT },
+	{ P11J_E_OAUTH, CLI_EXIT_OAUTH },
+	{ P11J_E_CONNECT, CLI_EXIT_CONNECT },
+	{ P11J_E_TIMEOUT, CLI_EXIT_TIMEOUT },
+	{ P11J_E_TLS, CLI_EXIT_TLS },
+	{ P11J_E_BAD_RESPONSE, CLI_EXIT_BAD_RESPONSE },
+	{ P11J_E_HTTP_STATUS, CLI_EXIT_HTTP_STATUS },
+};
+
 int cli_fail(int code)
 {
 	print_err(code);
-	switch (code) {
-	case P11J_E_BAD_REQUEST:
-	case P11J_E_REQUEST_TOO_LARGE:
-	case P11J_E_NOT_FOUND:
-	case P11J_E_INSECURE:
-	case P11J_E_BAD_JWT:
-		return CLI_EXIT_USAGE;
-	case P11J_E_AGENT_UNAVAILABLE:
-		return CLI_EXIT_AGENT;
-	default:
-		return CLI_EXIT_OTHER;
-	}
+	for (size_t i = 0; i < sizeof(exit_table) / sizeof(exit_table[0]); i++)
+		if (exit_table[i].code == code)
+			return exit_table[i].exit;
+	return CLI_EXIT_OTHER;
 }
 
 int cli_call(const cli_ctx *ctx, json_t *req, json_t **ret_resp)

@@ -52,6 +52,7 @@ typedef struct {
 			    * RS384, ES384 that key 'ec-p384' signs" */
 	char *client_id, *token_url, *iss, *sub, *aud, *scope;
 	char *cacert, *socket;
+	const char *agent_uid; /* --agent-uid, not owned; never from a profile */
 	long long lifetime;
 	long timeout;
 	json_t *header, *claims, *include; /* for the agent's sign request */

@@ -1,0 +1,446 @@
+/* SPDX-License-Identifier: MIT */
+/* The token flow shared by p11jwt token and call: options to a resolved
+ * request, the assertion signed by the agent, the token endpoint (with
+ * retries and hints), the cache and refresh tokens, dry runs. */
+#include "cli/cache.h"
+#include "cli/exchange.h"
+#include "cli/http.h"
+#include "cli/token.h"
+#include "common/err.h"
+#include "common/util.h"
+#include "jose/jws.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <openssl/crypto.h>
+
+#define CLIENT_SECRET_MAX 4096
+
+void tkn_note(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("p11jwt: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* The secret: the options' or profile's file, else $P11JWT_CLIENT_SECRET
+ * (wiped from the environment once read). NULL when none. */
+static int read_secret(const topts *o, char **ret)
+{
+	const json_t *f = json_object_get(o->cli, "client_secret_file");
+	char *env = getenv("P11JWT_CLIENT_SECRET");
+	size_t len;
+	int r;
+
+	*ret = NULL;
+	if (f == NULL && o->profile)
+		f = json_object_get(o->profile, "client_secret_file");
+	if (f) {
+		if ((r = util_read_file(json_string_value(f), CLIENT_SECRET_MAX, true, ret, &len)) < 0)
+			return err_set(r, "client secret: %s", err_msg());
+		util_chomp(*ret);
+		if (**ret == '\0') {
+			freezero_str(*ret);
+			*ret = NULL;
+			return err_set(P11J_E_BAD_REQUEST, "client secret file %s is empty",
+				       json_string_value(f));
+		}
+	} else if (env && *env) {
+		*ret = strdup(env);
+		if (*ret == NULL)
+			return err_nomem();
+	}
+	if (env) {
+		OPENSSL_cleanse(env, strlen(env));
+		unsetenv("P11JWT_CLIENT_SECRET");
+	}
+	return 0;
+}
+
+static void print_warnings(const xch_req *req)
+{
+	size_t i;
+	json_t *w;
+
+	json_array_foreach(req->warnings, i, w)
+		tkn_note("warning: %s", json_string_value(w));
+}
+
+/* The alg for a key, when the preset (or profile) lists the algs the
+ * provider accepts and none was given: the first the key signs, from the
+ * agent's key list. Asked just before the first signature, so that a
+ * cache hit costs no agent round trip (the cache key holds the alg asked
+ * for, not the one chosen). Returns 0 or an exit status. */
+static int choose_alg(xch_req *req)
+{
+	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
+	json_t *resp = NULL;
+	int r, st;
+
+	if (!xch_alg_needs_key(req))
+		return 0;
+	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return st;
+	r = xch_choose_alg(req, json_object_get(resp, "keys"));
+	json_decref(resp);
+	if (r < 0) {
+		st = cli_fail(r);
+		/* the options do not fit the key: a usage error, not a refusal */
+		return r == P11J_E_UNSUPPORTED_ALG ? CLI_EXIT_USAGE : st;
+	}
+	return 0;
+}
+
+/* Sign the assertion (choosing the alg first); *ret_jwt is the JWT, *ret_p
+ * its decoded parts. */
+int tkn_sign_assertion(xch_req *req, char **ret_jwt, jws_parsed *ret_p)
+{
+	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
+	json_t *sreq = NULL, *resp = NULL;
+	const char *jwt;
+	int r;
+
+	if ((r = choose_alg(req)) != 0)
+		return r;
+	if ((r = xch_sign_request(req, &sreq)) < 0)
+		return cli_fail(r);
+	if ((r = cli_call(&actx, sreq, &resp)) != 0)
+		return r;
+	jwt = json_string_value(json_object_get(resp, "jwt"));
+	if (jwt == NULL) {
+		json_decref(resp);
+		return cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no jwt"));
+	}
+	*ret_jwt = strdup(jwt);
+	json_decref(resp);
+	if (*ret_jwt == NULL)
+		return cli_fail(err_nomem());
+	if (ret_p && (r = jws_parse(*ret_jwt, ret_p)) < 0) {
+		freezero_str(*ret_jwt);
+		*ret_jwt = NULL;
+		return cli_fail(r);
+	}
+	return 0;
+}
+
+void tkn_sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* POST a form (with a fresh assertion in each attempt when needs_jwt) to
+ * the token endpoint and parse the answer. Returns 0 or an exit status. */
+static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
+{
+	static const char *const hdrs[] = { "Content-Type: application/x-www-form-urlencoded",
+					    "Accept: application/json", NULL };
+	http_opts ho = { .cacert = req->cacert, .timeout_s = req->timeout };
+	http_resp resp = { 0 };
+	jws_parsed jp = { 0 };
+	char *body = NULL, *jwt = NULL, *error = NULL;
+	int r, st = 0;
+
+	if ((r = xch_check_url(req)) < 0)
+		return cli_fail(r);
+	for (int attempt = 1;; attempt++) {
+		long delay;
+
+		if (needs_jwt) {
+			jws_parsed_clear(&jp);
+			freezero_str(jwt);
+			jwt = NULL;
+			if ((st = tkn_sign_assertion(req, &jwt, &jp)) != 0)
+				goto out;
+			if ((r = form_set(f, req->assertion_field, jwt)) < 0) {
+				st = cli_fail(r);
+				goto out;
+			}
+		}
+		if ((r = form_encode(f, &body)) < 0) {
+			st = cli_fail(r);
+			goto out;
+		}
+		r = http_request(&ho, "POST", req->token_url, hdrs, body, strlen(body), &resp);
+		freezero_str(body);
+		body = NULL;
+		delay = http_retry_delay_ms(attempt, r, &resp, true);
+		if (delay >= 0) {
+			if (r < 0)
+				tkn_note("note: %s; trying again in %ld ms (attempt %d of %d)", err_msg(),
+				     delay, attempt + 1, HTTP_MAX_ATTEMPTS);
+			else
+				tkn_note("note: the token endpoint answered HTTP %ld; trying again in %ld "
+				     "ms (attempt %d of %d)",
+				     resp.status, delay, attempt + 1, HTTP_MAX_ATTEMPTS);
+			http_resp_clear(&resp);
+			tkn_sleep_ms(delay);
+			continue;
+		}
+		if (r < 0) {
+			st = cli_fail(r);
+			goto out;
+		}
+		break;
+	}
+	r = xch_parse_token(resp.status, resp.body, resp.len, tok, &error);
+	if (r == P11J_E_OAUTH) {
+		char buf[1024];
+		const char *d = NULL, *hint;
+		json_t *ej = json_loadb(resp.body, resp.len, 0, NULL);
+
+		d = json_string_value(json_object_get(ej, "error_description"));
+		tkn_note("%s", err_msg());
+		hint = xch_hint(req, error, d, jp.header, jp.claims, util_now(), buf, sizeof(buf));
+		if (hint)
+			tkn_note("hint: %s", hint);
+		json_decref(ej);
+		st = CLI_EXIT_OAUTH;
+	} else if (r < 0) {
+		st = cli_fail(r);
+	}
+out:
+	free(error);
+	jws_parsed_clear(&jp);
+	freezero_str(jwt);
+	http_resp_clear(&resp);
+	return st;
+}
+
+/* A new access token with an assertion. */
+static int exchange(xch_req *req, xch_token *tok)
+{
+	form f = { 0 };
+	int st;
+
+	for (size_t i = 0; i < req->form.n; i++)
+		if (form_set(&f, req->form.v[i].name, req->form.v[i].value) < 0) {
+			form_clear(&f);
+			return cli_fail(P11J_E_NOMEM);
+		}
+	st = post_form(req, &f, true, tok);
+	form_clear(&f);
+	return st;
+}
+
+/* The alg (and why) of the assertion behind a token: this run's when it
+ * signed one, else the cached entry's (a cache hit, or a refresh that
+ * needed no assertion). */
+static json_t *alg_info(const xch_req *req, const json_t *old)
+{
+	if (old && xch_alg_needs_key(req))
+		return json_pack("{s:O?,s:O?}", "alg", json_object_get(old, "alg"), "alg_reason",
+				 json_object_get(old, "alg_reason"));
+	return json_pack("{s:s?,s:s?}", "alg", req->alg, "alg_reason", req->alg_reason);
+}
+
+static json_t *entry_new(const xch_req *req, const xch_token *tok, const json_t *old)
+{
+	int64_t now = util_now();
+	const char *old_rt = old ? json_string_value(json_object_get(old, "refresh_token")) : NULL;
+	const char *rt = tok->refresh_token ? tok->refresh_token : old_rt;
+	json_t *ai = alg_info(req, old);
+	json_t *e = ai ? json_pack("{s:i,s:s?,s:s?,s:s,s:O?,s:O?,s:s?,s:s?,s:s,s:I,s:s,s:s?,s:O}",
+				   "v", 1, "token_url", req->token_url, "client_id",
+				   req->client_id, "key", req->key, "alg",
+				   json_object_get(ai, "alg"), "alg_reason",
+				   json_object_get(ai, "alg_reason"), "sub", req->sub, "scope",
+				   req->scope, "preset", req->preset->name, "obtained_at",
+				   (json_int_t)now, "access_token", tok->access_token,
+				   "refresh_token", rt, "response", tok->json)
+		       : NULL;
+
+	json_decref(ai);
+
+	if (e && tok->expires_in >= 0 &&
+	    json_object_set_new(e, "expires_at", json_integer(now + tok->expires_in)) < 0) {
+		json_decref(e);
+		return NULL;
+	}
+	return e;
+}
+
+void tkn_got_clear(got_token *g)
+{
+	freezero_str(g->access_token);
+	json_decref(g->response);
+	json_decref(g->alg);
+	memset(g, 0, sizeof(*g));
+}
+
+static int got_from_tok(got_token *g, xch_token *tok)
+{
+	g->access_token = tok->access_token;
+	g->response = tok->json;
+	tok->access_token = NULL;
+	tok->json = NULL;
+	return 0;
+}
+
+static int got_from_entry(got_token *g, const json_t *e, int64_t now)
+{
+	const json_t *exp = json_object_get(e, "expires_at");
+	json_t *resp = json_object_get(e, "response");
+
+	g->access_token = strdup(json_string_value(json_object_get(e, "access_token")));
+	g->response = json_is_object(resp) ? json_deep_copy(resp) : json_object();
+	if (g->access_token == NULL || g->response == NULL)
+		return err_nomem();
+	if (json_is_integer(exp))
+		json_object_set_new(g->response, "expires_in",
+				    json_integer(json_integer_value(exp) - now));
+	g->from_cache = true;
+	return 0;
+}
+
+/* The token for req: from the cache, by refresh, or by a new exchange
+ * (force: drop the cached one first). Returns 0 or an exit status. */
+int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
+{
+	tcache c;
+	char key[65];
+	json_t *e = NULL;
+	xch_token tok = { 0 };
+	int lock = -1, r, st = 0;
+	int64_t now = util_now();
+
+	memset(g, 0, sizeof(*g));
+	if (use_cache && (r = cache_open(&c)) < 0) {
+		tkn_note("warning: token cache not used: %s", err_msg());
+		use_cache = false;
+	}
+	if (use_cache) {
+		long wait = (req->timeout * HTTP_MAX_ATTEMPTS + 35) * 1000L;
+
+		if ((r = xch_cache_key(req, key)) < 0 || (r = cache_lock(&c, key, wait, &lock)) < 0)
+			return cli_fail(r);
+		if (force) {
+			cache_del(&c, key);
+		} else if ((r = cache_get(&c, key, &e)) < 0 && r != P11J_E_NOT_FOUND) {
+			tkn_note("note: ignoring a cache file: %s", err_msg());
+		}
+	}
+	if (e) {
+		cache_state cs = cache_entry_state(e, now, XCH_DEFAULT_MARGIN);
+
+		if (cs == CACHE_FRESH) {
+			st = got_from_entry(g, e, now) < 0 || (g->alg = alg_info(req, e)) == NULL
+				     ? cli_fail(P11J_E_NOMEM)
+				     : 0;
+			goto out;
+		}
+		if (cs == CACHE_REFRESHABLE) {
+			const char *rt = json_string_value(json_object_get(e, "refresh_token"));
+			bool needs;
+			form f;
+
+			if ((r = xch_refresh_form(req, rt, &f, &needs)) < 0) {
+				st = cli_fail(r);
+				goto out;
+			}
+			st = post_form(req, &f, needs, &tok);
+			form_clear(&f);
+			if (st == 0)
+				goto store;
+			if (st != CLI_EXIT_OAUTH)
+				goto out;
+			tkn_note("note: the refresh token was refused; getting a new token with an "
+			     "assertion");
+			cache_del(&c, key);
+		}
+	}
+	if ((st = exchange(req, &tok)) != 0)
+		goto out;
+store:
+	if (use_cache && (tok.expires_in >= 0 || tok.refresh_token)) {
+		json_t *ne = entry_new(req, &tok, e);
+
+		if (ne == NULL || (r = cache_put(&c, key, ne)) < 0)
+			tkn_note("warning: the token was not cached: %s",
+			     ne ? err_msg() : "out of memory");
+		json_decref(ne);
+	}
+	got_from_tok(g, &tok);
+	if ((g->alg = alg_info(req, e)) == NULL)
+		st = cli_fail(P11J_E_NOMEM);
+out:
+	xch_token_clear(&tok);
+	json_decref(e);
+	cache_unlock(lock);
+	return st;
+}
+
+int tkn_dry_run(xch_req *req)
+{
+	jws_parsed jp = { 0 };
+	char *jwt = NULL;
+	json_t *out = NULL, *f = NULL;
+	int st, r;
+
+	if ((r = xch_check_url(req)) < 0)
+		return cli_fail(r);
+	if ((st = tkn_sign_assertion(req, &jwt, &jp)) != 0)
+		return st;
+	out = json_pack("{s:s,s:s?,s:b,s:s?,s:s?,s:O,s:O,s:O}", "preset", req->preset->name,
+			"token_url", req->token_url, "exchange", req->exchange, "alg",
+			json_string_value(json_object_get(jp.header, "alg")), "alg_reason",
+			req->alg_reason, "header", jp.header, "claims", jp.claims, "warnings",
+			req->warnings);
+	if (out && req->exchange) {
+		f = json_object();
+		for (size_t i = 0; f && i < req->form.n; i++) {
+			const form_field *ff = &req->form.v[i];
+			char red[64];
+			const char *v = ff->value;
+
+			if (strcmp(ff->name, req->assertion_field) == 0) {
+				snprintf(red, sizeof(red), "<signed JWT, %zu bytes>", strlen(jwt));
+				v = red;
+			} else if (req->secret_field && strcmp(ff->name, req->secret_field) == 0) {
+				v = "<client secret, redacted>";
+			}
+			json_object_set_new(f, ff->name, json_string(v));
+		}
+		json_object_set_new(out, "form", f);
+	}
+	st = out ? cli_print_json(out) : cli_fail(P11J_E_NOMEM);
+	json_decref(out);
+	jws_parsed_clear(&jp);
+	freezero_str(jwt);
+	return st;
+}
+
+/* Options → resolved request, secret read and wiped. */
+int tkn_prepare(const topts *o, xch_req *req)
+{
+	char *secret = NULL;
+	int r;
+
+	if ((r = read_secret(o, &secret)) < 0)
+		return cli_fail(r);
+	r = xch_resolve(o->profile, o->cli, secret, util_now(), req);
+	freezero_str(secret);
+	if (r < 0)
+		return cli_fail(r);
+	req->agent_uid = o->agent_uid;
+	print_warnings(req);
+	return 0;
+}
+
+/* --json: the token endpoint's answer, with the alg p11jwt signed with */
+int tkn_print_token_json(const got_token *g)
+{
+	if (json_object_set(g->response, "p11jwt", g->alg) < 0)
+		return cli_fail(err_nomem());
+	return cli_print_json(g->response);
+}

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What p11jwt token, call and the dry runs share (token-opts.c,
+ * token-flow.c); the pure exchange is in exchange.h. Exit statuses as in
+ * cli.h: functions returning int here return 0 or the exit status, after
+ * printing the error once.
+ */
+#ifndef P11J_TOKEN_H
+#define P11J_TOKEN_H
+
+#include "cli/cli.h"
+#include "cli/exchange.h"
+#include "jose/jws.h"
+
+#include <stdbool.h>
+
+typedef struct {
+	json_t *cli;      /* options given, as profile members */
+	json_t *profile;  /* loaded profile, or NULL */
+	bool json, no_cache, dry_run;
+	/* call */
+	const char *method, *data, *url;
+	const char **api_headers;
+	size_t n_api_headers;
+	const char *agent_uid; /* --agent-uid (a profile cannot set it) */
+} topts;
+
+/* token-opts.c: the options of cmd (token or call) into o, by the option
+ * parser convention of cli.h. tkn_opts_clear() frees them. */
+bool tkn_parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o, int *ret_exit);
+void tkn_opts_clear(topts *o);
+
+typedef struct {
+	char *access_token;
+	json_t *response; /* what --json prints */
+	json_t *alg;      /* {"alg", "alg_reason"} of the assertion behind it */
+	bool from_cache;
+} got_token;
+
+/* token-flow.c */
+/* "p11jwt: ..." on stderr: notes and warnings. */
+void tkn_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Options to a resolved request (the client secret read and wiped). */
+int tkn_prepare(const topts *o, xch_req *req);
+/* The assertion, signed by the agent (the alg chosen for the key first);
+ * *ret_p, when not NULL, its decoded parts. */
+int tkn_sign_assertion(xch_req *req, char **ret_jwt, jws_parsed *ret_p);
+/* The token for req: from the cache, by refresh, or by a new exchange
+ * (force: drop the cached one first). */
+int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g);
+void tkn_got_clear(got_token *g);
+/* --json: the token endpoint's answer, with the alg p11jwt signed with. */
+int tkn_print_token_json(const got_token *g);
+/* --dry-run: the assertion and the form, secrets redacted. */
+int tkn_dry_run(xch_req *req);
+void tkn_sleep_ms(long ms);
+
+#endif
