@@ -99,7 +99,7 @@ static int kid_rewrite(cli_ctx *ctx, const char *mode, json_t *keys)
 			goto out;
 		}
 		if (json_object_set_new(jwk, "kid", json_string(v)) < 0) {
-			r = cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+			r = cli_fail(err_nomem());
 			goto out;
 		}
 	}
@@ -196,7 +196,7 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 	req = json_pack("{s:s}", "op", "jwks");
 	if (req == NULL) {
 		free(palg);
-		return cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+		return cli_fail(err_nomem());
 	}
 	if ((key && json_object_set_new(req, "key", json_string(key)) < 0) ||
 	    (alg && json_object_set_new(req, "alg", json_string(alg)) < 0)) {
@@ -233,7 +233,7 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 	if (strcmp(kid, "thumbprint") != 0 && (r = kid_rewrite(ctx, kid, keys)) != 0)
 		goto out;
 	jwks = json_pack("{s:O}", "keys", keys);
-	r = jwks ? cli_print_json(jwks) : cli_fail(err_set(P11J_E_NOMEM, "out of memory"));
+	r = jwks ? cli_print_json(jwks) : cli_fail(err_nomem());
 out:
 	json_decref(jwks);
 	json_decref(resp);

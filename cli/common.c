@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Printing, exit status and input helpers shared by the p11jwt commands. */
 #include "cli/cli.h"
-#include "cli/client.h"
+#include "cli/agc.h"
 #include "common/err.h"
 #include "common/sockdir.h"
 

@@ -140,7 +140,7 @@ static int sb_add(struct sbuf *b, const char *p, size_t n)
 	return 0;
 }
 
-int tmpl_expand(const char *s, tmpl_lookup lookup, void *ud, char **ret)
+int form_tmpl_expand(const char *s, form_tmpl_lookup lookup, void *ud, char **ret)
 {
 	struct sbuf b = { 0 };
 	const char *p = s;

@@ -31,7 +31,7 @@ void form_clear(form *f);
  * name is unknown; ${env:NAME} reads the environment. A value that is set
  * but empty expands to "". P11J_E_BAD_REQUEST names an unknown variable,
  * an unset environment variable or an unterminated "${". "$$" is "$". */
-typedef const char *(*tmpl_lookup)(const char *name, void *ud);
-int tmpl_expand(const char *s, tmpl_lookup lookup, void *ud, char **ret);
+typedef const char *(*form_tmpl_lookup)(const char *name, void *ud);
+int form_tmpl_expand(const char *s, form_tmpl_lookup lookup, void *ud, char **ret);
 
 #endif

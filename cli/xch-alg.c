@@ -61,7 +61,7 @@ int xch_resolve_algs(const json_t *profile, const json_t *cli, const preset *p, 
 			len += json_string_length(v) + 1;
 		req->algs = calloc(1, len + 1);
 		if (req->algs == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		json_array_foreach((json_t *)pa, i, v) {
 			if (i)
 				strcat(req->algs, " ");
@@ -69,7 +69,7 @@ int xch_resolve_algs(const json_t *profile, const json_t *cli, const preset *p, 
 		}
 		req->algs_profile = true;
 	} else if (p->algs && (req->algs = strdup(p->algs)) == NULL) {
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	if (req->alg) {
 		req->alg_given = true;
@@ -80,7 +80,7 @@ int xch_resolve_algs(const json_t *profile, const json_t *cli, const preset *p, 
 	} else if (req->algs) {
 		req->alg = strndup(req->algs, strcspn(req->algs, " "));
 		if (req->alg == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		list_text(req->algs, lt, sizeof(lt));
 		if (asprintf(&req->alg_reason, "%s: first of %s%s %s (not matched to the key yet)",
 			     req->alg, req->algs_profile ? "the profile's " : p->name,
@@ -90,7 +90,7 @@ int xch_resolve_algs(const json_t *profile, const json_t *cli, const preset *p, 
 			    "the key's default alg: preset '%s' names no algs", p->name) < 0) {
 		req->alg_reason = NULL;
 	}
-	return req->alg_reason ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+	return req->alg_reason ? 0 : err_nomem();
 }
 
 bool xch_alg_needs_key(const xch_req *req)
@@ -161,10 +161,10 @@ int xch_pick_alg(const char *algs, const char *who, const char *owner, const cha
 							   a, owner, key);
 
 				if (n < 0)
-					return err_set(P11J_E_NOMEM, "out of memory");
+					return err_nomem();
 				if ((*ret_alg = strdup(a)) == NULL) {
 					free(why);
-					return err_set(P11J_E_NOMEM, "out of memory");
+					return err_nomem();
 				}
 				*ret_reason = why;
 				return 0;

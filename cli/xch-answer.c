@@ -122,7 +122,7 @@ int xch_parse_token(long status, const char *body, size_t len, xch_token *tok, c
 	tok->json = j;
 	if (tok->access_token == NULL) {
 		xch_token_clear(tok);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	return 0;
 }

@@ -138,9 +138,9 @@ static int rebase(json_t *o, const char *member, const char *dir)
 	if (p == NULL || p[0] == '/' || (p[0] == '$' && p[1] == '{'))
 		return 0;
 	if (asprintf(&full, "%s/%s", dir, p) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	r = json_object_set_new(o, member, json_string(full)) < 0
-		    ? err_set(P11J_E_NOMEM, "out of memory")
+		    ? err_nomem()
 		    : 0;
 	free(full);
 	return r;

@@ -79,7 +79,7 @@ static int expand_req(const char *what, const char *tmpl, vars *v, const char *p
 	int r;
 
 	v->unset[0] = '\0';
-	if ((r = tmpl_expand(tmpl, lookup, v, ret)) < 0)
+	if ((r = form_tmpl_expand(tmpl, lookup, v, ret)) < 0)
 		return err_set(r, "%s: %s", what, err_msg());
 	if (v->unset[0]) {
 		const char *u = v->unset;
@@ -108,7 +108,7 @@ static int expand_json(json_t *j, vars *v, const char *where)
 				char *s;
 
 				v->unset[0] = '\0';
-				if ((r = tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
+				if ((r = form_tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
 					return err_set(r, "%s: '%s': %s", where, k, err_msg());
 				if (v->unset[0]) {
 					free(s);
@@ -131,12 +131,12 @@ static int expand_json(json_t *j, vars *v, const char *where)
 				char *s;
 
 				v->unset[0] = '\0';
-				if ((r = tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
+				if ((r = form_tmpl_expand(json_string_value(m), lookup, v, &s)) < 0)
 					return err_set(r, "%s: %s", where, err_msg());
 				r = json_array_set_new(j, i, json_string(s));
 				free(s);
 				if (r < 0)
-					return err_set(P11J_E_NOMEM, "out of memory");
+					return err_nomem();
 			} else if ((r = expand_json(m, v, where)) < 0) {
 				return r;
 			}
@@ -158,7 +158,7 @@ static int dup_opt(const json_t *profile, const json_t *cli, const char *name, c
 
 	*ret = NULL;
 	if (s && (*ret = strdup(s)) == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -172,7 +172,7 @@ static int take_expanded(const json_t *profile, const json_t *cli, const char *n
 	*ret = NULL;
 	if (cli && json_object_get(cli, name)) {
 		*ret = strdup(s);
-		return *ret ? 0 : err_set(P11J_E_NOMEM, "out of memory");
+		return *ret ? 0 : err_nomem();
 	}
 	if (s == NULL)
 		s = dflt;
@@ -182,7 +182,7 @@ static int take_expanded(const json_t *profile, const json_t *cli, const char *n
 static int merge_obj(json_t *dst, const json_t *src)
 {
 	if (src && json_object_update((json_t *)dst, (json_t *)src) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -211,7 +211,7 @@ static int warn(xch_req *req, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	if (json_array_append_new(req->warnings, json_string(buf)) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -229,20 +229,20 @@ static int build_form(xch_req *req, const char *const *rows, vars *v)
 		snprintf(name, sizeof(name), "%.*s", (int)(eq - rows[i]), rows[i]);
 		v->unset[0] = '\0';
 		v->assertion = false;
-		if ((r = tmpl_expand(eq + 1, lookup, v, &val)) < 0)
+		if ((r = form_tmpl_expand(eq + 1, lookup, v, &val)) < 0)
 			return r;
 		if (v->assertion) {
 			free(req->assertion_field);
 			if ((req->assertion_field = strdup(name)) == NULL) {
 				freezero_str(val);
-				return err_set(P11J_E_NOMEM, "out of memory");
+				return err_nomem();
 			}
 		}
 		if (strstr(eq + 1, "${client_secret}") && !v->unset[0]) {
 			free(req->secret_field);
 			if ((req->secret_field = strdup(name)) == NULL) {
 				freezero_str(val);
-				return err_set(P11J_E_NOMEM, "out of memory");
+				return err_nomem();
 			}
 		}
 		r = v->unset[0] ? 0 : form_set(&req->form, name, val);
@@ -288,12 +288,12 @@ static int apply_scope(xch_req *req, const preset *p)
 		return set_str(req->claims, "scope", req->scope);
 	copy = strdup(req->scope);
 	if (copy == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (char *w = strtok_r(copy, " ", &save); w && r == 0; w = strtok_r(NULL, " ", &save)) {
 		char *name = NULL;
 
 		if (asprintf(&name, "%s%s", p->metascope_prefix, w) < 0) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			break;
 		}
 		if (json_object_set_new(req->claims, name, json_true()) < 0)
@@ -762,7 +762,7 @@ int xch_cache_key(const xch_req *req, char ret[65])
 	/* the alg asked for, stable while xch_choose_alg() changes req->alg */
 	if (!req->alg_given && req->algs &&
 	    (asked = strndup(req->algs, strcspn(req->algs, " "))) == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	fa = json_array();
 	o = json_pack("{s:s?,s:s?,s:s,s:s?,s:s?,s:s?,s:s?,s:s?,s:o?}", "token_url",
 		      req->token_url, "client_id", req->client_id, "key", req->key, "alg",
@@ -770,7 +770,7 @@ int xch_cache_key(const xch_req *req, char ret[65])
 		      "scope", req->scope, "form", fa);
 	free(asked);
 	if (o == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (size_t i = 0; i < req->form.n; i++) {
 		const form_field *f = &req->form.v[i];
 
@@ -779,13 +779,13 @@ int xch_cache_key(const xch_req *req, char ret[65])
 			continue;
 		if (json_array_append_new(fa, json_pack("[ss]", f->name, f->value)) < 0) {
 			json_decref(o);
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		}
 	}
 	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
 	json_decref(o);
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	r = EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL) == 1 ? 0 : -1;
 	free(s);
 	if (r < 0)

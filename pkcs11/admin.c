@@ -156,7 +156,7 @@ int adm_id_parse(const char *hex, uint8_t **ret_id, size_t *ret_len)
 		    ADM_ID_MAX, hex ? hex : "");
 	id = malloc(n / 2);
 	if (id == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (i = 0; i < n / 2; i++) {
 		int hi = hexval((unsigned char)hex[2 * i]),
 		    lo = hexval((unsigned char)hex[2 * i + 1]);
@@ -186,7 +186,7 @@ int adm_subject_parse(const char *s, X509_NAME **ret)
 	buf = strdup(s);
 	name = X509_NAME_new();
 	if (buf == NULL || name == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	p = buf + 1;
@@ -255,7 +255,7 @@ static int key_uri(tok_ctx *ctx, CK_FUNCTION_LIST *f, const char *label, const u
 	int r = 0;
 
 	if (u == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	tok_module(ctx, &slot);
 	rv = f->C_GetTokenInfo(slot, &ti);
 	if (rv != CKR_OK) {
@@ -343,7 +343,7 @@ static int check_unused(tok_ctx *ctx, CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, 
 		return r;
 	if (found) {
 		if (util_hex(id, id_len, &hex) < 0)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		r = err_set(
 		    P11J_E_BAD_REQUEST,
 		    "token '%s' already holds an object with CKA_ID %s; choose another --id",
@@ -403,7 +403,7 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 	k.id_len = id != NULL ? id_len : ADM_RANDOM_ID_LEN;
 	k.id = malloc(k.id_len);
 	if (k.id == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	if (id != NULL)
 		memcpy(k.id, id, id_len);
 	else if (RAND_bytes(k.id, (int)k.id_len) != 1) {
@@ -706,7 +706,7 @@ static int cert_assemble(const uint8_t *tbs, size_t tbslen, const X509_ALGOR *al
 	hl = 1 + der_len(body, hdr + 1);
 	der = malloc(hl + body);
 	if (der == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	w = der;

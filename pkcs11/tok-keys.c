@@ -69,7 +69,7 @@ static int key_uri(tok_ctx *ctx, tok_key *k, const uint8_t *label, size_t label_
 	int r = 0;
 
 	if (u == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	ti = p11_kit_uri_get_token_info(u);
 	memcpy(ti->label, ctx->ti.label, sizeof(ti->label));
 	if (label_len > 0) {
@@ -148,7 +148,7 @@ static int key_names(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, tok_
 	if (r < 0)
 		return r;
 	if (k->name == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 
@@ -288,7 +288,7 @@ static int key_load(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_OB
 	*ret = NULL;
 	k = calloc(1, sizeof(*k));
 	if (k == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	k->priv = CK_INVALID_HANDLE;
 	if ((r = key_names(ctx, s, o, k, &label, &label_len)) < 0)
 		goto out;
@@ -314,7 +314,7 @@ static int keys_add(tok_ctx *ctx, tok_key *k)
 	tok_key **nv = realloc(ctx->keys, (ctx->nkeys + 1) * sizeof(*nv));
 
 	if (nv == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	ctx->keys = nv;
 	ctx->keys[ctx->nkeys++] = k;
 	return 0;

@@ -87,7 +87,7 @@ int tok_mech_read(tok_ctx *ctx)
 		return tok_ck(ctx, "C_GetMechanismList", rv);
 	mt = calloc(n + 1, sizeof(*mt));
 	if (mt == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	rv = ctx->f->C_GetMechanismList(ctx->slot, mt, &n);
 	if (rv != CKR_OK) {
 		r = tok_ck(ctx, "C_GetMechanismList", rv);

@@ -96,7 +96,7 @@ static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *pat
 	ctx->mods = calloc(2, sizeof(*ctx->mods));
 	ctx->state = calloc(1, sizeof(*ctx->state));
 	if (ctx->mods == NULL || ctx->state == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	ctx->mods[0] = p11_kit_module_load(real, 0);
@@ -127,7 +127,7 @@ static int modules_from_registry(tok_ctx *ctx)
 		n++;
 	ctx->state = calloc(n + 1, sizeof(*ctx->state));
 	if (ctx->state == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 }
 

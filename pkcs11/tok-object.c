@@ -30,7 +30,7 @@ int tok_attr_get(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRI
 		               (unsigned long)t, ctx->label, max);
 	buf = calloc(1, a.ulValueLen + 1);
 	if (buf == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	a.pValue = buf;
 	rv = ctx->f->C_GetAttributeValue(s, o, &a, 1);
 	if (rv != CKR_OK) {
@@ -81,7 +81,7 @@ int tok_objects_find(tok_ctx *ctx, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_U
 			cap = cap ? cap * 2 : 16;
 			nv = realloc(v, cap * sizeof(*v));
 			if (nv == NULL) {
-				r = err_set(P11J_E_NOMEM, "out of memory");
+				r = err_nomem();
 				goto out;
 			}
 			v = nv;

@@ -39,7 +39,7 @@ static int pin_from_file(const char *path, char **ret)
 	}
 	pin = strdup(buf);
 	if (pin == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	*ret = pin;
@@ -88,7 +88,7 @@ static int pin_get(const tok_config *cfg, P11KitUri *uri, const char *uri_pin, c
 	else
 		return 0;
 	if (pin == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	*ret = pin;
 	return 0;
 }

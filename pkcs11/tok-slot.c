@@ -57,7 +57,7 @@ int tok_slot_find(tok_ctx *ctx, P11KitUri *uri, const char *uri_shown)
 		free(slots);
 		slots = calloc(ns, sizeof(*slots));
 		if (slots == NULL) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto out;
 		}
 		if (m->C_GetSlotList(CK_TRUE, slots, &ns) != CKR_OK)
@@ -108,7 +108,7 @@ int tok_slot_refind(tok_ctx *ctx)
 	if (rv == CKR_OK && ns > 0) {
 		slots = calloc(ns, sizeof(*slots));
 		if (slots == NULL)
-			return err_set(P11J_E_NOMEM, "out of memory");
+			return err_nomem();
 		rv = ctx->f->C_GetSlotList(CK_TRUE, slots, &ns);
 	}
 	if (rv != CKR_OK) {

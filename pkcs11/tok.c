@@ -44,7 +44,7 @@ static int ctx_new(const tok_config *cfg, tok_ctx **ret)
 
 	ctx = calloc(1, sizeof(*ctx));
 	if (ctx == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	/* Writers (login, lock, recovery) must not starve behind a steady
 	 * stream of signatures. */
 	pthread_rwlockattr_init(&ra);
@@ -82,7 +82,7 @@ static int uri_parse(const char *ustr, P11KitUri **ret_uri, char **ret_pin, char
 
 	uri = p11_kit_uri_new();
 	if (uri == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	ur = p11_kit_uri_parse(ustr, P11_KIT_URI_FOR_OBJECT_ON_TOKEN_AND_MODULE, uri);
 	if (ur != P11_KIT_URI_OK) {
 		r = err_set(P11J_E_BAD_REQUEST, "invalid PKCS#11 URI: %s", p11_kit_uri_message(ur));
@@ -98,13 +98,13 @@ static int uri_parse(const char *ustr, P11KitUri **ret_uri, char **ret_pin, char
 	if (p11_kit_uri_get_pin_value(uri) != NULL) {
 		pin = strdup(p11_kit_uri_get_pin_value(uri));
 		if (pin == NULL) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto out;
 		}
 		p11_kit_uri_set_pin_value(uri, NULL);
 	}
 	if (p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT_ON_TOKEN, &shown) != P11_KIT_URI_OK) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	*ret_uri = uri;

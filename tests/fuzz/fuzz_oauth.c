@@ -89,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	default:
 		s = strndup((const char *)data + 1, size - 1);
-		if (s && tmpl_expand(s, fuzz_lookup, NULL, &out) == 0)
+		if (s && form_tmpl_expand(s, fuzz_lookup, NULL, &out) == 0)
 			freezero_str(out);
 		free(s);
 		break;

@@ -19,7 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "cli/client.h"
+#include "cli/agc.h"
 #include "common/sockdir.h"
 #include "cli/kv.h"
 #include "cli/timefmt.h"

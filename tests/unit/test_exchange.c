@@ -408,7 +408,7 @@ static void test_preset_adobe(void **state)
 
 /* Regression: the adobe preset has no iss template (p->iss == NULL); when
  * this suite was written xch_resolve() called expand_req("iss", NULL, ...)
- * -> tmpl_expand(NULL) -> strchr(NULL, '$') and died with SIGSEGV without
+ * -> form_tmpl_expand(NULL) -> strchr(NULL, '$') and died with SIGSEGV without
  * --iss (since fixed in the tree: "--iss is required"). Run in a child so
  * that a crash is reported, not fatal to the suite. */
 static void test_preset_adobe_without_iss(void **state)
@@ -1409,7 +1409,7 @@ static void test_check_options(void **state)
 	json_decref(o);
 }
 
-/* Regression: lookup() once kept a pointer to tmpl_expand()'s stack buffer
+/* Regression: lookup() once kept a pointer to form_tmpl_expand()'s stack buffer
  * as the name of the unset variable, and the messages below read it after
  * that frame was gone (valgrind: invalid read in var_option). It now keeps
  * a copy. */
@@ -1756,10 +1756,10 @@ static const char *tl(const char *name, void *ud)
 static void expect_tmpl(const char *in, const char *out)
 {
 	char *s = NULL;
-	int r = tmpl_expand(in, tl, NULL, &s);
+	int r = form_tmpl_expand(in, tl, NULL, &s);
 
 	if (r != 0) {
-		print_error("tmpl_expand('%s') = %d: %s\n", in, r, err_msg());
+		print_error("form_tmpl_expand('%s') = %d: %s\n", in, r, err_msg());
 		fail();
 	}
 	assert_string_equal(s, out);
@@ -1770,7 +1770,7 @@ static void expect_tmpl_err(const char *in, const char *needle)
 {
 	char *s = NULL;
 
-	assert_int_equal(tmpl_expand(in, tl, NULL, &s), P11J_E_BAD_REQUEST);
+	assert_int_equal(form_tmpl_expand(in, tl, NULL, &s), P11J_E_BAD_REQUEST);
 	assert_null(s);
 	assert_msg_has(needle);
 }
@@ -1801,7 +1801,7 @@ static void test_tmpl_expand(void **state)
 		char *s = NULL;
 
 		/* no lookup: only env */
-		assert_int_equal(tmpl_expand("${client_id}", NULL, NULL, &s), P11J_E_BAD_REQUEST);
+		assert_int_equal(form_tmpl_expand("${client_id}", NULL, NULL, &s), P11J_E_BAD_REQUEST);
 	}
 }
 

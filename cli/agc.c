@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-#include "cli/client.h"
+#include "cli/agc.h"
 #include "common/err.h"
 #include "common/sockdir.h"
 #include "common/util.h"

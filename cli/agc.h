@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Agent client (protocol v1): one request line, one response line, over the
- * agent's Unix socket. */
-#ifndef P11J_CLIENT_H
-#define P11J_CLIENT_H
+/* agc: the agent client (protocol v1): one request line, one response
+ * line, over the agent's Unix socket. */
+#ifndef P11J_AGC_H
+#define P11J_AGC_H
 
 #include <stddef.h>
 #include <sys/types.h>
