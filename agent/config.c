@@ -762,7 +762,7 @@ int cfg_load_string(const char *name, const char *text, size_t len, cfg_config *
 	p.cfg = calloc(1, sizeof(*p.cfg));
 	if (p.cfg == NULL || (p.cfg->path = strdup(name)) == NULL) {
 		free(p.cfg);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	r = ini_parse_stream(reader, &p, handler, &p);
 	if (r == -2)
@@ -817,7 +817,7 @@ int cfg_load(const char *path, cfg_config **ret, char **ret_errors)
 	}
 	buf = malloc((size_t)st.st_size + 1);
 	if (buf == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	while (len < (size_t)st.st_size) {

@@ -360,12 +360,12 @@ static int status_fill(void *ud, json_t *resp)
 				json_integer((json_int_t)st.accepted)) < 0 ||
 	    json_object_set_new(resp, "connections_refused",
 				json_integer((json_int_t)st.refused)) < 0)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	return 0;
 nomem:
 	json_decref(errs);
 	json_decref(toks);
-	return err_set(P11J_E_NOMEM, "out of memory");
+	return err_nomem();
 }
 
 /* once a minute at most: a full disk must not flood the log */

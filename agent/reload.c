@@ -152,7 +152,7 @@ static int open_token(rl_ctx *r, const cfg_token *t, rl_tok **ret)
 
 	rt = calloc(1, sizeof(*rt));
 	if (rt == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	if (t == &r->cmdline) {
 		tc.module_allow = r->c.module_allow;
 	} else if (t->module_allow.n > 0) {
@@ -263,7 +263,7 @@ static int gen_build(rl_ctx *r, cfg_config *cfg, rl_gen *old, rl_gen **ret)
 	g = calloc(1, sizeof(*g));
 	if (g == NULL) {
 		cfg_free(cfg);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	atomic_init(&g->refs, 1);
 	g->cfg = cfg;
@@ -271,7 +271,7 @@ static int gen_build(rl_ctx *r, cfg_config *cfg, rl_gen *old, rl_gen **ret)
 	g->tdef = calloc(ndefs, sizeof(*g->tdef));
 	placed = calloc(cfg ? cfg->nkeys + 1 : 1, sizeof(*placed));
 	if (g->toks == NULL || g->tdef == NULL || placed == NULL) {
-		e = err_set(P11J_E_NOMEM, "out of memory");
+		e = err_nomem();
 		goto fail;
 	}
 	for (size_t i = 0; i < ndefs; i++) {
@@ -315,7 +315,7 @@ int rl_new(const rl_config *c, cfg_config *cfg, rl_ctx **ret)
 
 	if (r == NULL) {
 		cfg_free(cfg);
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	}
 	r->c = *c;
 	r->cmdline.name = (char *)"default";

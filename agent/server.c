@@ -1050,7 +1050,7 @@ int srv_new(const srv_config *cfg, int listen_fd, srv **ret)
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
 	if (s == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	s->cfg = *cfg;
 	s->listen_fd = listen_fd;
 	s->wake[0] = s->wake[1] = s->ep = -1;
@@ -1133,7 +1133,7 @@ int srv_run(srv *s)
 	int r = 0;
 
 	if (th == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (; started < s->nworkers; started++) {
 		pthread_attr_t attr;
 		int e;

@@ -54,7 +54,7 @@ static int jwk_set_bn(json_t *o, const EVP_PKEY *pk, const char *param, const ch
 	n = BN_num_bytes(bn);
 	buf = malloc(n > 0 ? (size_t)n : 1);
 	if (buf == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	/* BN_bn2bin gives minimal big-endian, as RFC 7518 6.3.1 wants. */
@@ -80,7 +80,7 @@ int jwk_from_pkey(const EVP_PKEY *pk, json_t **ret_jwk)
 			       "key type not supported (need RSA >= 2048, P-256/384/521 or Ed25519)");
 	o = json_object();
 	if (o == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	if (kind == KEYKIND_RSA) {
 		json_object_set_new(o, "kty", json_string("RSA"));
 		r = jwk_set_bn(o, pk, OSSL_PKEY_PARAM_RSA_N, "n");
@@ -399,7 +399,7 @@ int jwk_thumbprint(const json_t *jwk, char **ret_b64u)
 			       kty);
 	canon = json_object();
 	if (canon == NULL)
-		return err_set(P11J_E_NOMEM, "out of memory");
+		return err_nomem();
 	for (; *members != NULL; members++) {
 		json_t *v = json_object_get(jwk, *members);
 
@@ -409,7 +409,7 @@ int jwk_thumbprint(const json_t *jwk, char **ret_b64u)
 			goto out;
 		}
 		if (json_object_set(canon, *members, v) != 0) {
-			r = err_set(P11J_E_NOMEM, "out of memory");
+			r = err_nomem();
 			goto out;
 		}
 	}
@@ -417,7 +417,7 @@ int jwk_thumbprint(const json_t *jwk, char **ret_b64u)
 	 * cannot differ from the RFC 7638 form; JSON_SORT_KEYS gives the order. */
 	s = json_dumps(canon, JSON_COMPACT | JSON_SORT_KEYS);
 	if (s == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	r = jwk_digest_b64u(EVP_sha256(), s, strlen(s), ret_b64u);

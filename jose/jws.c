@@ -36,7 +36,7 @@ int jws_sign_compact_raw(const char *header_json, size_t header_len, const char 
 	out = malloc(total);
 	sig = malloc(sigmax);
 	if (out == NULL || sig == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	o = b64u_encode_to((const uint8_t *)header_json, header_len, out);
@@ -171,7 +171,7 @@ int jws_ecdsa_raw_to_der(const uint8_t *raw, size_t rawlen, uint8_t **ret_der, s
 	s = BN_bin2bn(raw + rawlen / 2, (int)(rawlen / 2), NULL);
 	es = ECDSA_SIG_new();
 	if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
-		rc = err_set(P11J_E_NOMEM, "out of memory");
+		rc = err_nomem();
 		goto out;
 	}
 	r = s = NULL; /* owned by es */
@@ -235,7 +235,7 @@ int jws_verify_sig(jwa_alg alg, EVP_PKEY *pub, const uint8_t *in, size_t inlen,
 	}
 	mctx = EVP_MD_CTX_new();
 	if (mctx == NULL) {
-		r = err_set(P11J_E_NOMEM, "out of memory");
+		r = err_nomem();
 		goto out;
 	}
 	if (EVP_DigestVerifyInit(mctx, &pctx, jwa_md(alg), NULL, pub) != 1) {
