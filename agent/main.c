@@ -69,19 +69,17 @@ static void logmsg(int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void srv_logger(int level, const char *msg)
+static void srv_logger(int level, const char *msg, void *ud)
 {
+	(void)ud;
 	logmsg(level, "%s", msg);
 }
 
+/* the token layer's debug lines are not logged */
 static void tok_logger(int level, const char *msg, void *ud)
 {
-	static const int map[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
-
-	(void)ud;
-	if (level == TOK_LOG_DEBUG)
-		return;
-	logmsg(level >= 0 && level <= TOK_LOG_DEBUG ? map[level] : LOG_INFO, "%s", msg);
+	if (level != TOK_LOG_DEBUG)
+		srv_logger(level, msg, ud);
 }
 
 static void on_signal(int sig)

@@ -44,15 +44,11 @@ struct rl_ctx {
 static void rlog(const rl_ctx *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void rlog(const rl_ctx *r, int level, const char *fmt, ...)
 {
-	char buf[1024];
 	va_list ap;
 
-	if (r->c.log == NULL)
-		return;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	p11j_vlog(r->c.log, NULL, level, fmt, ap);
 	va_end(ap);
-	r->c.log(level, buf);
 }
 
 static void tok_put(rl_tok *t)

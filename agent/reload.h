@@ -30,9 +30,8 @@ typedef struct {
 	const char *uri;
 	const char *pin_file;
 	bool allow_unsafe_keys;
-	/* syslog levels (LOG_ERR...) */
-	void (*log)(int level, const char *msg);
-	tok_log_fn tok_log;
+	p11j_log_fn log;     /* reload's own lines (ud NULL) */
+	p11j_log_fn tok_log; /* the token layer's (ud NULL) */
 } rl_config;
 
 /* Open the tokens and build the first generation from cfg (taken; NULL:

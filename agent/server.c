@@ -124,15 +124,11 @@ static void srv_log(const srv *s, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void srv_log(const srv *s, int level, const char *fmt, ...)
 {
-	char buf[512];
 	va_list ap;
 
-	if (s->cfg.log == NULL)
-		return;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	p11j_vlog(s->cfg.log, NULL, level, fmt, ap);
 	va_end(ap);
-	s->cfg.log(level, buf);
 }
 
 static uint64_t now_ns(void)

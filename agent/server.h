@@ -19,8 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "agent/proto.h"
+#include "common/log.h"
 
-typedef void (*srv_log_fn)(int level, const char *msg);
 
 typedef struct {
 	const proto_env *env;
@@ -34,7 +34,7 @@ typedef struct {
 				     (0: SRV_LINE_TIMEOUT_MS) */
 	unsigned idle_timeout_ms; /* a connection with nothing to read, sign or send
 				     for this long is closed (0: SRV_IDLE_TIMEOUT_MS) */
-	srv_log_fn log;
+	p11j_log_fn log; /* syslog priorities; its ud is NULL */
 	/* The audit trail (both set, or neither). audit() is called on the
 	 * serving thread for each audited request (sign, login, lock) and
 	 * returns its record (a malloc'ed line); audit_write() is then called

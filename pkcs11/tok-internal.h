@@ -99,7 +99,7 @@ struct tok_ctx {
 	bool pin_cached;
 	bool pinpad; /* logged in through the protected authentication path */
 
-	tok_log_fn log;
+	p11j_log_fn log;
 	void *log_ud;
 };
 

@@ -24,15 +24,11 @@
 
 void tok_log(const tok_ctx *ctx, int level, const char *fmt, ...)
 {
-	char buf[512];
 	va_list ap;
 
-	if (ctx->log == NULL)
-		return;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	p11j_vlog(ctx->log, ctx->log_ud, level, fmt, ap);
 	va_end(ap);
-	ctx->log(level, buf, ctx->log_ud);
 }
 
 /* A context with its locks and its PIN page, nothing opened yet. */

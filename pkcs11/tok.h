@@ -13,13 +13,16 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <openssl/evp.h>
+#include "common/log.h"
 #include "jose/jwa.h"
 
 typedef struct tok_ctx tok_ctx;
 typedef struct tok_key tok_key;
 
-enum { TOK_LOG_ERROR = 0, TOK_LOG_WARNING = 1, TOK_LOG_INFO = 2, TOK_LOG_DEBUG = 3 };
-typedef void (*tok_log_fn)(int level, const char *msg, void *ud);
+/* The token layer logs through common/log.h's callback, at these syslog
+ * priorities. */
+enum { TOK_LOG_ERROR = LOG_ERR, TOK_LOG_WARNING = LOG_WARNING, TOK_LOG_INFO = LOG_INFO,
+       TOK_LOG_DEBUG = LOG_DEBUG };
 
 typedef struct {
 	/* Module file; NULL: p11-kit's registered modules (p11_kit_modules_load). */
@@ -43,7 +46,7 @@ typedef struct {
 	 * P11J_E_PIN_REQUIRED: keys are listed from public objects and signing
 	 * answers P11J_E_PIN_REQUIRED until tok_login(). */
 	bool allow_locked;
-	tok_log_fn log;
+	p11j_log_fn log;
 	void *log_ud;
 } tok_config;
 
