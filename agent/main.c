@@ -41,7 +41,7 @@ static bool use_syslog;
 static srv *the_srv;
 static audit_sink *the_audit;
 static uint64_t started_ms; /* CLOCK_MONOTONIC, for "status" uptime */
-static rl_ctx *the_rl; /* the current configuration, keyring and tokens */
+static reload_ctx *the_rl; /* the current configuration, keyring and tokens */
 
 static void logv(int level, const char *fmt, va_list ap)
 {
@@ -86,7 +86,7 @@ static void on_signal(int sig)
 {
 	if (sig == SIGHUP) {
 		audit_reopen_later(the_audit); /* log rotation */
-		rl_reload_later(the_rl);       /* --config */
+		reload_later(the_rl);       /* --config */
 		return;
 	}
 	if (the_srv != NULL)
@@ -216,7 +216,7 @@ struct opts {
 	unsigned idle_timeout_ms; /* 0: the server's default */
 	const char *audit;
 	const char *config;   /* --config */
-	cfg_config *cfg;      /* its contents, until rl_new() takes them */
+	cfg_config *cfg;      /* its contents, until reload_new() takes them */
 	bool max_conns_set;
 	int activated_fd; /* socket activation: the listening socket passed in, else -1 */
 };
@@ -242,13 +242,13 @@ static bool parse_count(const char *name, const char *arg, unsigned long min, un
  * (the parent's pipe when detaching). */
 static int agent_start(struct opts *o, int *ret_fd)
 {
-	rl_config rc = { .path = o->config, .module = o->module,
+	reload_config rc = { .path = o->config, .module = o->module,
 			 .module_allow = o->nallow ? o->allow : NULL, .uri = o->token,
 			 .pin_file = o->pin_file, .allow_unsafe_keys = o->allow_unsafe,
 			 .log = srv_logger, .tok_log = tok_logger };
 	int r;
 
-	r = rl_new(&rc, o->cfg, &the_rl);
+	r = reload_new(&rc, o->cfg, &the_rl);
 	o->cfg = NULL; /* taken */
 	scrub_pin_env();
 	if (r < 0)
@@ -256,7 +256,7 @@ static int agent_start(struct opts *o, int *ret_fd)
 	if (o->activated_fd >= 0)
 		*ret_fd = o->activated_fd; /* systemd's socket: neither bound nor unlinked here */
 	else if ((r = srv_listen(o->socket, ret_fd)) < 0) {
-		rl_free(the_rl);
+		reload_free(the_rl);
 		the_rl = NULL;
 		return r;
 	}
@@ -271,7 +271,7 @@ static int pin_login(void *ud, const char *token, const char *pin, size_t len, j
 	tok_ctx *tok = NULL;
 	int r;
 
-	if ((r = rl_pick_token(ud, token, &tok)) < 0 || (r = tok_login(tok, pin, len)) < 0)
+	if ((r = reload_pick_token(ud, token, &tok)) < 0 || (r = tok_login(tok, pin, len)) < 0)
 		return r;
 	json_object_set_new(resp, "token", json_string(tok_label(tok)));
 	json_object_set_new(resp, "state", json_string(tok_state_name(tok_get_state(tok))));
@@ -283,7 +283,7 @@ static int pin_lock(void *ud, const char *token, json_t *resp)
 	tok_ctx *tok = NULL;
 	int r;
 
-	if ((r = rl_pick_token(ud, token, &tok)) < 0 || (r = tok_lock(tok)) < 0)
+	if ((r = reload_pick_token(ud, token, &tok)) < 0 || (r = tok_lock(tok)) < 0)
 		return r;
 	json_object_set_new(resp, "token", json_string(tok_label(tok)));
 	json_object_set_new(resp, "state", json_string(tok_state_name(tok_get_state(tok))));
@@ -332,9 +332,9 @@ static int status_fill(void *ud, json_t *resp)
 	if (the_rl != NULL) {
 		void *ref = NULL;
 
-		rl_acquire(the_rl, &ref);
-		for (size_t i = 0; i < rl_token_count(ref); i++) {
-			tok_ctx *status_tok = rl_token_at(ref, i);
+		reload_acquire(the_rl, &ref);
+		for (size_t i = 0; i < reload_token_count(ref); i++) {
+			tok_ctx *status_tok = reload_token_at(ref, i);
 
 			ts = tok_get_state(status_tok);
 			t = json_pack("{s:s,s:s,s:b,s:b}", "label", tok_label(status_tok), "state",
@@ -342,11 +342,11 @@ static int status_fill(void *ud, json_t *resp)
 				      "logged_in", ts == TOK_READY);
 			if (t == NULL || json_array_append_new(toks, t) < 0) {
 				json_decref(t);
-				rl_release(ref);
+				reload_release(ref);
 				goto nomem;
 			}
 		}
-		rl_release(ref);
+		reload_release(ref);
 	}
 	if (json_object_set_new(resp, "uptime",
 				json_integer((json_int_t)((mono_ms() - started_ms) / 1000))) < 0 ||
@@ -415,7 +415,7 @@ static int serve(const struct opts *o, int lfd)
 {
 	proto_env env = { .owner_uid = geteuid(), .version = P11JWT_VERSION,
 			  .login = pin_login, .lock = pin_lock,
-			  .acquire = rl_acquire, .release = rl_release, .kr_ud = the_rl,
+			  .acquire = reload_acquire, .release = reload_release, .kr_ud = the_rl,
 			  .dpop_default = o->allow_dpop };
 	srv_config sc = { .env = &env,
 			  .max_connections = o->max_conns,
@@ -440,14 +440,14 @@ static int serve(const struct opts *o, int lfd)
 	signal(SIGPIPE, SIG_IGN);
 	{
 		void *ref = NULL;
-		const keyring *kr = rl_acquire(the_rl, &ref);
+		const keyring *kr = reload_acquire(the_rl, &ref);
 
 		logmsg(LOG_INFO, "serving %zu keys from token '%s'%s on %s", kr->n,
-		       tok_label(rl_token_at(ref, 0)), rl_token_count(ref) > 1 ? " and others" : "",
+		       tok_label(reload_token_at(ref, 0)), reload_token_count(ref) > 1 ? " and others" : "",
 		       o->socket);
-		rl_release(ref);
+		reload_release(ref);
 	}
-	if ((r = rl_start(the_rl)) < 0)
+	if ((r = reload_start(the_rl)) < 0)
 		logmsg(LOG_WARNING, "%s; SIGHUP will not reload the configuration", err_msg());
 	svc_notify("READY=1");
 	r = srv_run(the_srv);
@@ -734,7 +734,7 @@ int main(int argc, char **argv)
 	audit_close(the_audit);
 	/* keyring and tokens; before OpenSSL's atexit cleanup: SoftHSM
 	 * crashes otherwise */
-	rl_free(the_rl);
+	reload_free(the_rl);
 	if (r < 0) {
 		logmsg(LOG_ERR, "%s", err_msg());
 		return EXIT_RUNTIME;

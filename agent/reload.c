@@ -18,22 +18,22 @@
 typedef struct {
 	atomic_int refs;
 	tok_ctx *ctx;
-} rl_tok;
+} reload_tok;
 
 typedef struct {
 	atomic_int refs;
 	cfg_config *cfg;        /* NULL: no file */
 	keyring kr;
-	rl_tok **toks;
+	reload_tok **toks;
 	const cfg_token **tdef; /* the section each token was opened from */
 	size_t ntoks;
-} rl_gen;
+} reload_gen;
 
-struct rl_ctx {
-	rl_config c;
+struct reload_ctx {
+	reload_config c;
 	cfg_token cmdline; /* the command line's token (strings borrowed) */
 	pthread_mutex_t mu;
-	rl_gen *cur;
+	reload_gen *cur;
 	pthread_mutex_t reload_mu; /* one reload at a time */
 	int pipe[2];
 	pthread_t thread;
@@ -41,8 +41,8 @@ struct rl_ctx {
 	atomic_bool stopping;
 };
 
-static void rlog(const rl_ctx *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void rlog(const rl_ctx *r, int level, const char *fmt, ...)
+static void rlog(const reload_ctx *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void rlog(const reload_ctx *r, int level, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -51,7 +51,7 @@ static void rlog(const rl_ctx *r, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void tok_put(rl_tok *t)
+static void tok_put(reload_tok *t)
 {
 	if (t != NULL && atomic_fetch_sub(&t->refs, 1) == 1) {
 		tok_close(t->ctx);
@@ -59,7 +59,7 @@ static void tok_put(rl_tok *t)
 	}
 }
 
-static void gen_free(rl_gen *g)
+static void gen_free(reload_gen *g)
 {
 	if (g == NULL)
 		return;
@@ -72,7 +72,7 @@ static void gen_free(rl_gen *g)
 	free(g);
 }
 
-static void gen_put(rl_gen *g)
+static void gen_put(reload_gen *g)
 {
 	if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1)
 		gen_free(g);
@@ -139,11 +139,11 @@ static const tok_key *find_tok_key(tok_ctx *ctx, const cfg_key *k)
 	return NULL;
 }
 
-static int open_token(rl_ctx *r, const cfg_token *t, rl_tok **ret)
+static int open_token(reload_ctx *r, const cfg_token *t, reload_tok **ret)
 {
 	const char *allow[33];
 	tok_config tc = { 0 };
-	rl_tok *rt;
+	reload_tok *rt;
 	int e;
 
 	rt = calloc(1, sizeof(*rt));
@@ -186,7 +186,7 @@ static bool key_on_token(const cfg_key *k, const cfg_token *def, size_t ndefs, t
 	return k->uri != NULL && strstr(k->uri, "token=") != NULL && tok_matches(ctx, k->uri);
 }
 
-static int add_keys(rl_ctx *r, rl_gen *g, size_t ti, bool *placed)
+static int add_keys(reload_ctx *r, reload_gen *g, size_t ti, bool *placed)
 {
 	const cfg_config *cfg = g->cfg;
 	tok_ctx *ctx = g->toks[ti]->ctx;
@@ -249,11 +249,11 @@ static int add_keys(rl_ctx *r, rl_gen *g, size_t ti, bool *placed)
 }
 
 /* Build a generation for cfg (taken) next to old (may be NULL). */
-static int gen_build(rl_ctx *r, cfg_config *cfg, rl_gen *old, rl_gen **ret)
+static int gen_build(reload_ctx *r, cfg_config *cfg, reload_gen *old, reload_gen **ret)
 {
 	size_t ndefs = cfg != NULL && cfg->ntokens > 0 ? cfg->ntokens : 1;
 	bool *placed = NULL;
-	rl_gen *g;
+	reload_gen *g;
 	int e = 0;
 
 	g = calloc(1, sizeof(*g));
@@ -272,7 +272,7 @@ static int gen_build(rl_ctx *r, cfg_config *cfg, rl_gen *old, rl_gen **ret)
 	}
 	for (size_t i = 0; i < ndefs; i++) {
 		const cfg_token *def = cfg != NULL && cfg->ntokens > 0 ? &cfg->tokens[i] : &r->cmdline;
-		rl_tok *t = NULL;
+		reload_tok *t = NULL;
 
 		for (size_t j = 0; old != NULL && j < old->ntoks; j++)
 			if (cfg_token_same(old->tdef[j], def)) {
@@ -304,9 +304,9 @@ fail:
 	return e;
 }
 
-int rl_new(const rl_config *c, cfg_config *cfg, rl_ctx **ret)
+int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret)
 {
-	rl_ctx *r = calloc(1, sizeof(*r));
+	reload_ctx *r = calloc(1, sizeof(*r));
 	int e;
 
 	if (r == NULL) {
@@ -323,17 +323,17 @@ int rl_new(const rl_config *c, cfg_config *cfg, rl_ctx **ret)
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->reload_mu, NULL);
 	if ((e = gen_build(r, cfg, NULL, &r->cur)) < 0) {
-		rl_free(r);
+		reload_free(r);
 		return e;
 	}
 	*ret = r;
 	return 0;
 }
 
-const keyring *rl_acquire(void *rv, void **ref)
+const keyring *reload_acquire(void *rv, void **ref)
 {
-	rl_ctx *r = rv;
-	rl_gen *g;
+	reload_ctx *r = rv;
+	reload_gen *g;
 
 	pthread_mutex_lock(&r->mu);
 	g = r->cur;
@@ -343,7 +343,7 @@ const keyring *rl_acquire(void *rv, void **ref)
 	return &g->kr;
 }
 
-void rl_release(void *ref)
+void reload_release(void *ref)
 {
 	gen_put(ref);
 }
@@ -359,11 +359,11 @@ static bool settings_differ(const cfg_config *a, const cfg_config *b)
 	       a->max_connections_per_uid != b->max_connections_per_uid;
 }
 
-int rl_reload(rl_ctx *r)
+int reload_now(reload_ctx *r)
 {
 	cfg_config *cfg = NULL;
 	char *errs = NULL;
-	rl_gen *old, *g = NULL;
+	reload_gen *old, *g = NULL;
 	int e;
 
 	if (r->c.path == NULL) {
@@ -412,7 +412,7 @@ out:
 
 static void *reload_thread(void *arg)
 {
-	rl_ctx *r = arg;
+	reload_ctx *r = arg;
 	struct pollfd pfd = { .fd = r->pipe[0], .events = POLLIN };
 	char buf[64];
 
@@ -425,12 +425,12 @@ static void *reload_thread(void *arg)
 		if (atomic_load(&r->stopping))
 			break;
 		if (pfd.revents & POLLIN)
-			rl_reload(r);
+			reload_now(r);
 	}
 	return NULL;
 }
 
-int rl_start(rl_ctx *r)
+int reload_start(reload_ctx *r)
 {
 	/* non-blocking: the signal handler must never block, and the thread
 	 * drains what queued up */
@@ -442,7 +442,7 @@ int rl_start(rl_ctx *r)
 	return 0;
 }
 
-void rl_reload_later(rl_ctx *r)
+void reload_later(reload_ctx *r)
 {
 	int saved = errno;
 
@@ -451,7 +451,7 @@ void rl_reload_later(rl_ctx *r)
 	errno = saved;
 }
 
-void rl_free(rl_ctx *r)
+void reload_free(reload_ctx *r)
 {
 	if (r == NULL)
 		return;
@@ -471,21 +471,21 @@ void rl_free(rl_ctx *r)
 	free(r);
 }
 
-size_t rl_token_count(void *ref)
+size_t reload_token_count(void *ref)
 {
-	return ((rl_gen *)ref)->ntoks;
+	return ((reload_gen *)ref)->ntoks;
 }
 
-tok_ctx *rl_token_at(void *ref, size_t i)
+tok_ctx *reload_token_at(void *ref, size_t i)
 {
-	rl_gen *g = ref;
+	reload_gen *g = ref;
 
 	return i < g->ntoks ? g->toks[i]->ctx : NULL;
 }
 
-int rl_pick_token(void *ref, const char *uri, tok_ctx **ret)
+int reload_pick_token(void *ref, const char *uri, tok_ctx **ret)
 {
-	rl_gen *g = ref;
+	reload_gen *g = ref;
 
 	if (uri == NULL || uri[0] == '\0') {
 		if (g->ntoks != 1)

@@ -18,10 +18,10 @@
 #include "agent/keyring.h"
 #include "pkcs11/tok.h"
 
-typedef struct rl_ctx rl_ctx;
+typedef struct reload_ctx reload_ctx;
 
 typedef struct {
-	/* configuration file, re-read by rl_reload(); NULL: none */
+	/* configuration file, re-read by reload_now(); NULL: none */
 	const char *path;
 	/* the token from the command line, used when the file has no
 	 * [token] section (or there is no file) */
@@ -32,34 +32,34 @@ typedef struct {
 	bool allow_unsafe_keys;
 	p11j_log_fn log;     /* reload's own lines (ud NULL) */
 	p11j_log_fn tok_log; /* the token layer's (ud NULL) */
-} rl_config;
+} reload_config;
 
 /* Open the tokens and build the first generation from cfg (taken; NULL:
  * no file). Fails with the token layer's code and err_msg(). */
-int rl_new(const rl_config *c, cfg_config *cfg, rl_ctx **ret);
+int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret);
 
 /* For proto_env: the current keyring, and a reference to give back. */
-const keyring *rl_acquire(void *r, void **ref);
-void rl_release(void *ref);
+const keyring *reload_acquire(void *r, void **ref);
+void reload_release(void *ref);
 
 /* Re-read the file and switch to it. A file with errors (each logged as
  * FILE:LINE: message) or a token that does not open keeps the current
  * generation. */
-int rl_reload(rl_ctx *r);
+int reload_now(reload_ctx *r);
 
-/* Start the thread that runs rl_reload() after rl_reload_later(). */
-int rl_start(rl_ctx *r);
+/* Start the thread that runs reload_now() after reload_later(). */
+int reload_start(reload_ctx *r);
 /* Async-signal-safe: ask for a reload (SIGHUP). */
-void rl_reload_later(rl_ctx *r);
+void reload_later(reload_ctx *r);
 
 /* Stop the thread and drop the current generation (after the server has
  * answered every request). NULL is fine. */
-void rl_free(rl_ctx *r);
+void reload_free(reload_ctx *r);
 
-/* Tokens of a generation (ref from rl_acquire()). */
-size_t rl_token_count(void *ref);
-tok_ctx *rl_token_at(void *ref, size_t i);
+/* Tokens of a generation (ref from reload_acquire()). */
+size_t reload_token_count(void *ref);
+tok_ctx *reload_token_at(void *ref, size_t i);
 /* The token a login/lock request names (uri NULL: the only one). */
-int rl_pick_token(void *ref, const char *uri, tok_ctx **ret);
+int reload_pick_token(void *ref, const char *uri, tok_ctx **ret);
 
 #endif
