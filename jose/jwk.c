@@ -442,9 +442,7 @@ int jwk_x5c_entry(const uint8_t *der, size_t len, char **ret)
 	return b64_std_encode(der, len, ret);
 }
 
-/* A name from outside (a kid, a "use"), fit for a message: at most 64
- * bytes, control characters shown as '?'. */
-static const char *jwk_show(const char *s, char *buf, size_t size)
+const char *jwk_show(const char *s, char *buf, size_t size)
 {
 	size_t i, n = strlen(s), max = size - 4;
 

@@ -48,4 +48,10 @@ int jwk_find(const json_t *jwks, const char *kid, const json_t **ret_jwk);
  * of distinct strings. Borrowed reference. */
 int jwk_find_verify(const json_t *jwks, const char *kid, const json_t **ret_jwk);
 
+/* A name from outside (a kid, a "use", a crit member), fit for a message:
+ * at most size - 4 bytes of it, control characters shown as '?' (so a
+ * hostile JWT or JWKS cannot drive the terminal), "..." when cut. size is
+ * at least 5. Returns buf. */
+const char *jwk_show(const char *s, char *buf, size_t size);
+
 #endif

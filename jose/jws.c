@@ -279,21 +279,6 @@ static int claim_time(const json_t *claims, const char *name, bool *ret_have, in
 	return 0;
 }
 
-/* A name from the JWT, fit for a message: at most 64 bytes, control
- * characters shown as '?', so a hostile header cannot drive the terminal. */
-static const char *jws_show(const char *s, char *buf, size_t size)
-{
-	size_t i, n = strlen(s), max = size - 4;
-
-	for (i = 0; i < n && i < max; i++)
-		buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-	if (i < n)
-		memcpy(buf + i, "...", 4);
-	else
-		buf[i] = '\0';
-	return buf;
-}
-
 /* Header Parameters that RFC 7515 4.1, RFC 7516 4.1 and RFC 7518 4 define
  * themselves: RFC 7515 4.1.11 says crit must not list them. */
 static const char *const jws_registered[] = {
@@ -338,7 +323,7 @@ int jws_check_crit(const json_t *header, const char *const *understood)
 			}
 		if (json_object_get(seen, name) != NULL) {
 			r = err_set(P11J_E_BAD_JWT, "JWT header \"crit\" lists \"%s\" twice",
-				    jws_show(name, show, sizeof(show)));
+				    jwk_show(name, show, sizeof(show)));
 			goto out;
 		}
 		if (json_object_set_new(seen, name, json_true()) != 0) {
@@ -348,7 +333,7 @@ int jws_check_crit(const json_t *header, const char *const *understood)
 		if (json_object_get(header, name) == NULL) {
 			r = err_set(P11J_E_BAD_JWT,
 				    "JWT header \"crit\" lists \"%s\", which is not in the header",
-				    jws_show(name, show, sizeof(show)));
+				    jwk_show(name, show, sizeof(show)));
 			goto out;
 		}
 	}
@@ -364,7 +349,7 @@ int jws_check_crit(const json_t *header, const char *const *understood)
 			r = err_set(P11J_E_BAD_JWT,
 				    "JWT header \"crit\" requires the extension \"%s\", which this "
 				    "verifier does not understand",
-				    jws_show(name, show, sizeof(show)));
+				    jwk_show(name, show, sizeof(show)));
 			goto out;
 		}
 	}

@@ -105,16 +105,7 @@ static tok_config base_cfg(void)
 	return c;
 }
 
-static tok_ctx *open_ok(const tok_config *c)
-{
-	tok_ctx *ctx = NULL;
-	int r = tok_open(c, &ctx);
-
-	if (r != 0)
-		fail_msg("tok_open: %d %s", r, err_msg());
-	assert_non_null(ctx);
-	return ctx;
-}
+#define open_ok testtoken_open_ok
 
 static const EVP_MD *md_of(jwa_alg a)
 {

@@ -60,6 +60,7 @@ static void fuzz_proto_init(void)
 	fuzz_env.kr = &fuzz_kr;
 	fuzz_env.owner_uid = 1000;
 	fuzz_env.version = "fuzz";
+	fuzz_env.dpop_default = true; /* reach proof signing, not only the policy check */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
