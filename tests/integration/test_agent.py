@@ -132,9 +132,9 @@ def cli(*args, sock=None, input=None, env=None):
 class Conn:
     """A raw protocol connection."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=10):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(10)
+        self.s.settimeout(timeout)
         self.s.connect(path)
         self.buf = b''
 

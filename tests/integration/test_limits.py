@@ -33,6 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import Tap  # noqa: E402
+import test_agent  # noqa: E402
 
 SRC = os.environ.get('P11JWT_SRCDIR') or os.path.abspath(
     os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -188,28 +189,8 @@ class Agent:
         return self.proc.returncode
 
 
-class Conn:
-    def __init__(self, path, timeout=10):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b''
-
-    def send(self, data):
-        self.s.sendall(data)
-
-    def line(self):
-        while b'\n' not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError('connection closed')
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b'\n')
-        return json.loads(line)
-
-    def req(self, obj):
-        self.send(json.dumps(obj).encode() + b'\n')
-        return self.line()
+class Conn(test_agent.Conn):
+    """test_agent's raw connection, and how long the agent takes to close it."""
 
     def eof_within(self, limit):
         """Seconds until the agent closed the connection, or None."""
@@ -225,9 +206,6 @@ class Conn:
             return None
         except ConnectionResetError:
             return time.monotonic() - t0
-
-    def close(self):
-        self.s.close()
 
 
 def hello_ok(sock):
