@@ -13,6 +13,9 @@
  *      at a time and pipelined; every answer must carry "ok":true;
  *   3. agent / raw at 1 and 2 clients, and the same for the smallest socket
  *      signer (a bound for any signer behind a socket, see floor_worker);
+ *      beside the signatures, in the same repetitions, DPoP proofs (`dpop`,
+ *      the agent started with --allow-dpop) for ES256 and EdDSA, and what a
+ *      proof costs over a signature (target: at most DPOP_MAX_COST);
  *   4. the agent's VmRSS idle and with 1,000 idle connections;
  *   5. whole-process medians: p11jwt sign, pkcs11-tool --sign, openssl with
  *      the libp11 engine, p11jwt token on a cache hit (a local HTTP token
@@ -29,6 +32,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -72,7 +76,8 @@ extern char **environ;
 /* ---- options ----------------------------------------------------------- */
 
 static struct {
-	const char *agent, *cli, *module, *mktoken, *token_dir, *json_path, *md_path, *quick, *audit;
+	const char *agent, *cli, *module, *mktoken, *token_dir, *json_path, *md_path, *quick, *audit,
+	    *load_op;
 	double duration;
 	int reps, proc_runs, depth, idle_conns;
 	double load;
@@ -89,6 +94,7 @@ static struct {
     .depth = 8,
     .idle_conns = 1000,
     .load_clients = 1,
+    .load_op = "sign",
 };
 
 static char tmpdir[96], tokdir[PATH_MAX], sockpath[108], pin[128];
@@ -252,16 +258,21 @@ typedef struct {
 	int hash; /* ES*: bits of the SHA-2 digest signed with CKM_ECDSA */
 	bool pss;
 	double target; /* agent/raw */
+	bool dpop;     /* DPoP proofs measured beside the signatures */
 } alg_t;
 
 static const alg_t ALGS[] = {
-    {"RS256", "rsa-2048", CKM_SHA256_RSA_PKCS, 0, false, 0.97},
-    {"PS256", "rsa-2048", CKM_SHA256_RSA_PKCS_PSS, 0, true, 0.97},
-    {"ES256", "ec-p256", CKM_ECDSA, 256, false, 0.90},
-    {"ES384", "ec-p384", CKM_ECDSA, 384, false, 0},
-    {"EdDSA", "ed25519", CKM_EDDSA, 0, false, 0.90},
+    {"RS256", "rsa-2048", CKM_SHA256_RSA_PKCS, 0, false, 0.97, false},
+    {"PS256", "rsa-2048", CKM_SHA256_RSA_PKCS_PSS, 0, true, 0.97, false},
+    {"ES256", "ec-p256", CKM_ECDSA, 256, false, 0.90, true},
+    {"ES384", "ec-p384", CKM_ECDSA, 384, false, 0, false},
+    {"EdDSA", "ed25519", CKM_EDDSA, 0, false, 0.90, true},
 };
 #define NALGS (sizeof(ALGS) / sizeof(ALGS[0]))
+
+/* A DPoP proof may cost at most this many times a signature with the same
+ * key through the agent (cost: signatures/s over proofs/s). */
+#define DPOP_MAX_COST 1.05
 
 static CK_FUNCTION_LIST_PTR F;
 static void *dl;
@@ -666,7 +677,8 @@ static void agent_start(void)
 	snprintf(errlog, sizeof(errlog), "%s/agent.log", tmpdir);
 	char *argv[] = {(char *)O.agent, "--foreground", "--print-env", "--module", (char *)O.module,
 	                "--token", "pkcs11:token=" TOKEN_LABEL, "--socket", sockpath, "--pin-file",
-	                pinfile, "--max-connections", "2048", "--audit", audit_dest, NULL};
+	                pinfile, "--max-connections", "2048", "--audit", audit_dest, "--allow-dpop",
+	                NULL};
 	if (pipe(pfd) < 0)
 		die("pipe: %s", strerror(errno));
 	posix_spawn_file_actions_init(&fa);
@@ -813,33 +825,79 @@ static char *read_line(conn_t *c)
 	}
 }
 
-static atomic_long signed_ok; /* sign answers with "ok":true, all runs */
+/* what the agent's clients ask for: a signature, or a DPoP proof */
+typedef enum { OP_SIGN, OP_DPOP } op_t;
 
-static bool line_ok(const char *l)
+/* answers with "ok":true and a jwt, all runs: signatures, proofs */
+static atomic_long answered_ok[2];
+
+static bool line_ok(const char *l, op_t op)
 {
 	bool ok = l != NULL && strstr(l, "\"ok\":true") != NULL;
 	if (ok && strstr(l, "\"jwt\":") != NULL)
-		atomic_fetch_add_explicit(&signed_ok, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&answered_ok[op], 1, memory_order_relaxed);
 	return ok;
 }
 
-/* sign records with result ok in the audit file (-1: no file) */
-static long audit_count(void)
+/* records with result ok in the audit file, sign (n[OP_SIGN]) and dpop
+ * (n[OP_DPOP]); false: no file */
+static bool audit_count(long n[2])
 {
 	FILE *f = fopen(audit_path, "r");
 	char line[4096];
-	long n = 0;
+	n[OP_SIGN] = n[OP_DPOP] = -1;
 	if (f == NULL)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, "\"op\":\"sign\"") && strstr(line, "\"result\":\"ok\"");
+		return false;
+	n[OP_SIGN] = n[OP_DPOP] = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strstr(line, "\"result\":\"ok\"") == NULL)
+			continue;
+		n[OP_SIGN] += strstr(line, "\"op\":\"sign\"") != NULL;
+		n[OP_DPOP] += strstr(line, "\"op\":\"dpop\"") != NULL;
+	}
 	fclose(f);
-	return n;
+	return true;
 }
 
+/* Every signature and every proof answered has its audit record (with the
+ * default audit destination, a file the bench reads): one sign record per
+ * signature, one dpop record per proof, or the run fails. */
+static void audit_check_counts(long answered[2], long audited[2])
+{
+	answered[OP_SIGN] = atomic_load(&answered_ok[OP_SIGN]);
+	answered[OP_DPOP] = atomic_load(&answered_ok[OP_DPOP]);
+	audit_count(audited);
+	if (O.audit == NULL && audited[OP_SIGN] != answered[OP_SIGN])
+		die("%ld signatures answered but %ld sign audit records in %s", answered[OP_SIGN],
+		    audited[OP_SIGN], audit_path);
+	if (O.audit == NULL && audited[OP_DPOP] != answered[OP_DPOP])
+		die("%ld DPoP proofs answered but %ld dpop audit records in %s", answered[OP_DPOP],
+		    audited[OP_DPOP], audit_path);
+	note("%ld signatures answered, %ld sign audit records; %ld proofs answered, %ld dpop "
+	     "audit records",
+	     answered[OP_SIGN], audited[OP_SIGN], answered[OP_DPOP], audited[OP_DPOP]);
+}
+
+static void audit_check(void)
+{
+	long answered[2], audited[2];
+	audit_check_counts(answered, audited);
+}
+
+/* The request lines a client sends, in rotation: line j is at
+ * buf + off[j] (off[j + 1] - off[j] bytes, newline included), and lines
+ * n .. n + depth - 1 repeat lines 0 .. depth - 1, so that any run of up to
+ * depth lines from j < n is contiguous. */
 typedef struct {
-	const char *req, *path; /* path: the socket (NULL: the agent's) */
-	size_t reqlen;
+	char *buf;
+	size_t *off;
+	int n; /* distinct lines */
+	op_t op;
+} reqs_t;
+
+typedef struct {
+	const reqs_t *rq;
+	const char *path; /* the socket (NULL: the agent's) */
 	int depth;
 	long ops, errors;
 	uint64_t cpu_ns;
@@ -853,23 +911,21 @@ typedef struct {
 static void *cli_worker(void *p)
 {
 	cli_arg *w = p;
+	const reqs_t *rq = w->rq;
 	conn_t c = {.fd = sock_connect(w->path ? w->path : sockpath), .cap = 16384};
 	uint64_t sent[64];
-	int head = 0, out = 0, refill = 0;
+	int head = 0, out = 0, refill = 0, next = 0;
 	bool stopping = false;
-	char *batch = malloc(w->reqlen * (size_t)w->depth);
 	c.buf = malloc(c.cap);
-	if (batch == NULL || c.buf == NULL)
+	if (c.buf == NULL)
 		die("out of memory");
-	for (int i = 0; i < w->depth; i++)
-		memcpy(batch + (size_t)i * w->reqlen, w->req, w->reqlen);
 	if (c.fd < 0) {
 		w->connect_failed = true;
 		pthread_barrier_wait(&barrier);
 		goto done;
 	}
 	/* warm-up: one request, so the agent has its thread/session ready */
-	if (send_all(c.fd, w->req, w->reqlen) < 0 || !line_ok(read_line(&c)))
+	if (send_all(c.fd, rq->buf, rq->off[1]) < 0 || !line_ok(read_line(&c), rq->op))
 		w->errors++;
 	pthread_barrier_wait(&barrier);
 	uint64_t c0 = thread_cpu_ns();
@@ -879,10 +935,12 @@ static void *cli_worker(void *p)
 			uint64_t t = now_ns();
 			for (int i = 0; i < refill; i++)
 				sent[(head + out + i) % 64] = t;
-			if (send_all(c.fd, batch, w->reqlen * (size_t)refill) < 0) {
+			if (send_all(c.fd, rq->buf + rq->off[next],
+			             rq->off[next + refill] - rq->off[next]) < 0) {
 				w->errors++;
 				break;
 			}
+			next = (next + refill) % rq->n;
 			out += refill;
 			refill = 0;
 		}
@@ -894,7 +952,7 @@ static void *cli_worker(void *p)
 		}
 		if (!stopping && atomic_load_explicit(&stop_flag, memory_order_relaxed))
 			stopping = true;
-		if (!line_ok(l))
+		if (!line_ok(l, rq->op))
 			w->errors++;
 		else if (!stopping) {
 			w->ops++;
@@ -910,7 +968,6 @@ done:
 	if (c.fd >= 0)
 		close(c.fd);
 	free(c.buf);
-	free(batch);
 	return NULL;
 }
 
@@ -1004,17 +1061,78 @@ static void *floor_worker(void *p)
 	return NULL;
 }
 
+/* base64url, unpadded, of SHA-256(s): a DPoP ath */
+static void ath_of(const char *s, char out[44])
+{
+	uint8_t md[32];
+	unsigned int mdlen = 0;
+	char b64[48];
+	if (!EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+		die("SHA-256 failed");
+	EVP_EncodeBlock((unsigned char *)b64, md, 32); /* 44 characters, one '=' */
+	for (int i = 0; i < 43; i++)
+		out[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+	out[43] = 0;
+}
+
+/* DPOP_LINES distinct proof requests, as a client calling an API with
+ * DPoP-bound access tokens makes them: each names its call (GET, or POST
+ * for every fourth, to one of DPOP_LINES URLs) and carries the ath of the
+ * token it goes with (one of DPOP_TOKENS tokens, DPOP_LINES / DPOP_TOKENS
+ * calls each). The agent makes the jti and iat. */
+#define DPOP_LINES 64
+#define DPOP_TOKENS 4
+
+/* The request lines for op (see reqs_t); a sign request is always the
+ * same line. */
+static void reqs_make(op_t op, const char *key, const char *alg, int depth, reqs_t *rq)
+{
+	int n = op == OP_DPOP ? DPOP_LINES : 1;
+	size_t cap = (size_t)(n + depth) * 512, len = 0;
+	rq->buf = malloc(cap);
+	rq->off = malloc((size_t)(n + depth + 1) * sizeof(*rq->off));
+	rq->n = n;
+	rq->op = op;
+	if (rq->buf == NULL || rq->off == NULL)
+		die("out of memory");
+	for (int j = 0; j < n + depth; j++) {
+		int i = j % n, l;
+		rq->off[j] = len;
+		if (op == OP_SIGN) {
+			l = snprintf(rq->buf + len, cap - len,
+			             "{\"op\":\"sign\",\"key\":\"%s\",\"alg\":\"%s\",\"claims\":{"
+			             "\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"https://x\"}}\n",
+			             key, alg);
+		} else {
+			char tok[64], ath[44];
+			snprintf(tok, sizeof(tok), "bench access token %d", i % DPOP_TOKENS);
+			ath_of(tok, ath);
+			l = snprintf(rq->buf + len, cap - len,
+			             "{\"op\":\"dpop\",\"key\":\"%s\",\"alg\":\"%s\",\"htm\":\"%s\","
+			             "\"htu\":\"https://api.example.com/v1/items/%d\",\"ath\":\"%s\"}\n",
+			             key, alg, i % 4 == 0 ? "POST" : "GET", 1000 + i, ath);
+		}
+		if (l < 0 || (size_t)l >= cap - len)
+			die("request line too long");
+		len += (size_t)l;
+	}
+	rq->off[n + depth] = len;
+}
+
+static void reqs_free(reqs_t *rq)
+{
+	free(rq->buf);
+	free(rq->off);
+}
+
 /* Clients against the agent (a == NULL) or against the smallest socket
- * signer for ALGS[*a]. */
-static void clients_rep(const size_t *a, const char *key, const char *alg, int clients,
-                        int depth, reps_t *r_)
+ * signer for ALGS[*a] (op OP_SIGN: its lines are not parsed). */
+static void clients_rep(const size_t *a, op_t op, const char *key, const char *alg,
+                        int clients, int depth, reps_t *r_)
 {
 #define r (*r_)
-	char req[256], fpath[sizeof(sockpath)];
-	int n = snprintf(req, sizeof(req),
-	                 "{\"op\":\"sign\",\"key\":\"%s\",\"alg\":\"%s\",\"claims\":{\"iss\":\"bench\","
-	                 "\"sub\":\"bench\",\"aud\":\"https://x\"}}\n",
-	                 key, alg);
+	char fpath[sizeof(sockpath)];
+	reqs_t rq;
 	floor_arg fw[2] = {0};
 	pthread_t fth[2];
 	int lfd = -1;
@@ -1036,6 +1154,9 @@ static void clients_rep(const size_t *a, const char *key, const char *alg, int c
 			pthread_create(&fth[i], NULL, floor_worker, &fw[i]);
 		}
 	}
+	if (a != NULL && op != OP_SIGN)
+		die("the floor server signs sign requests only");
+	reqs_make(op, key, alg, depth, &rq);
 	pthread_attr_t at;
 	pthread_attr_init(&at);
 	pthread_attr_setstacksize(&at, 256 * 1024);
@@ -1047,9 +1168,8 @@ static void clients_rep(const size_t *a, const char *key, const char *alg, int c
 		atomic_store(&stop_flag, false);
 		pthread_barrier_init(&barrier, NULL, (unsigned)clients + 1);
 		for (int i = 0; i < clients; i++) {
-			w[i].req = req;
+			w[i].rq = &rq;
 			w[i].path = a != NULL ? fpath : NULL;
-			w[i].reqlen = (size_t)n;
 			w[i].depth = depth;
 			if (pthread_create(&th[i], &at, cli_worker, &w[i]) != 0)
 				die("pthread_create");
@@ -1088,20 +1208,21 @@ static void clients_rep(const size_t *a, const char *key, const char *alg, int c
 		free(th);
 	}
 	pthread_attr_destroy(&at);
+	reqs_free(&rq);
 #undef r
 }
 
-static void bench_agent_rep(const char *key, const char *alg, int clients, int depth,
+static void bench_agent_rep(op_t op, const char *key, const char *alg, int clients, int depth,
                             reps_t *r)
 {
-	clients_rep(NULL, key, alg, clients, depth, r);
+	clients_rep(NULL, op, key, alg, clients, depth, r);
 }
 
-static res_t bench_agent(const char *key, const char *alg, int clients, int depth)
+static res_t bench_agent(op_t op, const char *key, const char *alg, int clients, int depth)
 {
 	reps_t r = {0};
 	for (int rep = 0; rep < O.reps; rep++)
-		bench_agent_rep(key, alg, clients, depth, &r);
+		bench_agent_rep(op, key, alg, clients, depth, &r);
 	return reps_result(&r);
 }
 
@@ -1126,7 +1247,8 @@ static void mem_idle_conns(mem_res *m)
 	for (int i = 0; i < m->opened; i++) {
 		conn_t c = {.fd = fds[i], .cap = 4096};
 		c.buf = malloc(c.cap);
-		if (send_all(fds[i], hello, sizeof(hello) - 1) == 0 && line_ok(read_line(&c)))
+		if (send_all(fds[i], hello, sizeof(hello) - 1) == 0 &&
+		    line_ok(read_line(&c), OP_SIGN))
 			m->answered++;
 		free(c.buf);
 	}
@@ -1286,12 +1408,14 @@ static void usage(int code)
 	        "  --markdown FILE   write the Markdown report (also printed on stdout)\n"
 	        "  --keep            keep the temporary directory (token, logs)\n"
 	        "  --quick ALG       only raw vs agent for ALG (RS256, PS256, ES256, ES384,\n"
-	        "                    EdDSA) at 1 and 2 clients, on stderr; for profiling\n"
+	        "                    EdDSA) at 1 and 2 clients, and DPoP proofs vs signatures\n"
+	        "                    (ES256, EdDSA), on stderr; for profiling\n"
 	        "  --load SEC        with --quick: only a pipelined client on the agent for\n"
 	        "                    SEC seconds (attach perf to the agent meanwhile)\n"
 	        "  --load-clients N  with --load: N pipelined clients instead of 1\n"
+	        "  --load-op OP      with --load: sign (default) or dpop requests (ES256, EdDSA)\n"
 	        "  --audit DEST      the agent's --audit (default: file:TMPDIR/audit.log,\n"
-	        "                    one record per signature, counted at the end)\n",
+	        "                    one record per signature and proof, counted at the end)\n",
 	        O.agent, O.cli, O.module, O.mktoken);
 	exit(code);
 }
@@ -1303,7 +1427,7 @@ typedef struct {
 	bool pass;
 } target_t;
 
-static target_t targets[32];
+static target_t targets[48];
 static int ntargets;
 
 __attribute__((format(printf, 4, 5))) static void add_target(const char *name, bool pass,
@@ -1424,7 +1548,9 @@ int main(int argc, char **argv)
 	    {"mktoken", 1, 0, 'k'},  {"duration", 1, 0, 'd'}, {"reps", 1, 0, 'r'},
 	    {"proc-runs", 1, 0, 'p'}, {"depth", 1, 0, 'D'},   {"idle-conns", 1, 0, 'i'},
 	    {"json", 1, 0, 'j'},     {"markdown", 1, 0, 'M'}, {"keep", 0, 0, 'K'},
-	    {"quick", 1, 0, 'q'},    {"load", 1, 0, 'L'},     {"load-clients", 1, 0, 'N'},     {"audit", 1, 0, 'A'},    {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+	    {"quick", 1, 0, 'q'},    {"load", 1, 0, 'L'},     {"load-clients", 1, 0, 'N'},
+	    {"load-op", 1, 0, 'O'},  {"audit", 1, 0, 'A'},    {"help", 0, 0, 'h'},
+	    {0, 0, 0, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
@@ -1443,6 +1569,7 @@ int main(int argc, char **argv)
 		case 'q': O.quick = optarg; break;
 		case 'L': O.load = atof(optarg); break;
 		case 'N': O.load_clients = atoi(optarg); break;
+		case 'O': O.load_op = optarg; break;
 		case 'A': O.audit = optarg; break;
 		case 'h': usage(0); break;
 		default: usage(2);
@@ -1461,6 +1588,11 @@ int main(int argc, char **argv)
 	} else if (O.load > 0) {
 		die("--load needs --quick ALG");
 	}
+	op_t load_op = OP_SIGN;
+	if (strcmp(O.load_op, "dpop") == 0)
+		load_op = OP_DPOP;
+	else if (strcmp(O.load_op, "sign") != 0)
+		die("--load-op %s: not sign or dpop", O.load_op);
 	if (access(O.agent, X_OK) < 0 || access(O.cli, X_OK) < 0)
 		die("%s or %s is not built", O.agent, O.cli);
 
@@ -1543,9 +1675,11 @@ int main(int argc, char **argv)
 			a++;
 		double d = O.duration;
 		O.duration = O.load;
-		res_t l = bench_agent(ALGS[a].key, ALGS[a].alg, O.load_clients, O.depth);
+		res_t l = bench_agent(load_op, ALGS[a].key, ALGS[a].alg, O.load_clients, O.depth);
 		O.duration = d;
-		note("load %s: %.0f/s, agent CPU %.1f us per signature", O.quick, l.rate, l.cpu);
+		note("load %s %s: %.0f/s, agent CPU %.1f us per %s", O.quick, O.load_op, l.rate, l.cpu,
+		     load_op == OP_DPOP ? "proof" : "signature");
+		audit_check();
 		exit(0);
 	}
 	double ipc_us = ipc_floor_us(false), ipc_poll_us = ipc_floor_us(true);
@@ -1553,22 +1687,52 @@ int main(int argc, char **argv)
 	     "server side polling", ipc_us, ipc_poll_us);
 	res_t ag[NALGS][2], agp[NALGS][2], flp[NALGS][2], fl1[NALGS][2];
 	double ratio[NALGS][2], ratio_p[NALGS][2], ratio_f[NALGS][2], ratio_f1[NALGS][2];
+	/* DPoP proofs (ALGS[a].dpop): one at a time, pipelined, and what a
+	 * proof costs over a signature (signatures/s / proofs/s), each mode */
+	res_t dp1[NALGS][2], dpp[NALGS][2];
+	double dcost[NALGS][2], dcost_p[NALGS][2];
+	memset(dp1, 0, sizeof(dp1));
+	memset(dpp, 0, sizeof(dpp));
+	memset(dcost, 0, sizeof(dcost));
+	memset(dcost_p, 0, sizeof(dcost_p));
 	for (size_t a = 0; a < NALGS; a++)
 		for (int t = 1; t <= 2; t++) {
 			if (O.quick != NULL && strcmp(O.quick, ALGS[a].alg) != 0)
 				continue;
-			reps_t rr = {0}, ra = {0}, rp = {0}, rf = {0}, rf1 = {0};
-			double pr[16], pp[16], pfl[16], pfl1[16];
+			reps_t rr = {0}, ra = {0}, rp = {0}, rf = {0}, rf1 = {0}, rd1 = {0}, rdp = {0};
+			double pr[16], pp[16], pfl[16], pfl1[16], pd1[16], pdp[16];
 			for (int rep = 0; rep < O.reps; rep++) {
 				bench_raw(a, t, &rr);
-				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, 1, &ra);
-				bench_agent_rep(ALGS[a].key, ALGS[a].alg, t, O.depth, &rp);
-				clients_rep(&a, ALGS[a].key, ALGS[a].alg, t, O.depth, &rf);
-				clients_rep(&a, ALGS[a].key, ALGS[a].alg, t, 1, &rf1);
+				/* proofs right beside the signatures of the same mode,
+				 * which goes first swapped every other repetition */
+				for (int m = 0; m < 2; m++) {
+					int d = m ? O.depth : 1;
+					bool proofs_first = ALGS[a].dpop && rep % 2 == 1;
+					if (proofs_first)
+						bench_agent_rep(OP_DPOP, ALGS[a].key, ALGS[a].alg, t, d,
+						                m ? &rdp : &rd1);
+					bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, t, d,
+					                m ? &rp : &ra);
+					if (ALGS[a].dpop && !proofs_first)
+						bench_agent_rep(OP_DPOP, ALGS[a].key, ALGS[a].alg, t, d,
+						                m ? &rdp : &rd1);
+				}
+				clients_rep(&a, OP_SIGN, ALGS[a].key, ALGS[a].alg, t, O.depth, &rf);
+				clients_rep(&a, OP_SIGN, ALGS[a].key, ALGS[a].alg, t, 1, &rf1);
 				pr[rep] = rr.rate[rep] > 0 ? ra.rate[rep] / rr.rate[rep] : 0;
 				pp[rep] = rr.rate[rep] > 0 ? rp.rate[rep] / rr.rate[rep] : 0;
 				pfl[rep] = rr.rate[rep] > 0 ? rf.rate[rep] / rr.rate[rep] : 0;
 				pfl1[rep] = rr.rate[rep] > 0 ? rf1.rate[rep] / rr.rate[rep] : 0;
+				if (ALGS[a].dpop) {
+					pd1[rep] = rd1.rate[rep] > 0 ? ra.rate[rep] / rd1.rate[rep] : INFINITY;
+					pdp[rep] = rdp.rate[rep] > 0 ? rp.rate[rep] / rdp.rate[rep] : INFINITY;
+				}
+			}
+			if (ALGS[a].dpop) {
+				dp1[a][t - 1] = reps_result(&rd1);
+				dpp[a][t - 1] = reps_result(&rdp);
+				dcost[a][t - 1] = median(pd1, O.reps);
+				dcost_p[a][t - 1] = median(pdp, O.reps);
 			}
 			raw[a][t - 1] = reps_result(&rr);
 			ag[a][t - 1] = reps_result(&ra);
@@ -1594,18 +1758,28 @@ int main(int argc, char **argv)
 			     ALGS[a].alg, t, flp[a][t - 1].rate, ratio_f[a][t - 1], flp[a][t - 1].errors,
 			     flp[a][t - 1].cpu, flp[a][t - 1].client_cpu, fl1[a][t - 1].rate,
 			     fl1[a][t - 1].p50, ratio_f1[a][t - 1]);
+			if (ALGS[a].dpop)
+				note("%s %d: DPoP proofs %.0f/s p50 %.1f us (errors %ld), proof / signature "
+				     "%.3f; pipelined %.0f/s (errors %ld), %.3f; agent CPU us per proof "
+				     "%.1f one at a time, %.1f pipelined",
+				     ALGS[a].alg, t, dp1[a][t - 1].rate, dp1[a][t - 1].p50,
+				     dp1[a][t - 1].errors, dcost[a][t - 1], dpp[a][t - 1].rate,
+				     dpp[a][t - 1].errors, dcost_p[a][t - 1], dp1[a][t - 1].cpu,
+				     dpp[a][t - 1].cpu);
 		}
 	if (O.quick != NULL) {
 		for (size_t a = 0; a < NALGS; a++) {
 			if (strcmp(O.quick, ALGS[a].alg) != 0)
 				continue;
 			for (int m = 0; m < 2; m++) {
-				res_t r = bench_agent(ALGS[a].key, ALGS[a].alg, 256, m ? O.depth : 1);
+				res_t r = bench_agent(OP_SIGN, ALGS[a].key, ALGS[a].alg, 256,
+				                      m ? O.depth : 1);
 				note("%s 256 clients %s: %.0f/s p50 %.1f us p99 %.1f us (p99/p50 %.2f)",
 				     ALGS[a].alg, m ? "pipelined" : "one at a time", r.rate, r.p50, r.p99,
 				     r.p50 > 0 ? r.p99 / r.p50 : 0);
 			}
 		}
+		audit_check();
 		exit(0); /* cleanup() stops the agent */
 	}
 	static const int nclients[] = {1, 2, 16, 256};
@@ -1616,17 +1790,15 @@ int main(int argc, char **argv)
 				conc[i][m] = m ? agp[2][nclients[i] - 1] : ag[2][nclients[i] - 1];
 				continue;
 			}
-			conc[i][m] = bench_agent("ec-p256", "ES256", nclients[i], m ? O.depth : 1);
+			conc[i][m] = bench_agent(OP_SIGN, "ec-p256", "ES256", nclients[i],
+			                         m ? O.depth : 1);
 			note("agent ES256 %3d clients %s: %.0f/s p50 %.1f us p99 %.1f us (errors %ld)",
 			     nclients[i], m ? "pipelined" : "serial", conc[i][m].rate, conc[i][m].p50,
 			     conc[i][m].p99, conc[i][m].errors);
 		}
 	mem.after_load_kib = proc_status(agent_pid, "VmRSS");
-	long answered = atomic_load(&signed_ok), audited = audit_count();
-	if (O.audit == NULL && audited != answered)
-		die("%ld signatures answered but %ld audit records in %s", answered, audited,
-		    audit_path);
-	note("%ld signatures answered, %ld audit records", answered, audited);
+	long answered[2], audited[2];
+	audit_check_counts(answered, audited);
 
 	/* 5. whole processes */
 	pthread_t hth = http_start();
@@ -1716,6 +1888,27 @@ int main(int argc, char **argv)
 			           "%.3f (smallest socket signer %.3f)", ratio[a][t], ratio_f1[a][t]);
 		}
 	}
+	for (size_t a = 0; a < NALGS; a++) {
+		if (!ALGS[a].dpop)
+			continue;
+		for (int t = 0; t < 2; t++)
+			for (int m = 1; m >= 0; m--) {
+				char name[96], tg[32], mode[24];
+				const res_t *sg = m ? &agp[a][t] : &ag[a][t];
+				const res_t *prf = m ? &dpp[a][t] : &dp1[a][t];
+				double cost = m ? dcost_p[a][t] : dcost[a][t];
+				if (m)
+					snprintf(mode, sizeof(mode), "pipelined x%d", O.depth);
+				else
+					snprintf(mode, sizeof(mode), "one at a time");
+				snprintf(tg, sizeof(tg), "<= %.2f", DPOP_MAX_COST);
+				snprintf(name, sizeof(name), "DPoP proof / signature (cost), %s, %d client%s, %s",
+				         ALGS[a].alg, t + 1, t ? "s" : "", mode);
+				add_target(name, cost <= DPOP_MAX_COST && sg->errors == 0 && prf->errors == 0,
+				           tg, "%.3f (%.0f proofs/s, %.0f signatures/s)", cost, prf->rate,
+				           sg->rate);
+			}
+	}
 	add_target("agent p50 - raw p50, ES256, 1 client", ag[2][0].p50 <= raw[2][0].p50 + 30,
 	           "<= 30 us", "%.1f us (%.1f - %.1f; smallest socket signer %.1f us)",
 	           ag[2][0].p50 - raw[2][0].p50, ag[2][0].p50, raw[2][0].p50,
@@ -1787,6 +1980,32 @@ int main(int argc, char **argv)
 			        tg, ratio_f[a][t], ratio_f1[a][t]);
 		}
 	fprintf(m, "\nTarget column: pipelined / one at a time.\n");
+	fprintf(m, "\n### DPoP proofs vs signatures, through the agent\n\n"
+	           "`dpop` and `sign` requests for the same key, in the same repetitions "
+	           "(proofs right after the signatures of the same mode, before them every "
+	           "other repetition). proof ÷ signature is what a proof costs over a "
+	           "signature: signatures/s ÷ proofs/s, the median of the per-repetition "
+	           "ratios; the target is at most %.2f. Each proof request carries an `ath` "
+	           "and names one of %d calls in rotation (GET, or POST for every fourth, "
+	           "%d URLs, %d access tokens); the agent adds jti and iat.\n\n",
+	        DPOP_MAX_COST, DPOP_LINES, DPOP_LINES, DPOP_TOKENS);
+	fprintf(m, "| alg | key | clients | signatures /s | proofs /s | p50 µs, signature / proof "
+	           "| proof ÷ signature | signatures pipelined /s | proofs pipelined /s | proof ÷ "
+	           "signature, pipelined | target | agent CPU µs per signature / proof, "
+	           "pipelined |\n");
+	fprintf(m, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+	for (size_t a = 0; a < NALGS; a++)
+		for (int t = 0; ALGS[a].dpop && t < 2; t++)
+			fprintf(m,
+			        "| %s | %s | %d | %.0f | %.0f | %.1f / %.1f | %.3f | %.0f | %.0f | %.3f "
+			        "| ≤ %.2f: %s / %s | %.1f / %.1f |\n",
+			        ALGS[a].alg, ALGS[a].key, t + 1, ag[a][t].rate, dp1[a][t].rate,
+			        ag[a][t].p50, dp1[a][t].p50, dcost[a][t], agp[a][t].rate, dpp[a][t].rate,
+			        dcost_p[a][t], DPOP_MAX_COST,
+			        dcost_p[a][t] <= DPOP_MAX_COST && dpp[a][t].errors == 0 ? "PASS" : "FAIL",
+			        dcost[a][t] <= DPOP_MAX_COST && dp1[a][t].errors == 0 ? "PASS" : "FAIL",
+			        agp[a][t].cpu, dpp[a][t].cpu);
+	fprintf(m, "\nTarget column: pipelined / one at a time.\n");
 	fprintf(m, "\n### CPU time per signature\n\n"
 	           "CPU time of the signing threads (raw) or of all the agent's threads, and of "
 	           "the bench's client threads, over each run, divided by the signatures made "
@@ -1849,9 +2068,9 @@ int main(int argc, char **argv)
 	fprintf(m,
 	        "\n%d reps × %.1f s per throughput point, medians; ~300-byte signing input; "
 	        "%ld CPUs online; whole run %.0f s. Audit trail: %s (%ld sign records for %ld "
-	        "signatures answered).\n",
-	        O.reps, O.duration, sysconf(_SC_NPROCESSORS_ONLN), total_s, audit_dest, audited,
-	        answered);
+	        "signatures answered, %ld dpop records for %ld proofs answered).\n",
+	        O.reps, O.duration, sysconf(_SC_NPROCESSORS_ONLN), total_s, audit_dest,
+	        audited[OP_SIGN], answered[OP_SIGN], audited[OP_DPOP], answered[OP_DPOP]);
 	fclose(m);
 	fputs(md, stdout);
 	fflush(stdout);
@@ -1865,7 +2084,8 @@ int main(int argc, char **argv)
 	free(md);
 
 	if (O.json_path) {
-		json_t *j = json_object(), *ja = json_array(), *jc = json_array(), *jt = json_array();
+		json_t *j = json_object(), *ja = json_array(), *jc = json_array(), *jt = json_array(),
+		       *jd = json_array();
 		for (size_t a = 0; a < NALGS; a++)
 			for (int t = 0; t < 2; t++)
 				json_array_append_new(
@@ -1880,6 +2100,21 @@ int main(int argc, char **argv)
 				                  "ratio_smallest_socket_signer", ratio_f1[a][t],
 				                  "target",
 				                  ALGS[a].target > 0 ? json_real(ALGS[a].target) : NULL));
+		for (size_t a = 0; a < NALGS; a++)
+			for (int t = 0; ALGS[a].dpop && t < 2; t++)
+				for (int k = 0; k < 2; k++) {
+					const res_t *prf = k ? &dpp[a][t] : &dp1[a][t];
+					const res_t *sg = k ? &agp[a][t] : &ag[a][t];
+					double cost = k ? dcost_p[a][t] : dcost[a][t];
+					json_array_append_new(
+					    jd, json_pack("{s:s,s:s,s:i,s:i,s:o,s:o,s:f,s:f,s:b}", "alg", ALGS[a].alg,
+					                  "key", ALGS[a].key, "clients", t + 1, "in_flight",
+					                  k ? O.depth : 1, "sign", res_json(*sg), "dpop",
+					                  res_json(*prf), "cost_ratio", cost, "max_cost_ratio",
+					                  DPOP_MAX_COST, "pass",
+					                  cost <= DPOP_MAX_COST && sg->errors == 0 &&
+					                      prf->errors == 0));
+				}
 		for (int i = 0; i < 4; i++)
 			for (int k = 0; k < 2; k++) {
 				json_t *o = res_json(conc[i][k]);
@@ -1892,6 +2127,7 @@ int main(int argc, char **argv)
 			                                    "measured", targets[i].measured, "goal",
 			                                    targets[i].target, "pass", targets[i].pass));
 		json_object_set_new(j, "raw_vs_agent", ja);
+		json_object_set_new(j, "dpop_vs_sign", jd);
 		json_object_set_new(j, "agent_es256_concurrency", jc);
 		json_object_set_new(
 		    j, "memory_kib",
@@ -1914,6 +2150,11 @@ int main(int argc, char **argv)
 		json_object_set_new(j, "socket_round_trip_server_polling_us", json_real(ipc_poll_us));
 		json_object_set_new(j, "targets_passed", json_integer(npass));
 		json_object_set_new(j, "targets_total", json_integer(ntargets));
+		json_object_set_new(j, "audit_records",
+		                    json_pack("{s:I,s:I,s:I,s:I}", "sign", (json_int_t)audited[OP_SIGN],
+		                              "signatures_answered", (json_int_t)answered[OP_SIGN],
+		                              "dpop", (json_int_t)audited[OP_DPOP], "proofs_answered",
+		                              (json_int_t)answered[OP_DPOP]));
 		json_object_set_new(
 		    j, "settings",
 		    json_pack("{s:f,s:i,s:i,s:i,s:i,s:i,s:f}", "duration_s", O.duration, "reps", O.reps,
