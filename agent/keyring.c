@@ -85,8 +85,9 @@ static int kr_key_info(kr_key *k)
 
 	if (algs == NULL)
 		return err_nomem();
-	o = json_pack("{s:s,s:s,s:o,s:s,s:s}", "name", k->name, "alg", jwa_name(k->default_alg),
-		      "algs", algs, "kid", k->kid, "kty", kty);
+	o = json_pack("{s:s,s:s,s:o,s:s,s:s,s:s}", "name", k->name, "alg",
+		      jwa_name(k->default_alg), "algs", algs, "kid", k->kid, "jkt", k->jkt, "kty",
+		      kty);
 	if (o == NULL)
 		return err_nomem();
 	if (k->kind == KEYKIND_RSA)

@@ -2,6 +2,7 @@
 #include "cli/cache.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/dpop.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -9,10 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/evp.h>
 
 /* mkdir if missing, then insist on a directory of ours, mode 0700 */
 static int own_dir(const char *path)
@@ -97,6 +100,13 @@ void cache_unlock(int fd)
 	}
 }
 
+bool cache_entry_is_dpop(const json_t *e)
+{
+	const char *tt = json_string_value(json_object_get(e, "token_type"));
+
+	return tt != NULL && strcasecmp(tt, "DPoP") == 0;
+}
+
 static int entry_check(const json_t *e)
 {
 	const json_t *x;
@@ -112,6 +122,16 @@ static int entry_check(const json_t *e)
 	x = json_object_get(e, "refresh_token");
 	if (x && !json_is_string(x) && !json_is_null(x))
 		return err_set(P11J_E_BAD_RESPONSE, "cache entry with a bad refresh_token");
+	x = json_object_get(e, "token_type");
+	if (x && !json_is_string(x))
+		return err_set(P11J_E_BAD_RESPONSE, "cache entry with a bad token_type");
+	x = json_object_get(e, "jkt");
+	if (x && !json_is_string(x))
+		return err_set(P11J_E_BAD_RESPONSE, "cache entry with a bad jkt");
+	/* a DPoP-bound token is useless, and must not be offered, without
+	 * the key it is bound to */
+	if (cache_entry_is_dpop(e) && x == NULL)
+		return err_set(P11J_E_BAD_RESPONSE, "cache entry of a DPoP token without its jkt");
 	return 0;
 }
 
@@ -131,14 +151,15 @@ int cache_entry_parse(const char *buf, size_t len, json_t **ret)
 	return 0;
 }
 
-static int read_entry(const char *path, json_t **ret)
+/* The bytes of a private regular file of ours (at most CACHE_MAX_FILE),
+ * NUL-ended; *ret is freed with freezero_buf(*ret, *ret_len + 1). */
+static int read_private(const char *path, char **ret, size_t *ret_len)
 {
 	struct stat st;
 	char *buf;
 	ssize_t n;
 	size_t len = 0;
-	json_t *e;
-	int fd, r;
+	int fd;
 
 	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0) {
@@ -162,8 +183,23 @@ static int read_entry(const char *path, json_t **ret)
 	       (n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)n;
 	close(fd);
+	buf[len] = '\0';
+	*ret = buf;
+	*ret_len = len;
+	return 0;
+}
+
+static int read_entry(const char *path, json_t **ret)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	json_t *e;
+	int r;
+
+	if ((r = read_private(path, &buf, &len)) < 0)
+		return r;
 	r = cache_entry_parse(buf, len, &e);
-	freezero_buf(buf, (size_t)st.st_size + 1);
+	freezero_buf(buf, len + 1);
 	if (r < 0) {
 		char why[256];
 
@@ -184,27 +220,20 @@ int cache_get(const tcache *c, const char *key, json_t **ret)
 	return read_entry(path, ret);
 }
 
-int cache_put(const tcache *c, const char *key, const json_t *entry)
+/* Write s to DIR/NAME.EXT atomically: a 0600 temporary file, fsync,
+ * rename. */
+static int write_private(const tcache *c, const char *name, const char *ext, const char *s)
 {
 	char tmp[PATH_MAX], path[PATH_MAX];
-	char *s;
-	size_t len, off = 0;
+	size_t len = strlen(s), off = 0;
 	int fd, r = 0;
 
-	if (!key_ok(key))
-		return err_set(P11J_E_INTERNAL, "bad cache key");
-	snprintf(path, sizeof(path), "%s/%s.json", c->dir, key);
-	snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", c->dir, key);
-	s = json_dumps(entry, JSON_COMPACT);
-	if (s == NULL)
-		return err_nomem();
-	len = strlen(s);
+	snprintf(path, sizeof(path), "%s/%s.%s", c->dir, name, ext);
+	snprintf(tmp, sizeof(tmp), "%s/.%s.XXXXXX", c->dir, name);
 	fd = mkstemp(tmp); /* 0600 */
-	if (fd < 0) {
-		freezero_str(s);
+	if (fd < 0)
 		return err_set(P11J_E_SYSTEM, "cannot create a file in %s: %s", c->dir,
 			       strerror(errno));
-	}
 	while (off < len) {
 		ssize_t n = write(fd, s + off, len - off);
 
@@ -216,7 +245,6 @@ int cache_put(const tcache *c, const char *key, const json_t *entry)
 		}
 		off += (size_t)n;
 	}
-	freezero_str(s);
 	if (r == 0 && fsync(fd) < 0)
 		r = err_set(P11J_E_SYSTEM, "fsync %s: %s", tmp, strerror(errno));
 	if (close(fd) < 0 && r == 0)
@@ -225,6 +253,86 @@ int cache_put(const tcache *c, const char *key, const json_t *entry)
 		r = err_set(P11J_E_SYSTEM, "rename to %s: %s", path, strerror(errno));
 	if (r < 0)
 		unlink(tmp);
+	return r;
+}
+
+int cache_put(const tcache *c, const char *key, const json_t *entry)
+{
+	char *s;
+	int r;
+
+	if (!key_ok(key))
+		return err_set(P11J_E_INTERNAL, "bad cache key");
+	s = json_dumps(entry, JSON_COMPACT);
+	if (s == NULL)
+		return err_nomem();
+	r = write_private(c, key, "json", s);
+	freezero_str(s);
+	return r;
+}
+
+/* The nonce file's name: SHA-256 of the origin, in hex. */
+static int nonce_name(const char *origin, char ret[65])
+{
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+
+	if (EVP_Digest(origin, strlen(origin), md, &mdlen, EVP_sha256(), NULL) != 1)
+		return err_set_ossl(P11J_E_CRYPTO, "SHA-256");
+	for (unsigned int i = 0; i < mdlen; i++)
+		snprintf(ret + 2 * i, 3, "%02x", md[i]);
+	return 0;
+}
+
+int cache_nonce_get(const tcache *c, const char *origin, char **ret)
+{
+	char name[65], path[PATH_MAX];
+	char *buf = NULL;
+	size_t len = 0;
+	json_t *o;
+	const char *n;
+	int r;
+
+	*ret = NULL;
+	if ((r = nonce_name(origin, name)) < 0)
+		return r;
+	snprintf(path, sizeof(path), "%s/%s.nonce", c->dir, name);
+	if ((r = read_private(path, &buf, &len)) < 0)
+		return r;
+	o = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+	freezero_buf(buf, len + 1);
+	n = json_string_value(json_object_get(o, "nonce"));
+	if (json_integer_value(json_object_get(o, "v")) != 1 ||
+	    !json_is_string(json_object_get(o, "origin")) ||
+	    strcmp(json_string_value(json_object_get(o, "origin")), origin) != 0 || n == NULL ||
+	    dpop_nonce_check(n, strlen(n)) < 0) {
+		json_decref(o);
+		return err_set(P11J_E_BAD_RESPONSE, "%s: not a DPoP nonce file for %s", path, origin);
+	}
+	*ret = strdup(n);
+	json_decref(o);
+	return *ret ? 0 : err_nomem();
+}
+
+int cache_nonce_put(const tcache *c, const char *origin, const char *nonce, int64_t now)
+{
+	char name[65];
+	char *s;
+	json_t *o;
+	int r;
+
+	if ((r = dpop_nonce_check(nonce, strlen(nonce))) < 0)
+		return r;
+	if ((r = nonce_name(origin, name)) < 0)
+		return r;
+	o = json_pack("{s:i,s:s,s:s,s:I}", "v", 1, "origin", origin, "nonce", nonce, "at",
+		      (json_int_t)now);
+	s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (s == NULL)
+		return err_nomem();
+	r = write_private(c, name, "nonce", s);
+	free(s);
 	return r;
 }
 
@@ -311,9 +419,10 @@ int cache_clear(const tcache *c, int *ret_n)
 		size_t l = strlen(de->d_name);
 		bool entry = l == 69 && strcmp(de->d_name + 64, ".json") == 0;
 		bool lock = l == 69 && strcmp(de->d_name + 64, ".lock") == 0;
+		bool nonce = l == 70 && strcmp(de->d_name + 64, ".nonce") == 0;
 		bool tmp = de->d_name[0] == '.' && l > 66;
 
-		if (!entry && !lock && !tmp)
+		if (!entry && !lock && !nonce && !tmp)
 			continue;
 		if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
 			r = err_set(P11J_E_SYSTEM, "cannot remove %s/%s: %s", c->dir, de->d_name,

@@ -40,13 +40,29 @@ int cache_get(const tcache *c, const char *key, json_t **ret);
 int cache_entry_parse(const char *buf, size_t len, json_t **ret);
 /* Store the entry atomically (0600). */
 int cache_put(const tcache *c, const char *key, const json_t *entry);
+/* Whether an entry holds a DPoP-bound token (token_type DPoP, any case).
+ * cache_entry_parse() refuses such an entry without a string "jkt", the
+ * RFC 7638 thumbprint of the key it is bound to; token_type and jkt are
+ * strings when present. */
+bool cache_entry_is_dpop(const json_t *entry);
+
+/* The last DPoP-Nonce (RFC 9449 8, 9) a server gave, per origin
+ * ("https://host[:port]"), in DIR/SHA256(origin).nonce: {"v":1, "origin",
+ * "nonce", "at"}, 0600, written atomically (last writer wins: a stale
+ * nonce costs one use_dpop_nonce retry). get: P11J_E_NOT_FOUND when there
+ * is none, P11J_E_INSECURE / P11J_E_BAD_RESPONSE when the file is not to be
+ * trusted (callers go on without it). put: P11J_E_BAD_REQUEST for a value
+ * that is not a nonce (dpop_nonce_check). cache_clear() removes them. */
+int cache_nonce_get(const tcache *c, const char *origin, char **ret);
+int cache_nonce_put(const tcache *c, const char *origin, const char *nonce, int64_t now);
+
 /* Remove the entry (no error when there is none). */
 int cache_del(const tcache *c, const char *key);
 
 /* Every valid entry, as [{"key": ..., "entry": {...}}], sorted by key;
  * *ret_skipped counts files ignored. */
 int cache_list(const tcache *c, json_t **ret, int *ret_skipped);
-/* Remove every entry and lock file; *ret_n counts entries removed. */
+/* Remove every entry, lock and nonce file; *ret_n counts entries removed. */
 int cache_clear(const tcache *c, int *ret_n);
 
 /* Entry state at time now, with a margin in seconds. */

@@ -248,7 +248,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 	return len;
 }
 
-/* Keep Content-Type and WWW-Authenticate of the final response. */
+/* Keep Content-Type, WWW-Authenticate (several are joined with ", ", as
+ * RFC 9110 allows) and DPoP-Nonce of the final response. */
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
 	struct sink *s = ud;
@@ -259,13 +260,15 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 	} want[] = {
 		{ "content-type:", offsetof(http_resp, content_type) },
 		{ "www-authenticate:", offsetof(http_resp, www_authenticate) },
+		{ "dpop-nonce:", offsetof(http_resp, dpop_nonce) },
 	};
 
 	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
 		/* a new response (after 100 Continue): forget the previous headers */
 		free(s->resp->content_type);
 		free(s->resp->www_authenticate);
-		s->resp->content_type = s->resp->www_authenticate = NULL;
+		free(s->resp->dpop_nonce);
+		s->resp->content_type = s->resp->www_authenticate = s->resp->dpop_nonce = NULL;
 		return len;
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
@@ -279,6 +282,15 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 			;
 		for (e = p + len; e > v && isspace((unsigned char)e[-1]); e--)
 			;
+		if (want[i].off == offsetof(http_resp, www_authenticate) && *slot != NULL) {
+			char *j = NULL;
+
+			if (asprintf(&j, "%s, %.*s", *slot, (int)(e - v), v) < 0)
+				j = NULL;
+			free(*slot);
+			*slot = j;
+			continue;
+		}
 		free(*slot);
 		*slot = strndup(v, (size_t)(e - v));
 	}
@@ -343,6 +355,7 @@ void http_resp_clear(http_resp *resp)
 		freezero_buf(resp->body, resp->len + 1);
 	free(resp->content_type);
 	free(resp->www_authenticate);
+	free(resp->dpop_nonce);
 	memset(resp, 0, sizeof(*resp));
 	resp->retry_after = -1;
 }

@@ -30,7 +30,8 @@ typedef struct {
 	char *body;        /* NUL-terminated (may hold NULs before len) */
 	size_t len;
 	char *content_type; /* or NULL */
-	char *www_authenticate; /* or NULL */
+	char *www_authenticate; /* or NULL; several headers joined with ", " */
+	char *dpop_nonce;   /* DPoP-Nonce (RFC 9449), or NULL */
 	long retry_after;  /* seconds from Retry-After, -1 when absent */
 } http_resp;
 
