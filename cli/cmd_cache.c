@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* p11jwt cache list|clear: the token cache, never showing a token. */
+/* p11jwt cache list|clear: the token cache, never showing a token; each
+ * entry with its token type and, for DPoP, the key thumbprint it is bound
+ * to. */
 #include "cli/cache.h"
 #include "cli/token.h"
 #include "common/util.h"
@@ -70,6 +72,15 @@ int cmd_cache(cli_ctx *ctx, int argc, char **argv)
 			if (row && json_is_integer(x))
 				json_object_set_new(row, "expires_in",
 						    json_integer(json_integer_value(x) - now));
+			/* entries from before DPoP carry no token_type: Bearer */
+			if (row) {
+				json_object_set_new(row, "token_type",
+						    json_string(cache_entry_is_dpop(e) ? "DPoP"
+										   : "Bearer"));
+				json_object_set(row, "jkt",
+						cache_entry_is_dpop(e) ? json_object_get(e, "jkt")
+								       : json_null());
+			}
 			json_array_append_new(out, row);
 		}
 		if (as_json) {
@@ -77,14 +88,20 @@ int cmd_cache(cli_ctx *ctx, int argc, char **argv)
 		} else if (json_array_size(out) == 0) {
 			printf("no cached tokens in %s\n", c.dir);
 		} else {
-			printf("%-12s %-16s %-9s %-3s %-16s %-20s %-14s %s\n", "ID", "PRESET", "LEFT",
-			       "RT", "KEY", "CLIENT", "SUB", "TOKEN URL / SCOPE");
+			printf("%-12s %-16s %-9s %-3s %-16s %-20s %-14s %-18s %s\n", "ID", "PRESET",
+			       "LEFT", "RT", "KEY", "CLIENT", "SUB", "TYPE", "TOKEN URL / SCOPE");
 			json_array_foreach(items, i, it) {
 				const json_t *e = json_object_get(it, "entry");
-				char left[32];
+				char left[32], type[32];
 
 				fmt_left(e, now, left, sizeof(left));
-				printf("%-12.12s %-16s %-9s %-3s %-16s %-20s %-14s %s%s%s\n",
+				/* DPoP:JKT (its first 12 characters): the key it is bound to */
+				if (cache_entry_is_dpop(e))
+					snprintf(type, sizeof(type), "DPoP:%.12s",
+						 json_string_value(json_object_get(e, "jkt")));
+				else
+					snprintf(type, sizeof(type), "Bearer");
+				printf("%-12.12s %-16s %-9s %-3s %-16s %-20s %-14s %-18s %s%s%s\n",
 				       json_string_value(json_object_get(it, "key")),
 				       json_string_value(json_object_get(e, "preset"))
 					       ?: "-",
@@ -93,7 +110,7 @@ int cmd_cache(cli_ctx *ctx, int argc, char **argv)
 											   : "no",
 				       json_string_value(json_object_get(e, "key")) ?: "-",
 				       json_string_value(json_object_get(e, "client_id")) ?: "-",
-				       json_string_value(json_object_get(e, "sub")) ?: "-",
+				       json_string_value(json_object_get(e, "sub")) ?: "-", type,
 				       json_string_value(json_object_get(e, "token_url")) ?: "-",
 				       json_string_value(json_object_get(e, "scope")) ? " " : "",
 				       json_string_value(json_object_get(e, "scope")) ?: "");

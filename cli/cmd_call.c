@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* p11jwt call: a REST call with the (cached) access token. */
+/* p11jwt call: a REST call with the (cached) access token, Bearer or DPoP
+ * (a fresh proof per request). */
 #include "cli/exchange.h"
 #include "cli/http.h"
 #include "cli/token.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/dpop.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,25 @@ static bool has_header(const topts *o, const char *name)
 	return false;
 }
 
+/* "DPoP: PROOF" for one request with the token (ath); *hdr replaced. */
+static int call_dpop_header(const xch_req *req, const char *method, const char *url,
+		       const char *nonce, const char *token, char **hdr)
+{
+	char *proof = NULL;
+	int st;
+
+	free(*hdr);
+	*hdr = NULL;
+	if ((st = tkn_dpop_proof(req, method, url, nonce, token, &proof, NULL)) != 0)
+		return st;
+	if (asprintf(hdr, "DPoP: %s", proof) < 0) {
+		*hdr = NULL;
+		st = cli_fail(P11J_E_NOMEM);
+	}
+	free(proof);
+	return st;
+}
+
 int cmd_call(cli_ctx *ctx, int argc, char **argv)
 {
 	topts o = { 0 };
@@ -40,7 +61,7 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 	got_token g = { 0 };
 	http_resp resp = { 0 };
 	const char **hdrs = NULL;
-	char *data = NULL, *auth = NULL;
+	char *data = NULL, *auth = NULL, *nonce = NULL, *dpop_hdr = NULL;
 	size_t data_len = 0, nh;
 	const char *method;
 	bool retried_401 = false;
@@ -63,7 +84,7 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		st = tkn_dry_run(&req);
 		goto out;
 	}
-	hdrs = calloc(o.n_api_headers + 4, sizeof(*hdrs));
+	hdrs = calloc(o.n_api_headers + 5, sizeof(*hdrs));
 	if (hdrs == NULL) {
 		st = cli_fail(P11J_E_NOMEM);
 		goto out;
@@ -81,6 +102,7 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		http_opts ho = { .cacert = req.cacert, .timeout_s = req.timeout,
 				 .max_body = CALL_MAX_BODY };
 		bool idempotent = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+		bool nonce_retried = false;
 
 		if (!req.exchange) {
 			if ((st = tkn_sign_assertion(&req, &g.access_token, NULL)) != 0)
@@ -88,16 +110,43 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		} else if ((st = tkn_get_token(&req, !o.no_cache, retried_401, &g)) != 0) {
 			goto out;
 		}
-		if (asprintf(&auth, "Authorization: Bearer %s", g.access_token) < 0) {
+		if (asprintf(&auth, "Authorization: %s %s", g.dpop ? "DPoP" : "Bearer",
+			     g.access_token) < 0) {
 			auth = NULL;
 			st = cli_fail(P11J_E_NOMEM);
 			goto out;
 		}
 		hdrs[nh] = auth;
+		free(nonce);
+		nonce = g.dpop ? tkn_dpop_nonce_get(o.url) : NULL;
 		for (int attempt = 1;; attempt++) {
 			long delay;
 
+			/* a fresh proof for every request sent: servers refuse a
+			 * jti seen before */
+			if (g.dpop && (st = call_dpop_header(&req, method, o.url, nonce, g.access_token,
+							&dpop_hdr)) != 0)
+				goto out;
+			hdrs[nh + 1] = dpop_hdr;
 			r = http_request(&ho, method, o.url, hdrs, data, data_len, &resp);
+			if (r == 0 && g.dpop && resp.dpop_nonce) {
+				tkn_dpop_nonce_put(o.url, resp.dpop_nonce);
+				if (!nonce_retried && tkn_dpop_nonce_challenge(&resp) &&
+				    dpop_nonce_check(resp.dpop_nonce, strlen(resp.dpop_nonce)) == 0) {
+					tkn_note("note: the API asks for a DPoP nonce; trying again "
+						 "with it");
+					free(nonce);
+					nonce = strdup(resp.dpop_nonce);
+					nonce_retried = true;
+					http_resp_clear(&resp);
+					if (nonce == NULL) {
+						st = cli_fail(P11J_E_NOMEM);
+						goto out;
+					}
+					attempt--;
+					continue;
+				}
+			}
 			delay = http_retry_delay_ms(attempt, r, &resp, idempotent);
 			if (delay < 0)
 				break;
@@ -109,12 +158,15 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		}
 		freezero_str(auth);
 		auth = NULL;
-		hdrs[nh] = NULL;
+		hdrs[nh] = hdrs[nh + 1] = NULL;
 		if (r < 0) {
 			st = cli_fail(r);
 			goto out;
 		}
-		if (resp.status == 401 && g.from_cache && req.exchange && !retried_401) {
+		/* a 401 that is not about the nonce: the cached token may be
+		 * revoked */
+		if (resp.status == 401 && g.from_cache && req.exchange && !retried_401 &&
+		    !tkn_dpop_nonce_challenge(&resp)) {
 			tkn_note("note: the API answered 401 to the cached token; getting a new one");
 			retried_401 = true;
 			tkn_got_clear(&g);
@@ -137,6 +189,8 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 out:
 	free(hdrs);
 	freezero_str(auth);
+	free(nonce);
+	free(dpop_hdr);
 	if (data)
 		freezero_buf(data, data_len + 1);
 	http_resp_clear(&resp);

@@ -23,7 +23,8 @@
  * client_id, token_url, aud, iss, sub, scope, header_file, claims_file,
  * assertion_field, grant, client_secret_file, cacert, socket; integers
  * lifetime, timeout; objects header, claims, form (a null form value removes
- * that field); arrays include and algs (JWS alg names, at least one).
+ * that field); arrays include and algs (JWS alg names, at least one);
+ * boolean dpop and string dpop_key (DPoP, RFC 9449: docs/dpop.md).
  * Returns P11J_E_BAD_REQUEST naming `where` and the member for anything
  * unknown or of the wrong type. */
 int xch_check_options(const json_t *o, const char *where);
@@ -61,6 +62,16 @@ typedef struct {
 	char *secret_field;    /* name of the field holding the secret, or NULL */
 	char *client_secret;   /* wiped by xch_req_clear */
 	json_t *warnings;      /* array of strings: what the provider will reject */
+	/* DPoP (RFC 9449): proofs on every token request and API call, made by
+	 * dpop_key (the --dpop-key, else key). dpop is the option's value
+	 * (command line, then profile), else true when a dpop_key is given,
+	 * else the preset's. */
+	bool dpop;
+	bool dpop_preset; /* dpop is the preset's default, not asked for */
+	char *dpop_key;
+	/* The proof key's RFC 7638 thumbprint, from the agent's key list
+	 * (tkn_dpop_bind()): the token's binding, part of the cache key. */
+	char *dpop_jkt;
 } xch_req;
 
 /* Resolve profile (may be NULL) and cli (options given on the command line,
@@ -112,7 +123,9 @@ int xch_refresh_form(const xch_req *req, const char *refresh_token, form *ret,
 
 /* Cache key: lowercase hex SHA-256 over the token URL, client id, key, alg,
  * iss, sub, aud, scope and the form without the assertion and the secret,
- * so that two configurations never share a token. ret holds 65 bytes.
+ * and for DPoP the proof key's thumbprint (req->dpop_jkt, which must be
+ * set: P11J_E_INTERNAL otherwise), so that two configurations never share
+ * a token and Bearer and DPoP tokens never mix. ret holds 65 bytes.
  * The alg is the one asked for: given, else the first of the accepted list
  * (what xch_resolve() sets, the RSA default), else none; not the one
  * xch_choose_alg() picks, which depends on the key (already in the hash),
@@ -135,6 +148,29 @@ typedef struct {
 int xch_parse_token(long status, const char *body, size_t len, xch_token *tok,
 		    char **ret_error);
 void xch_token_clear(xch_token *tok);
+
+/* The token type against what was asked for: with req->dpop the answer
+ * must say token_type DPoP (RFC 9449 5: a server that ignored the proof
+ * issued a bearer token; P11J_E_BAD_RESPONSE saying so); without it, a DPoP
+ * token (which could not be used without proofs) is P11J_E_BAD_RESPONSE
+ * too. A missing token_type is Bearer. */
+int xch_check_token_type(const xch_req *req, const xch_token *tok);
+
+/* Whether an OAuth error is about DPoP: invalid_dpop_proof,
+ * use_dpop_nonce, or a description naming DPoP. Then xch_dpop_hint()
+ * alone is shown (xch_hint()'s key and replay hints would mislead). */
+bool xch_dpop_related(const char *error, const char *description);
+
+/* A hint for an error of the token endpoint (or of a resource, with
+ * WWW-Authenticate's error) that is about DPoP, or NULL: invalid_dpop_proof
+ * (check the proof's alg against server_algs, the server's
+ * dpop_signing_alg_values_supported as a space-separated list, NULL when
+ * unknown; the clock), use_dpop_nonce after the retry, and without
+ * req->dpop an invalid_grant, invalid_request or invalid_client that may
+ * mean the client requires DPoP. proof_alg is the alg the proofs were
+ * signed with (NULL when none was made). The string is static or in buf. */
+const char *xch_dpop_hint(const xch_req *req, const char *error, const char *description,
+			  const char *proof_alg, const char *server_algs, char *buf, size_t len);
 
 /* A hint for an OAuth error from the token endpoint (NULL when none is
  * known), naming what the assertion carried: kid, alg, aud, iat/exp, jti

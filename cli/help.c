@@ -61,7 +61,11 @@ static const struct cli_cmd_doc {
 	  "salesforce, oracle (prints the signed JWT itself), client-assertion\n"
 	  "(the default) and jwt-bearer; see docs/providers/. The client secret is\n"
 	  "read from --client-secret-file or $P11JWT_CLIENT_SECRET, never from\n"
-	  "the command line." },
+	  "the command line. With --dpop (on by default for okta) the token is\n"
+	  "bound to a key of the agent (DPoP, RFC 9449): each token request carries\n"
+	  "a proof, a use_dpop_nonce answer is retried once with the server's nonce,\n"
+	  "the last nonce per server is kept in the cache directory, and the token\n"
+	  "is cached with the key's thumbprint; see docs/dpop.md." },
 	{ "call", "call [token options] [-X METHOD] [-H 'Name: value']... [-d DATA|@FILE] URL",
 	  "call a REST API with a (cached) access token",
 	  "Get a token as `p11jwt token` does, send the request with\n"
@@ -71,7 +75,9 @@ static const struct cli_cmd_doc {
 	  "and the request sent once more. -d sends DATA (or the contents of FILE)\n"
 	  "with POST unless -X says otherwise, as application/json when it parses\n"
 	  "as JSON, else as a form, unless -H sets Content-Type. Plain http:// is\n"
-	  "allowed only to loopback hosts." },
+	  "allowed only to loopback hosts. With --dpop the request carries\n"
+	  "'Authorization: DPoP TOKEN' and a fresh proof (with ath); a 401 asking\n"
+	  "for a DPoP nonce is answered once with it." },
 	{ "keygen", "keygen --module PATH --token URI --type TYPE --label NAME [--id HEX] [--pin-file FILE]",
 	  "generate a key pair on the token (not through the agent)",
 	  "Generate a key pair inside the token (C_GenerateKeyPair) and print its\n"
@@ -211,6 +217,13 @@ static const struct cli_opt_doc {
 	{ "token call", "x5t", 0, NULL, "add the certificate's SHA-1 thumbprint (x5t)" },
 	{ "token call", "x5t-s256", 0, NULL, "add the certificate's SHA-256 thumbprint (x5t#S256)" },
 	{ "token call", "x5c", 0, NULL, "add the certificate itself (x5c)" },
+	{ "token call", "dpop", 0, NULL, "sender-constrained token (DPoP, RFC 9449): every\n"
+				      "token request (and API call) carries a proof\n"
+				      "made by the agent; token_type DPoP is required" },
+	{ "token call", "dpop-key", 0, "NAME", "agent key for the DPoP proofs (default: --key;\n"
+					   "implies --dpop)" },
+	{ "token call", "no-dpop", 0, NULL, "no DPoP, where the preset or profile turns it\n"
+					 "on (okta)" },
 	{ "token call", "no-cache", 0, NULL, "neither read nor write the token cache" },
 	{ "token call", "dry-run", 0, NULL, "print the alg and why, the assertion's header and\n"
 					 "claims and the form (secrets redacted); send nothing" },
@@ -218,7 +231,8 @@ static const struct cli_opt_doc {
 	{ "token call", "timeout", 0, "SEC", "per HTTP attempt, 1 to 600 (default 30); up to\n"
 					 "3 attempts on connection errors, 429 and 5xx" },
 	{ "token", "json", 0, NULL, "print the token endpoint's whole JSON answer, with\n"
-				 "\"p11jwt\": {\"alg\", \"alg_reason\"} added" },
+				 "\"p11jwt\": {\"alg\", \"alg_reason\"} added (and\n"
+				 "\"dpop\": {\"key\", \"jkt\"} with --dpop)" },
 	{ "call", "request", 'X', "METHOD", "HTTP method (default GET, or POST with -d)" },
 	{ "call", "api-header", 'H', "'NAME: VALUE'", "add a request header (repeatable)" },
 	{ "call", "data", 'd', "DATA|@FILE", "request body, or @FILE for a file's contents" },

@@ -96,6 +96,8 @@ static const preset presets[] = {
 		.lifetime = 300,
 		.max_lifetime = 3600,
 		.require_kid = true,
+		/* new API service apps require DPoP, with a nonce (docs/providers/okta.md) */
+		.dpop = true,
 		.form = preset_form_client_credentials,
 	},
 	{

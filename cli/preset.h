@@ -56,6 +56,7 @@ typedef struct {
 	const char *header;   /* JSON object merged into the header */
 	const char *claims;   /* JSON object template merged into the claims */
 	const char *include;  /* agent "include": x5t or x5t#S256, or NULL */
+	bool dpop;            /* DPoP proofs on by default (--no-dpop turns them off) */
 	const char *const *form; /* "name=template" rows, NULL-terminated */
 } preset;
 

@@ -8,6 +8,7 @@
 #include "cli/token.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "jose/dpop.h"
 #include "jose/jws.h"
 
 #include <errno.h>
@@ -139,20 +140,60 @@ void tkn_sleep_ms(long ms)
 		;
 }
 
-/* POST a form (with a fresh assertion in each attempt when needs_jwt) to
- * the token endpoint and parse the answer. Returns 0 or an exit status. */
+/* The OAuth error code of a response body, or NULL (malloc'd). */
+static char *oauth_error(const http_resp *resp)
+{
+	json_t *j = resp->body ? json_loadb(resp->body, resp->len, 0, NULL) : NULL;
+	const char *e = json_string_value(json_object_get(j, "error"));
+	char *ret = e ? strdup(e) : NULL;
+
+	json_decref(j);
+	return ret;
+}
+
+/* The hints for an OAuth error of the token endpoint: the DPoP one alone
+ * when the error is about DPoP, else the assertion's, then the one saying
+ * the client may require DPoP. */
+static void print_hints(const xch_req *req, const char *error, const char *d,
+			const jws_parsed *jp, const char *proof_alg)
+{
+	char buf[1024];
+	const char *hint;
+	char *algs = NULL;
+
+	if (!xch_dpop_related(error, d) &&
+	    (hint = xch_hint(req, error, d, jp->header, jp->claims, util_now(), buf, sizeof(buf))))
+		tkn_note("hint: %s", hint);
+	if (req->dpop && strcmp(error, "invalid_dpop_proof") == 0)
+		algs = tkn_dpop_server_algs(req);
+	if ((hint = xch_dpop_hint(req, error, d, proof_alg, algs, buf, sizeof(buf))))
+		tkn_note("hint: %s", hint);
+	free(algs);
+}
+
+/* POST a form (with a fresh assertion in each attempt when needs_jwt, and
+ * a fresh DPoP proof with req->dpop) to the token endpoint and parse the
+ * answer. A use_dpop_nonce answer with a DPoP-Nonce is tried again once
+ * with the nonce; the server's last nonce is kept for the next run.
+ * Returns 0 or an exit status. */
 static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 {
-	static const char *const hdrs[] = { "Content-Type: application/x-www-form-urlencoded",
-					    "Accept: application/json", NULL };
 	http_opts ho = { .cacert = req->cacert, .timeout_s = req->timeout };
+	const char *hdrs[] = { "Content-Type: application/x-www-form-urlencoded",
+			       "Accept: application/json", NULL, NULL };
 	http_resp resp = { 0 };
 	jws_parsed jp = { 0 };
-	char *body = NULL, *jwt = NULL, *error = NULL;
+	char *body = NULL, *jwt = NULL, *error = NULL, *nonce = NULL, *proof = NULL;
+	char *dpop_hdr = NULL, *palg = NULL;
+	bool nonce_retried = false;
 	int r, st = 0;
 
 	if ((r = xch_check_url(req)) < 0)
 		return cli_fail(r);
+	if (req->dpop && (st = tkn_dpop_bind(req)) != 0)
+		return st;
+	if (req->dpop)
+		nonce = tkn_dpop_nonce_get(req->token_url);
 	for (int attempt = 1;; attempt++) {
 		long delay;
 
@@ -167,6 +208,21 @@ static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 				goto out;
 			}
 		}
+		if (req->dpop) {
+			free(proof);
+			free(palg);
+			free(dpop_hdr);
+			proof = palg = dpop_hdr = NULL;
+			if ((st = tkn_dpop_proof(req, "POST", req->token_url, nonce, NULL, &proof,
+						 &palg)) != 0)
+				goto out;
+			if (asprintf(&dpop_hdr, "DPoP: %s", proof) < 0) {
+				dpop_hdr = NULL;
+				st = cli_fail(err_nomem());
+				goto out;
+			}
+			hdrs[2] = dpop_hdr;
+		}
 		if ((r = form_encode(f, &body)) < 0) {
 			st = cli_fail(r);
 			goto out;
@@ -174,6 +230,30 @@ static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 		r = http_request(&ho, "POST", req->token_url, hdrs, body, strlen(body), &resp);
 		freezero_str(body);
 		body = NULL;
+		if (r == 0 && req->dpop && resp.dpop_nonce) {
+			tkn_dpop_nonce_put(req->token_url, resp.dpop_nonce);
+			if (!nonce_retried && resp.status == 400) {
+				char *e = oauth_error(&resp);
+				bool again = e && strcmp(e, "use_dpop_nonce") == 0 &&
+					     dpop_nonce_check(resp.dpop_nonce,
+							      strlen(resp.dpop_nonce)) == 0;
+
+				free(e);
+				if (again) {
+					tkn_note("note: the token endpoint asks for a DPoP nonce; "
+						 "trying again with it");
+					free(nonce);
+					if ((nonce = strdup(resp.dpop_nonce)) == NULL) {
+						st = cli_fail(err_nomem());
+						goto out;
+					}
+					nonce_retried = true;
+					http_resp_clear(&resp);
+					attempt--; /* not a failed attempt */
+					continue;
+				}
+			}
+		}
 		delay = http_retry_delay_ms(attempt, r, &resp, true);
 		if (delay >= 0) {
 			if (r < 0)
@@ -195,22 +275,25 @@ static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 	}
 	r = xch_parse_token(resp.status, resp.body, resp.len, tok, &error);
 	if (r == P11J_E_OAUTH) {
-		char buf[1024];
-		const char *d = NULL, *hint;
 		json_t *ej = json_loadb(resp.body, resp.len, 0, NULL);
 
-		d = json_string_value(json_object_get(ej, "error_description"));
 		tkn_note("%s", err_msg());
-		hint = xch_hint(req, error, d, jp.header, jp.claims, util_now(), buf, sizeof(buf));
-		if (hint)
-			tkn_note("hint: %s", hint);
+		print_hints(req, error, json_string_value(json_object_get(ej, "error_description")),
+			    &jp, palg);
 		json_decref(ej);
 		st = CLI_EXIT_OAUTH;
 	} else if (r < 0) {
 		st = cli_fail(r);
+	} else if ((r = xch_check_token_type(req, tok)) < 0) {
+		xch_token_clear(tok);
+		st = cli_fail(r);
 	}
 out:
 	free(error);
+	free(nonce);
+	free(proof);
+	free(palg);
+	free(dpop_hdr);
 	jws_parsed_clear(&jp);
 	freezero_str(jwt);
 	http_resp_clear(&resp);
@@ -262,6 +345,17 @@ static json_t *entry_new(const xch_req *req, const xch_token *tok, const json_t 
 
 	json_decref(ai);
 
+	if (e && req->dpop &&
+	    (json_object_set_new(e, "token_type", json_string("DPoP")) < 0 ||
+	     json_object_set_new(e, "jkt", json_string(req->dpop_jkt)) < 0 ||
+	     json_object_set_new(e, "dpop_key", json_string(req->dpop_key)) < 0)) {
+		json_decref(e);
+		return NULL;
+	}
+	if (e && !req->dpop && json_object_set_new(e, "token_type", json_string("Bearer")) < 0) {
+		json_decref(e);
+		return NULL;
+	}
 	if (e && tok->expires_in >= 0 &&
 	    json_object_set_new(e, "expires_at", json_integer(now + tok->expires_in)) < 0) {
 		json_decref(e);
@@ -303,6 +397,31 @@ static int got_from_entry(got_token *g, const json_t *e, int64_t now)
 	return 0;
 }
 
+/* A cache entry fits req: the same token type, and for DPoP the same
+ * proof key thumbprint. */
+static bool entry_binding_ok(const xch_req *req, const json_t *e)
+{
+	const char *jkt = json_string_value(json_object_get(e, "jkt"));
+
+	if (!req->dpop)
+		return !cache_entry_is_dpop(e);
+	return cache_entry_is_dpop(e) && jkt && strcmp(jkt, req->dpop_jkt) == 0;
+}
+
+/* {"alg", "alg_reason"[, "dpop": {"key", "jkt"}]} for --json. */
+static json_t *token_info(const xch_req *req, const json_t *old)
+{
+	json_t *ai = alg_info(req, old);
+
+	if (ai && req->dpop &&
+	    json_object_set_new(ai, "dpop", json_pack("{s:s,s:s}", "key", req->dpop_key, "jkt",
+						      req->dpop_jkt)) < 0) {
+		json_decref(ai);
+		return NULL;
+	}
+	return ai;
+}
+
 /* The token for req: from the cache, by refresh, or by a new exchange
  * (force: drop the cached one first). Returns 0 or an exit status. */
 int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
@@ -315,6 +434,9 @@ int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
 	int64_t now = util_now();
 
 	memset(g, 0, sizeof(*g));
+	/* the binding first: it is part of the cache key */
+	if ((st = tkn_dpop_bind(req)) != 0)
+		return st;
 	if (use_cache && (r = cache_open(&c)) < 0) {
 		tkn_note("warning: token cache not used: %s", err_msg());
 		use_cache = false;
@@ -328,13 +450,19 @@ int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
 			cache_del(&c, key);
 		} else if ((r = cache_get(&c, key, &e)) < 0 && r != P11J_E_NOT_FOUND) {
 			tkn_note("note: ignoring a cache file: %s", err_msg());
+		} else if (e && !entry_binding_ok(req, e)) {
+			/* never a bearer token for a DPoP request, a DPoP token for a
+			 * bearer one, or a token bound to another key */
+			tkn_note("note: ignoring a cached token of another binding");
+			json_decref(e);
+			e = NULL;
 		}
 	}
 	if (e) {
 		cache_state cs = cache_entry_state(e, now, XCH_DEFAULT_MARGIN);
 
 		if (cs == CACHE_FRESH) {
-			st = got_from_entry(g, e, now) < 0 || (g->alg = alg_info(req, e)) == NULL
+			st = got_from_entry(g, e, now) < 0 || (g->alg = token_info(req, e)) == NULL
 				     ? cli_fail(P11J_E_NOMEM)
 				     : 0;
 			goto out;
@@ -371,13 +499,41 @@ store:
 		json_decref(ne);
 	}
 	got_from_tok(g, &tok);
-	if ((g->alg = alg_info(req, e)) == NULL)
+	if ((g->alg = token_info(req, e)) == NULL)
 		st = cli_fail(P11J_E_NOMEM);
 out:
+	g->dpop = st == 0 && req->dpop;
 	xch_token_clear(&tok);
 	json_decref(e);
 	cache_unlock(lock);
 	return st;
+}
+
+/* --dry-run with DPoP: the proof the token request would carry, decoded,
+ * with the nonce kept for the server. */
+static int dry_run_dpop(xch_req *req, json_t *out)
+{
+	char *nonce = NULL, *proof = NULL;
+	jws_parsed pp = { 0 };
+	int st, r;
+
+	if ((st = tkn_dpop_bind(req)) != 0)
+		return st;
+	nonce = tkn_dpop_nonce_get(req->token_url);
+	st = tkn_dpop_proof(req, "POST", req->token_url, nonce, NULL, &proof, NULL);
+	free(nonce);
+	if (st != 0)
+		return st;
+	if ((r = jws_parse(proof, &pp)) < 0) {
+		free(proof);
+		return cli_fail(r);
+	}
+	r = json_object_set_new(out, "dpop",
+				json_pack("{s:s,s:s,s:O,s:O}", "key", req->dpop_key, "jkt",
+					  req->dpop_jkt, "header", pp.header, "claims", pp.claims));
+	jws_parsed_clear(&pp);
+	free(proof);
+	return r < 0 ? cli_fail(err_nomem()) : 0;
 }
 
 int tkn_dry_run(xch_req *req)
@@ -412,6 +568,12 @@ int tkn_dry_run(xch_req *req)
 			json_object_set_new(f, ff->name, json_string(v));
 		}
 		json_object_set_new(out, "form", f);
+	}
+	if (out && req->dpop && (st = dry_run_dpop(req, out)) != 0) {
+		json_decref(out);
+		jws_parsed_clear(&jp);
+		freezero_str(jwt);
+		return st;
 	}
 	st = out ? cli_print_json(out) : cli_fail(P11J_E_NOMEM);
 	json_decref(out);

@@ -87,6 +87,7 @@ static const struct {
 	{ "grant", "grant" },
 	{ "client-secret-file", "client_secret_file" },
 	{ "cacert", "cacert" },
+	{ "dpop-key", "dpop_key" },
 };
 
 /* Stop parsing with exit status st. */
@@ -141,6 +142,9 @@ bool tkn_parse(cli_ctx *ctx, const char *cmd, int argc, char **argv, topts *o, i
 			e = add_include(o->cli, name);
 		} else if (strcmp(name, "x5t-s256") == 0) {
 			e = add_include(o->cli, "x5t#S256");
+		} else if (strcmp(name, "dpop") == 0 || strcmp(name, "no-dpop") == 0) {
+			if (json_object_set_new(o->cli, "dpop", json_boolean(name[0] == 'd')) < 0)
+				e = err_nomem();
 		} else if (strcmp(name, "json") == 0) {
 			o->json = true;
 		} else if (strcmp(name, "no-cache") == 0) {

@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "cli/exchange.h"
+#include "cli/http.h"
 #include "jose/jws.h"
 
 #include <stdbool.h>
@@ -35,6 +36,7 @@ typedef struct {
 	json_t *response; /* what --json prints */
 	json_t *alg;      /* {"alg", "alg_reason"} of the assertion behind it */
 	bool from_cache;
+	bool dpop;        /* a DPoP-bound token (to req->dpop_jkt) */
 } got_token;
 
 /* token-flow.c */
@@ -54,5 +56,28 @@ int tkn_print_token_json(const got_token *g);
 /* --dry-run: the assertion and the form, secrets redacted. */
 int tkn_dry_run(xch_req *req);
 void tkn_sleep_ms(long ms);
+
+/* tkn-dpop.c: DPoP (RFC 9449). Functions returning int return 0 or an
+ * exit status, as above. */
+/* req->dpop_jkt: the thumbprint of req->dpop_key, from the agent's key
+ * list (a no-op without req->dpop or when it is set). */
+int tkn_dpop_bind(xch_req *req);
+/* A proof from the agent for htm and htu, with nonce and the ath of
+ * access_token when not NULL; *ret_alg (when not NULL) the alg it was
+ * signed with. Fails when the agent's jkt is not req->dpop_jkt. */
+int tkn_dpop_proof(const xch_req *req, const char *htm, const char *htu, const char *nonce,
+		   const char *access_token, char **ret_jwt, char **ret_alg);
+/* The last DPoP-Nonce kept for url's server (origin), or NULL. */
+char *tkn_dpop_nonce_get(const char *url);
+/* Keep a server's DPoP-Nonce (NULL: nothing); failures are notes. */
+void tkn_dpop_nonce_put(const char *url, const char *nonce);
+/* A resource's answer asks for a nonce: 401, WWW-Authenticate naming
+ * use_dpop_nonce, and a DPoP-Nonce header. */
+bool tkn_dpop_nonce_challenge(const http_resp *resp);
+/* The dpop_signing_alg_values_supported of the token URL's server, from
+ * its metadata (RFC 8414 or OpenID discovery, whichever describes this
+ * token endpoint), space-separated; "(not listed)" when the document has
+ * none; NULL when no document was found. For hints only. */
+char *tkn_dpop_server_algs(const xch_req *req);
 
 #endif

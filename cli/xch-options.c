@@ -46,6 +46,8 @@ static const struct {
 	{ "socket", JSON_STRING, "--socket" },
 	{ "include", JSON_ARRAY, "--x5t/--x5t-s256/--x5c" },
 	{ "algs", JSON_ARRAY, "algs" },
+	{ "dpop", JSON_TRUE, "--dpop/--no-dpop" }, /* JSON_TRUE: a boolean */
+	{ "dpop_key", JSON_STRING, "--dpop-key" },
 };
 
 static const char *type_name(json_type t)
@@ -59,6 +61,8 @@ static const char *type_name(json_type t)
 		return "an object";
 	case JSON_ARRAY:
 		return "an array";
+	case JSON_TRUE:
+		return "true or false";
 	default:
 		return "another type";
 	}
@@ -80,7 +84,8 @@ int xch_check_options(const json_t *o, const char *where)
 		if (i == ARRAY_SIZE(opt_members))
 			return err_set(P11J_E_BAD_REQUEST,
 				       "%s: unknown member '%s' (see docs/providers/README.md)", where, k);
-		if (json_typeof(v) != opt_members[i].type)
+		if (opt_members[i].type == JSON_TRUE ? !json_is_boolean(v)
+						     : json_typeof(v) != opt_members[i].type)
 			return err_set(P11J_E_BAD_REQUEST, "%s: '%s' must be %s", where, k,
 				       type_name(opt_members[i].type));
 		if (strcmp(k, "include") == 0) {

@@ -369,6 +369,32 @@ static int rs_basics(resolver *rs, xch_req *req, const char *client_secret)
 	return 0;
 }
 
+/* DPoP: the option (command line, then profile), else on when a proof key
+ * is named, else the preset's; the proof key defaults to the signing key. */
+static int rs_dpop(resolver *rs, xch_req *req)
+{
+	const json_t *d = xch_opt(rs->profile_in, rs->cli, "dpop");
+	int r;
+
+	if ((r = dup_opt(rs->profile_in, rs->cli, "dpop_key", &req->dpop_key)) < 0)
+		return r;
+	req->dpop = d ? json_is_true(d) : req->dpop_key ? true : rs->p->dpop;
+	req->dpop_preset = !d && !req->dpop_key && rs->p->dpop;
+	if (!req->dpop) {
+		free(req->dpop_key);
+		req->dpop_key = NULL;
+		return 0;
+	}
+	if (!req->exchange)
+		return err_set(P11J_E_BAD_REQUEST,
+			       "preset '%s' makes the signed JWT itself the token: there is no "
+			       "token request to prove possession in (drop --dpop)",
+			       rs->p->name);
+	if (req->dpop_key == NULL && (req->dpop_key = strdup(req->key)) == NULL)
+		return err_nomem();
+	return 0;
+}
+
 /* client_id and token_url first (they may use ${env:...}; the token URL may
  * use ${client_id}), then the profile's other strings expanded with them. */
 static int rs_endpoint(resolver *rs, xch_req *req)
@@ -656,7 +682,7 @@ int xch_resolve(const json_t *profile_in, const json_t *cli, const char *client_
 	if (!req->warnings || !req->header || !req->claims || !req->include)
 		r = err_nomem();
 	else if ((r = rs_preset(&rs, req)) == 0 && (r = rs_basics(&rs, req, client_secret)) == 0 &&
-		 (r = rs_endpoint(&rs, req)) == 0 && (r = rs_identity(&rs, req)) == 0 &&
+		 (r = rs_dpop(&rs, req)) == 0 && (r = rs_endpoint(&rs, req)) == 0 && (r = rs_identity(&rs, req)) == 0 &&
 		 (r = rs_limits(&rs, req)) == 0 && (r = rs_jose(&rs, req)) == 0 &&
 		 (r = rs_form(&rs, req)) == 0)
 		r = rs_warnings(&rs, req);
@@ -695,6 +721,8 @@ void xch_req_clear(xch_req *req)
 	free(req->assertion_field);
 	free(req->secret_field);
 	freezero_str(req->client_secret);
+	free(req->dpop_key);
+	free(req->dpop_jkt);
 	memset(req, 0, sizeof(*req));
 }
 
@@ -759,6 +787,8 @@ int xch_cache_key(const xch_req *req, char ret[65])
 	char *s, *asked = NULL;
 	int r;
 
+	if (req->dpop && req->dpop_jkt == NULL)
+		return err_set(P11J_E_INTERNAL, "the cache key of a DPoP request needs its jkt");
 	/* the alg asked for, stable while xch_choose_alg() changes req->alg */
 	if (!req->alg_given && req->algs &&
 	    (asked = strndup(req->algs, strcspn(req->algs, " "))) == NULL)
@@ -771,6 +801,11 @@ int xch_cache_key(const xch_req *req, char ret[65])
 	free(asked);
 	if (o == NULL)
 		return err_nomem();
+	/* only for DPoP, so that Bearer keys stay what they were */
+	if (req->dpop && json_object_set_new(o, "dpop_jkt", json_string(req->dpop_jkt)) < 0) {
+		json_decref(o);
+		return err_nomem();
+	}
 	for (size_t i = 0; i < req->form.n; i++) {
 		const form_field *f = &req->form.v[i];
 
