@@ -4,7 +4,9 @@
 //
 // Wraps panva's oidc-provider (in-memory adapter) and adds:
 //   - a custom urn:ietf:params:oauth:grant-type:jwt-bearer grant (RFC 7523)
-//   - /api/echo            protected resource (Bearer access token)
+//   - DPoP (RFC 9449): oidc-provider's own for client_credentials and
+//     refresh_token, ours for the jwt-bearer grant and /api/echo
+//   - /api/echo            protected resource (Bearer or DPoP access token)
 //   - /test/stats|reset|revoke|mode   test control endpoints
 //   - error_description enrichment on /token errors (error_detail appended)
 //
@@ -13,16 +15,19 @@
 
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { createHash, hkdfSync, randomBytes } from 'node:crypto';
 
 import Provider, { errors } from 'oidc-provider';
 import {
+  calculateJwkThumbprint,
   compactVerify,
   createLocalJWKSet,
   decodeJwt,
   decodeProtectedHeader,
+  EmbeddedJWK,
   exportJWK,
   generateKeyPair,
+  jwtVerify,
 } from 'jose';
 
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
@@ -33,6 +38,11 @@ const CLIENT_AUTH_ALGS = [
   'ES256', 'ES384', 'ES512',
   'EdDSA', 'Ed25519',
 ];
+// Every alg p11jwt's keys sign with; oidc-provider 9 knows both EdDSA and
+// the fully-specified Ed25519 (RFC 9864).
+const DPOP_ALGS = [...CLIENT_AUTH_ALGS];
+// How far a proof's iat may be from now (s), where we check proofs ourselves.
+const DPOP_IAT_WINDOW = 60;
 const DEFAULT_TTL = 600;
 const REFRESH_TTL = 24 * 60 * 60;
 const HOST = '127.0.0.1';
@@ -58,10 +68,19 @@ try {
 const port = Number(config.port ?? 0);
 if (!Number.isInteger(port) || port < 0 || port > 65535) die(`bad port ${config.port}`);
 const clockTolerance = Number(config.clock_tolerance ?? 0);
+let dpopAlgs = DPOP_ALGS;
+if (config.dpop_algs !== undefined) {
+  if (!Array.isArray(config.dpop_algs) || !config.dpop_algs.length ||
+      !config.dpop_algs.every((a) => DPOP_ALGS.includes(a))) {
+    die(`dpop_algs must be a non-empty array of ${DPOP_ALGS.join(' ')}`);
+  }
+  dpopAlgs = [...config.dpop_algs];
+}
 
 const ttlByClient = new Map();
 const bearerJwks = new Map(); // client_id -> jose local JWKS getter
 const bearerJwksRaw = new Map();
+const dpopNonceClients = new Set(); // client_ids whose token requests need a DPoP nonce
 const clients = [];
 
 for (const c of config.clients ?? []) {
@@ -70,6 +89,8 @@ for (const c of config.clients ?? []) {
   const ttl = Number(c.ttl ?? DEFAULT_TTL);
   if (!(ttl > 0)) die(`client ${c.client_id}: bad ttl`);
   ttlByClient.set(c.client_id, ttl);
+  const dpopMeta = c.dpop ? { dpop_bound_access_tokens: true } : {};
+  if (c.dpop_nonce) dpopNonceClients.add(c.client_id);
   if (c.grant === 'client_credentials') {
     clients.push({
       client_id: c.client_id,
@@ -79,6 +100,7 @@ for (const c of config.clients ?? []) {
       redirect_uris: [],
       scope: API_SCOPES.join(' '),
       jwks: c.jwks,
+      ...dpopMeta,
     });
   } else if (c.grant === 'jwt-bearer') {
     clients.push({
@@ -88,6 +110,7 @@ for (const c of config.clients ?? []) {
       response_types: [],
       redirect_uris: [],
       scope: API_SCOPES.join(' '),
+      ...dpopMeta,
     });
     bearerJwksRaw.set(c.client_id, c.jwks);
     bearerJwks.set(c.client_id, createLocalJWKSet(c.jwks));
@@ -104,9 +127,29 @@ const zeroStats = () => ({
   api_requests: 0,
   api_401: 0,
   last_assertion: null,
+  dpop: {
+    token_proofs: 0, // /token requests with a DPoP header
+    api_proofs: 0, // /api/echo requests with a DPoP header
+    use_dpop_nonce: 0, // use_dpop_nonce answers, /token and /api/echo
+    use_dpop_nonce_token: 0,
+    use_dpop_nonce_api: 0,
+    invalid_proofs: 0, // invalid_dpop_proof answers, both places
+    replays: 0, // proofs refused for a jti seen before, both places
+    issued: { Bearer: 0, DPoP: 0 }, // token_type of successful /token answers
+    last_token_proof: null, // {header, claims, ok, error}
+    last_api_proof: null,
+    api_by_scheme: { Bearer: 0, DPoP: 0 },
+  },
 });
 let stats = zeroStats();
 let tokenDelayMs = 0;
+// The resource's own nonce (POST /test/mode {"api_dpop_nonce": true}).
+let apiNonceRequired = false;
+let apiNonceRotateOnSuccess = false;
+const newApiNonce = () => `api-${randomBytes(16).toString('base64url')}`;
+let apiNonce = newApiNonce();
+// DPoP proof jtis seen by our own checks: key -> expiry (epoch s)
+const seenDpopJtis = new Map();
 
 // Access tokens issued so far (model name + jti), so /test/revoke can kill them.
 const issuedAccessTokens = new Map(); // jti -> model kind
@@ -131,6 +174,26 @@ const issuer = `http://${HOST}:${actualPort}`;
 const { privateKey } = await generateKeyPair('RS256', { extractable: true });
 const signingJwk = { ...(await exportJWK(privateKey)), alg: 'RS256', use: 'sig', kid: 'peer-rs256' };
 
+// DPoP nonces for the token endpoint. oidc-provider derives them from this
+// secret (HKDF-SHA256 over the 60 s time step, info "DPoP", helpers/
+// challenge.js); the jwt-bearer grant computes the same values, so that one
+// server nonce works for every grant at /token.
+const dpopNonceSecret = randomBytes(32);
+const NONCE_STEP = 60;
+function nonceAt(step) {
+  const salt = Buffer.alloc(8);
+  salt.writeBigUInt64BE(BigInt(step));
+  return Buffer.from(hkdfSync('sha256', dpopNonceSecret, salt, 'DPoP', 32)).toString('base64url');
+}
+function nextTokenNonce() {
+  return nonceAt(Math.floor(Date.now() / 1000 / NONCE_STEP) + 1);
+}
+function checkTokenNonce(value) {
+  const step = Math.floor(Date.now() / 1000 / NONCE_STEP);
+  for (let s = step - 2; s <= step + 2; s += 1) if (nonceAt(s) === value) return true;
+  return false;
+}
+
 const provider = new Provider(issuer, {
   clients,
   jwks: { keys: [signingJwk] },
@@ -146,9 +209,15 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    dPoP: {
+      enabled: true,
+      nonceSecret: dpopNonceSecret,
+      requireNonce: (ctx) => dpopNonceClients.has(ctx.oidc?.client?.clientId),
+    },
   },
   enabledJWA: {
     clientAuthSigningAlgValues: CLIENT_AUTH_ALGS,
+    dPoPSigningAlgValues: dpopAlgs,
   },
   rotateRefreshToken: true,
   ttl: {
@@ -184,8 +253,11 @@ provider.on('server_error', (ctx, err) => log(`server_error: ${err?.stack || err
 provider.use(async (ctx, next) => {
   const isToken = ctx.path === '/token' && ctx.method === 'POST';
   if (isToken) stats.token_requests += 1;
+  const proof = isToken ? ctx.get('DPoP') : '';
+  if (proof) stats.dpop.token_proofs += 1;
   await next();
   if (!isToken) return;
+  if (proof) recordProof('last_token_proof', proof, ctx.status, ctx.body?.error);
 
   let gt = ctx.oidc?.params?.grant_type ?? ctx.oidc?.body?.grant_type;
   if (Array.isArray(gt)) [gt] = gt;
@@ -206,6 +278,7 @@ provider.use(async (ctx, next) => {
   } else {
     log(`/token ${gt} -> ${ctx.status}`);
   }
+  countDpopOutcome('token', ctx.status, ctx.body, proof);
 
   if (tokenDelayMs > 0) await new Promise((r) => setTimeout(r, tokenDelayMs));
 });
@@ -226,6 +299,36 @@ function recordAssertion(ctx) {
   } catch {
     stats.last_assertion = { alg: null, ok: false };
   }
+}
+
+function decodeProof(jwt) {
+  try {
+    return { header: decodeProtectedHeader(jwt), claims: decodeJwt(jwt) };
+  } catch {
+    return { header: null, claims: null };
+  }
+}
+
+function recordProof(where, jwt, status, error) {
+  stats.dpop[where] = { ...decodeProof(jwt), ok: status >= 200 && status < 300, error: error ?? null };
+}
+
+// Count one answer's DPoP outcome: nonce demands, invalid proofs, replays,
+// and the token_type of tokens issued.
+function countDpopOutcome(where, status, body, proof) {
+  if (!body || typeof body !== 'object') return;
+  if (status >= 200 && status < 300 && typeof body.token_type === 'string') {
+    const tt = body.token_type;
+    stats.dpop.issued[tt] = (stats.dpop.issued[tt] ?? 0) + 1;
+    return;
+  }
+  if (body.error === 'use_dpop_nonce') {
+    stats.dpop.use_dpop_nonce += 1;
+    stats.dpop[`use_dpop_nonce_${where}`] += 1;
+  } else if (body.error === 'invalid_dpop_proof') {
+    stats.dpop.invalid_proofs += 1;
+  }
+  if (proof && /DPoP proof JWT replay/i.test(body.error_description ?? '')) stats.dpop.replays += 1;
 }
 
 // For failed private_key_jwt auth: say which kid/alg/aud/exp the assertion had.
@@ -267,6 +370,104 @@ function invalidGrant(description) {
 
 function pruneReplayCache(now) {
   for (const [k, exp] of seenAssertions) if (exp + clockTolerance < now) seenAssertions.delete(k);
+  for (const [k, exp] of seenDpopJtis) if (exp < now) seenDpopJtis.delete(k);
+}
+
+// The URL a proof's htu names, without query and fragment (RFC 9449 4.3),
+// as WHATWG URL serialises it (scheme and host lower case, default port
+// dropped); null if it is not a URL.
+function htuOf(value) {
+  if (typeof value !== 'string') return null;
+  const u = URL.parse(value);
+  if (!u) return null;
+  u.search = '';
+  u.hash = '';
+  return u.href;
+}
+
+const ath = (token) => createHash('sha256').update(token).digest('base64url');
+
+// Check a DPoP proof as RFC 9449 4.3 says, for our own endpoints. `nonce`:
+// {required, check(value), next()} or undefined. Throws {code, description,
+// nonce?} (code: invalid_dpop_proof or use_dpop_nonce); returns {thumbprint,
+// jti, iat, nonce, header, claims}. The jti is not recorded: call
+// consumeDpopJti once every other check has passed.
+async function checkProof(proof, { htm, htu, accessToken, nonce }) {
+  const fail = (description, extra = {}) => Object.assign(new Error(description),
+    { code: 'invalid_dpop_proof', description, ...extra });
+  let verified;
+  try {
+    verified = await jwtVerify(proof, EmbeddedJWK, { algorithms: dpopAlgs, typ: 'dpop+jwt' });
+  } catch (e) {
+    throw fail(`invalid DPoP proof (${e.code ?? 'error'}: ${e.message})`);
+  }
+  const { payload: c, protectedHeader: h } = verified;
+  const now = Math.floor(Date.now() / 1000);
+  if (typeof c.iat !== 'number' || !c.iat) throw fail('DPoP proof must have a iat number property');
+  if (Math.abs(now - c.iat) > DPOP_IAT_WINDOW) {
+    throw fail(`DPoP proof iat is not recent enough: iat=${c.iat}, now=${now}`);
+  }
+  if (typeof c.jti !== 'string' || !c.jti) throw fail('DPoP proof must have a jti string property');
+  if (c.htm !== htm) throw fail(`DPoP proof htm mismatch: expected ${htm}, got ${fmt(c.htm)}`);
+  if (htuOf(c.htu) !== htu) throw fail(`DPoP proof htu mismatch: expected ${htu}, got ${fmt(c.htu)}`);
+  if (accessToken !== undefined && c.ath !== ath(accessToken)) {
+    throw fail(c.ath === undefined ? 'DPoP proof ath missing' : 'DPoP proof ath mismatch');
+  }
+  if (c.nonce !== undefined && typeof c.nonce !== 'string') throw fail('DPoP proof nonce must be a string');
+  if (nonce) {
+    if (c.nonce === undefined && nonce.required) {
+      throw fail('nonce is required in the DPoP proof', { code: 'use_dpop_nonce', nonce: nonce.next() });
+    }
+    if (c.nonce !== undefined && !nonce.check(c.nonce)) {
+      throw fail('invalid nonce in DPoP proof', { code: 'use_dpop_nonce', nonce: nonce.next() });
+    }
+  } else if (c.nonce !== undefined) {
+    throw fail('DPoP nonces are not supported here');
+  }
+  return {
+    thumbprint: await calculateJwkThumbprint(h.jwk), jti: c.jti, iat: c.iat, nonce: c.nonce,
+    header: h, claims: c,
+  };
+}
+
+// Record a proof's jti; false if it was seen before (a replay).
+function consumeDpopJti(scope, result) {
+  const now = Math.floor(Date.now() / 1000);
+  pruneReplayCache(now);
+  const k = `${scope} ${result.thumbprint} ${result.jti}`;
+  if (seenDpopJtis.has(k)) return false;
+  seenDpopJtis.set(k, Math.max(result.iat, now) + DPOP_IAT_WINDOW + 5);
+  return true;
+}
+
+// DPoP for the jwt-bearer grant (a custom grant gets no helpers): the proof
+// in the DPoP header, checked against the token URL and this client's nonce
+// rule. Returns the proof's result, or undefined without a proof (an error
+// for a dpop_bound_access_tokens client).
+async function jwtBearerDpop(ctx, client, tokenUrl) {
+  const proof = ctx.get('DPoP');
+  if (!proof) {
+    if (client.dpopBoundAccessTokens) throw new errors.InvalidGrant('DPoP proof JWT not provided');
+    return undefined;
+  }
+  const required = dpopNonceClients.has(client.clientId);
+  try {
+    const result = await checkProof(proof, {
+      htm: ctx.method,
+      htu: tokenUrl,
+      nonce: { required, check: checkTokenNonce, next: nextTokenNonce },
+    });
+    // as oidc-provider does: a proof without the newest nonce learns it
+    const next = nextTokenNonce();
+    if (result.nonce !== next) ctx.set('DPoP-Nonce', next);
+    return result;
+  } catch (e) {
+    if (e.code === 'use_dpop_nonce') {
+      ctx.set('DPoP-Nonce', e.nonce);
+      throw new errors.UseDpopNonce(e.description);
+    }
+    throw new errors.InvalidDpopProof(sanitize(e.description));
+  }
 }
 
 async function jwtBearerHandler(ctx) {
@@ -279,6 +480,7 @@ async function jwtBearerHandler(ctx) {
   }
   const jwks = bearerJwks.get(clientId);
   if (!jwks) throw invalidGrant(`client ${clientId} has no jwks for jwt-bearer`);
+  const dPoP = await jwtBearerDpop(ctx, client, tokenUrl);
 
   let header;
   let payload;
@@ -331,6 +533,9 @@ async function jwtBearerHandler(ctx) {
     throw invalidGrant(`assertion jti replayed: ${payload.jti}`);
   }
   seenAssertions.set(replayKey, payload.exp);
+  if (dPoP && !consumeDpopJti(`token ${clientId}`, dPoP)) {
+    throw new errors.InvalidDpopProof(`DPoP proof JWT Replay detected (jti ${sanitize(dPoP.jti)})`);
+  }
 
   // scope: default to everything the client may have
   const allowed = new Set((client.scope ?? '').split(' ').filter(Boolean));
@@ -348,18 +553,22 @@ async function jwtBearerHandler(ctx) {
   const at = new provider.AccessToken({
     accountId, client, grantId, gty: JWT_BEARER, scope: scope || undefined,
   });
+  // bound to the proof's key: oidc-provider's refresh_token grant then
+  // wants a proof by the same key (refreshToken.jkt)
+  if (dPoP) at.setThumbprint('jkt', dPoP.thumbprint);
   ctx.oidc.entity('AccessToken', at);
   const accessToken = await at.save();
 
   const rt = new provider.RefreshToken({
     accountId, client, grantId, gty: JWT_BEARER, scope: scope || undefined,
   });
+  if (dPoP) rt.setThumbprint('jkt', dPoP.thumbprint);
   ctx.oidc.entity('RefreshToken', rt);
   const refreshToken = await rt.save();
 
   ctx.body = {
     access_token: accessToken,
-    token_type: 'Bearer',
+    token_type: at.tokenType,
     expires_in: at.expiration,
     refresh_token: refreshToken,
     scope,
@@ -408,15 +617,91 @@ async function findLiveAccessToken(value) {
   return undefined;
 }
 
+// The WWW-Authenticate value for a 401 at /api/echo.
+function challenge(scheme, error, description) {
+  const parts = [`error="${error}"`];
+  if (description) parts.push(`error_description="${sanitize(description)}"`);
+  if (scheme === 'DPoP') parts.push(`algs="${dpopAlgs.join(' ')}"`);
+  return `${scheme} ${parts.join(', ')}`;
+}
+
+function unauthorized(res, scheme, error, description, headers = {}) {
+  stats.api_401 += 1;
+  const body = { error };
+  if (description) body.error_description = sanitize(description);
+  countDpopOutcome('api', 401, body, null);
+  send(res, 401, body, { 'www-authenticate': challenge(scheme, error, description), ...headers });
+}
+
 async function handleEcho(req, res) {
   stats.api_requests += 1;
   const raw = await readBody(req);
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  const token = await findLiveAccessToken(m?.[1]);
+  const m = /^(Bearer|DPoP)\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  const scheme = m && m[1].toLowerCase() === 'dpop' ? 'DPoP' : 'Bearer';
+  if (m) stats.dpop.api_by_scheme[scheme] += 1;
+  const proof = req.headers.dpop;
+  if (typeof proof === 'string' && proof) stats.dpop.api_proofs += 1;
+  const token = await findLiveAccessToken(m?.[2]);
   if (!token) {
-    stats.api_401 += 1;
-    send(res, 401, { error: 'invalid_token' }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+    unauthorized(res, scheme, 'invalid_token');
     return;
+  }
+  let jkt = null;
+  if (scheme === 'Bearer') {
+    // RFC 9449 7.2: a DPoP-bound token is no bearer token
+    if (token.jkt) {
+      unauthorized(res, 'DPoP', 'invalid_token', 'DPoP-bound access token sent with the Bearer scheme');
+      return;
+    }
+  } else {
+    if (typeof proof !== 'string' || !proof) {
+      unauthorized(res, 'DPoP', 'invalid_dpop_proof', 'DPoP proof missing');
+      return;
+    }
+    let result;
+    try {
+      result = await checkProof(proof, {
+        htm: req.method,
+        htu: `${issuer}/api/echo`,
+        accessToken: m[2],
+        nonce: apiNonceRequired ? {
+          required: true, check: (v) => v === apiNonce, next: () => apiNonce,
+        } : { required: false, check: () => true, next: () => apiNonce },
+      });
+    } catch (e) {
+      stats.dpop.last_api_proof = { ...decodeProof(proof), ok: false, error: e.code ?? 'invalid_dpop_proof' };
+      if (e.code === 'use_dpop_nonce') {
+        unauthorized(res, 'DPoP', 'use_dpop_nonce', 'Resource server requires nonce in DPoP proof',
+          { 'dpop-nonce': e.nonce });
+      } else {
+        unauthorized(res, 'DPoP', 'invalid_dpop_proof', e.description ?? String(e));
+      }
+      return;
+    }
+    const fail = (error, description) => {
+      stats.dpop.last_api_proof = { header: result.header, claims: result.claims, ok: false, error };
+      unauthorized(res, 'DPoP', error, description);
+    };
+    if (!token.jkt) {
+      fail('invalid_token', 'the access token is not DPoP-bound');
+      return;
+    }
+    if (token.jkt !== result.thumbprint) {
+      fail('invalid_dpop_proof', `DPoP proof key ${result.thumbprint} is not the one the token is bound to`);
+      return;
+    }
+    if (!consumeDpopJti('api', result)) {
+      stats.dpop.replays += 1;
+      fail('invalid_dpop_proof', `DPoP proof JWT Replay detected (jti ${result.jti})`);
+      return;
+    }
+    stats.dpop.last_api_proof = { header: result.header, claims: result.claims, ok: true, error: null };
+    jkt = token.jkt;
+  }
+  const extra = {};
+  if (scheme === 'DPoP' && apiNonceRequired && apiNonceRotateOnSuccess) {
+    apiNonce = newApiNonce();
+    extra['dpop-nonce'] = apiNonce;
   }
   send(res, 200, {
     ok: true,
@@ -424,7 +709,9 @@ async function handleEcho(req, res) {
     sub: token.accountId ?? null,
     method: req.method,
     body: raw.length ? raw.toString('utf8') : null,
-  });
+    token_type: scheme,
+    jkt,
+  }, extra);
 }
 
 async function revokeAll() {
@@ -484,7 +771,24 @@ server.on('request', async (req, res) => {
           }
           tokenDelayMs = d;
         }
-        send(res, 200, { ok: true, token_delay_ms: tokenDelayMs });
+        for (const k of ['api_dpop_nonce', 'api_dpop_nonce_rotate', 'api_dpop_nonce_rotate_on_success']) {
+          if (mode[k] !== undefined && typeof mode[k] !== 'boolean') {
+            send(res, 400, { error: 'invalid_request', error_description: `${k} must be true or false` });
+            return;
+          }
+        }
+        if (mode.api_dpop_nonce !== undefined) apiNonceRequired = mode.api_dpop_nonce;
+        if (mode.api_dpop_nonce_rotate_on_success !== undefined) {
+          apiNonceRotateOnSuccess = mode.api_dpop_nonce_rotate_on_success;
+        }
+        if (mode.api_dpop_nonce_rotate) apiNonce = newApiNonce();
+        send(res, 200, {
+          ok: true,
+          token_delay_ms: tokenDelayMs,
+          api_dpop_nonce: apiNonceRequired,
+          api_dpop_nonce_rotate_on_success: apiNonceRotateOnSuccess,
+          api_nonce: apiNonce,
+        });
       } else {
         send(res, 404, { error: 'not_found' });
       }
