@@ -46,8 +46,9 @@ int cache_put(const tcache *c, const char *key, const json_t *entry);
  * strings when present. */
 bool cache_entry_is_dpop(const json_t *entry);
 
-/* The last DPoP-Nonce (RFC 9449 8, 9) a server gave, per origin
- * ("https://host[:port]"), in DIR/SHA256(origin).nonce: {"v":1, "origin",
+/* The last DPoP-Nonce (RFC 9449 8, 9) a server gave, per server name
+ * (the CLI's is "token ORIGIN" or "api ORIGIN", ORIGIN as
+ * "https://host[:port]"), in DIR/SHA256(name).nonce: {"v":1, "origin": name,
  * "nonce", "at"}, 0600, written atomically (last writer wins: a stale
  * nonce costs one use_dpop_nonce retry). get: P11J_E_NOT_FOUND when there
  * is none, P11J_E_INSECURE / P11J_E_BAD_RESPONSE when the file is not to be

@@ -118,7 +118,7 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		}
 		hdrs[nh] = auth;
 		free(nonce);
-		nonce = g.dpop ? tkn_dpop_nonce_get(o.url) : NULL;
+		nonce = g.dpop ? tkn_dpop_nonce_get(TKN_API, o.url) : NULL;
 		for (int attempt = 1;; attempt++) {
 			long delay;
 
@@ -130,7 +130,7 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 			hdrs[nh + 1] = dpop_hdr;
 			r = http_request(&ho, method, o.url, hdrs, data, data_len, &resp);
 			if (r == 0 && g.dpop && resp.dpop_nonce) {
-				tkn_dpop_nonce_put(o.url, resp.dpop_nonce);
+				tkn_dpop_nonce_put(TKN_API, o.url, resp.dpop_nonce);
 				if (!nonce_retried && tkn_dpop_nonce_challenge(&resp) &&
 				    dpop_nonce_check(resp.dpop_nonce, strlen(resp.dpop_nonce)) == 0) {
 					tkn_note("note: the API asks for a DPoP nonce; trying again "

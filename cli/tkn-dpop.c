@@ -115,28 +115,35 @@ int tkn_dpop_proof(const xch_req *req, const char *htm, const char *htu, const c
 	return *ret_jwt ? 0 : cli_fail(err_nomem());
 }
 
-/* The cache directory and the URL's origin, or false (nonces are a help,
- * never a reason to fail). */
-static bool nonce_place(const char *url, tcache *c, char **origin)
+/* The cache directory and the server's name for its nonce: the role
+ * (token endpoint or API: an authorisation server and a resource server
+ * on one origin keep nonces of their own) and the URL's origin; or false
+ * (nonces are a help, never a reason to fail). */
+static bool nonce_place(tkn_server role, const char *url, tcache *c, char **server)
 {
-	*origin = NULL;
-	if (http_url_origin(url, origin) < 0)
+	char *origin = NULL;
+
+	*server = NULL;
+	if (http_url_origin(url, &origin) < 0)
 		return false;
-	if (cache_open(c) < 0) {
-		free(*origin);
-		*origin = NULL;
+	if (asprintf(server, "%s %s", role == TKN_TOKEN_ENDPOINT ? "token" : "api", origin) < 0)
+		*server = NULL;
+	free(origin);
+	if (*server == NULL || cache_open(c) < 0) {
+		free(*server);
+		*server = NULL;
 		return false;
 	}
 	return true;
 }
 
-char *tkn_dpop_nonce_get(const char *url)
+char *tkn_dpop_nonce_get(tkn_server role, const char *url)
 {
 	tcache c;
 	char *origin, *n = NULL;
 	int r;
 
-	if (!nonce_place(url, &c, &origin))
+	if (!nonce_place(role, url, &c, &origin))
 		return NULL;
 	if ((r = cache_nonce_get(&c, origin, &n)) < 0 && r != P11J_E_NOT_FOUND)
 		tkn_note("note: ignoring a DPoP nonce file: %s", err_msg());
@@ -144,12 +151,12 @@ char *tkn_dpop_nonce_get(const char *url)
 	return n;
 }
 
-void tkn_dpop_nonce_put(const char *url, const char *nonce)
+void tkn_dpop_nonce_put(tkn_server role, const char *url, const char *nonce)
 {
 	tcache c;
 	char *origin;
 
-	if (nonce == NULL || !nonce_place(url, &c, &origin))
+	if (nonce == NULL || !nonce_place(role, url, &c, &origin))
 		return;
 	if (cache_nonce_put(&c, origin, nonce, util_now()) < 0)
 		tkn_note("note: the server's DPoP nonce was not kept: %s", err_msg());

@@ -193,7 +193,7 @@ static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 	if (req->dpop && (st = tkn_dpop_bind(req)) != 0)
 		return st;
 	if (req->dpop)
-		nonce = tkn_dpop_nonce_get(req->token_url);
+		nonce = tkn_dpop_nonce_get(TKN_TOKEN_ENDPOINT, req->token_url);
 	for (int attempt = 1;; attempt++) {
 		long delay;
 
@@ -231,7 +231,7 @@ static int post_form(xch_req *req, form *f, bool needs_jwt, xch_token *tok)
 		freezero_str(body);
 		body = NULL;
 		if (r == 0 && req->dpop && resp.dpop_nonce) {
-			tkn_dpop_nonce_put(req->token_url, resp.dpop_nonce);
+			tkn_dpop_nonce_put(TKN_TOKEN_ENDPOINT, req->token_url, resp.dpop_nonce);
 			if (!nonce_retried && resp.status == 400) {
 				char *e = oauth_error(&resp);
 				bool again = e && strcmp(e, "use_dpop_nonce") == 0 &&
@@ -519,7 +519,7 @@ static int dry_run_dpop(xch_req *req, json_t *out)
 
 	if ((st = tkn_dpop_bind(req)) != 0)
 		return st;
-	nonce = tkn_dpop_nonce_get(req->token_url);
+	nonce = tkn_dpop_nonce_get(TKN_TOKEN_ENDPOINT, req->token_url);
 	st = tkn_dpop_proof(req, "POST", req->token_url, nonce, NULL, &proof, NULL);
 	free(nonce);
 	if (st != 0)

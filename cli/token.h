@@ -67,10 +67,13 @@ int tkn_dpop_bind(xch_req *req);
  * signed with. Fails when the agent's jkt is not req->dpop_jkt. */
 int tkn_dpop_proof(const xch_req *req, const char *htm, const char *htu, const char *nonce,
 		   const char *access_token, char **ret_jwt, char **ret_alg);
-/* The last DPoP-Nonce kept for url's server (origin), or NULL. */
-char *tkn_dpop_nonce_get(const char *url);
+/* Whose nonce: a token endpoint's or an API's (the two keep their own,
+ * even on one origin). */
+typedef enum { TKN_TOKEN_ENDPOINT, TKN_API } tkn_server;
+/* The last DPoP-Nonce kept for the role at url's origin, or NULL. */
+char *tkn_dpop_nonce_get(tkn_server role, const char *url);
 /* Keep a server's DPoP-Nonce (NULL: nothing); failures are notes. */
-void tkn_dpop_nonce_put(const char *url, const char *nonce);
+void tkn_dpop_nonce_put(tkn_server role, const char *url, const char *nonce);
 /* A resource's answer asks for a nonce: 401, WWW-Authenticate naming
  * use_dpop_nonce, and a DPoP-Nonce header. */
 bool tkn_dpop_nonce_challenge(const http_resp *resp);
