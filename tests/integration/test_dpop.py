@@ -41,6 +41,7 @@ ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
 DPOP_PAIRS = [('rsa-2048', 'RS256'), ('rsa-2048', 'PS256'), ('ec-p256', 'ES256'),
               ('ec-p384', 'ES384'), ('ed25519', 'EdDSA')]
 PRIVATE_MEMBERS = ('d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k')
+ANY = object()  # check_proof: any nonce (or none)
 THUMB_MEMBERS = {'RSA': ('e', 'kty', 'n'), 'EC': ('crv', 'kty', 'x', 'y'),
                  'OKP': ('crv', 'kty', 'x')}
 
@@ -133,6 +134,7 @@ class Ctx:
         self.nproofs = 0
         self.bad_proofs = []
         self.tokens = []  # access tokens seen, to look for in the audit trail
+        self.jkt = {}  # key name -> RFC 7638 thumbprint, from `p11jwt jwks`
 
     def p11jwt(self, *args, input=None, env=None, timeout=120):
         return run([CLI, *args], env=env or self.env, input=input, timeout=timeout)
@@ -203,7 +205,7 @@ class Ctx:
                 problems.append(f"htm {c.get('htm')!r}")
             if c.get('htu') != htu:
                 problems.append(f"htu {c.get('htu')!r} != {htu!r}")
-            if c.get('nonce') != nonce:
+            if nonce is not ANY and c.get('nonce') != nonce:
                 problems.append(f"nonce {c.get('nonce')!r} != {nonce!r}")
             if c.get('ath') != ath:
                 problems.append(f"ath {c.get('ath')!r} != {ath!r}")
@@ -269,27 +271,19 @@ def main():
         os.makedirs(env['XDG_RUNTIME_DIR'], 0o700)
         ctx = Ctx(env, work)
 
-        # an agent without --allow-dpop makes no proofs
+        # an agent without --allow-dpop makes no proofs; the servers start
+        # meanwhile (they need the JWKS only)
         agent = Agent(tokdir, sock, extra=['--audit', 'none'])
-        if t.ok(agent.ready, 'an agent without --allow-dpop starts'):
-            r = ctx.p11jwt('dpop', '--key', 'ec-p256', '--htm', 'POST', '--htu',
-                           'http://127.0.0.1:9/token')
-            t.ok(r.returncode == 4 and 'policy_violation' in r.stderr and '--allow-dpop' in
-                 r.stderr and r.stdout == '',
-                 'without --allow-dpop: p11jwt dpop is refused (exit 4, policy_violation, '
-                 'names --allow-dpop)', (r.returncode, r.stderr))
-            r = ctx.p11jwt('sign', '--key', 'ec-p256', '--claim', 'sub=x')
-            t.eq(r.returncode, 0, 'that agent still signs JWTs')
-        agent.stop()
-        agent = Agent(tokdir, sock, extra=['--allow-dpop', '--audit', 'file:' + audit])
-        if not t.ok(agent.ready, 'the agent starts with --allow-dpop',
+        if not t.ok(agent.ready, 'an agent without --allow-dpop starts',
                     None if agent.ready else agent.stderr()):
             return
-
         jwks = {}
-        for key, alg in DPOP_PAIRS + [('ec-p521', 'ES512')]:
+        for key, alg in DPOP_PAIRS:
             r = ctx.p11jwt('jwks', '--key', key, '--alg', alg)
             jwks[(key, alg)] = json.loads(r.stdout)
+            ctx.jkt[key] = thumbprint(jwks[(key, alg)]['keys'][0])
+        r = ctx.p11jwt('jwks', '--preset', 'okta', '--key', 'ec-p256')
+        okta_jwks = json.loads(r.stdout) if r.returncode == 0 else jwks[('ec-p256', 'ES256')]
         clients = [{'client_id': f'cc-dpop-{slug(alg)}', 'jwks': jwks[(key, alg)],
                     'grant': 'client_credentials', 'dpop': True} for key, alg in DPOP_PAIRS]
         es256, eddsa = jwks[('ec-p256', 'ES256')], jwks[('ed25519', 'EdDSA')]
@@ -297,6 +291,7 @@ def main():
             {'client_id': 'cc-plain', 'jwks': es256, 'grant': 'client_credentials'},
             {'client_id': 'cc-nonce', 'jwks': es256, 'grant': 'client_credentials',
              'dpop': True, 'dpop_nonce': True},
+            {'client_id': 'okta-ec-p256', 'jwks': okta_jwks, 'grant': 'client_credentials'},
             {'client_id': 'jb-dpop', 'jwks': es256, 'grant': 'jwt-bearer', 'dpop': True},
             {'client_id': 'jb-plain', 'jwks': es256, 'grant': 'jwt-bearer'},
             {'client_id': 'jb-nonce', 'jwks': eddsa, 'grant': 'jwt-bearer', 'dpop': True,
@@ -315,6 +310,27 @@ def main():
             {'client_id': 'cc-dpop-es256', 'jwks': es256, 'grant': 'client_credentials',
              'dpop': True}], name='oauth2', dpop_algs=['ES256', 'ES384', 'EdDSA', 'Ed25519'])
         t.ok(srv2.url is not None, 'a second server, with dpop_algs, listens', srv2.logtail())
+
+        r = ctx.p11jwt('dpop', '--key', 'ec-p256', '--htm', 'POST', '--htu', srv.token_url)
+        t.ok(r.returncode == 4 and 'policy_violation' in r.stderr and '--allow-dpop' in
+             r.stderr and r.stdout == '',
+             'without --allow-dpop: p11jwt dpop is refused (exit 4, policy_violation, '
+             'names --allow-dpop)', (r.returncode, r.stderr))
+        r = ctx.p11jwt('sign', '--key', 'ec-p256', '--claim', 'sub=x')
+        t.eq(r.returncode, 0, 'that agent still signs JWTs')
+        if cli_has_dpop(ctx):
+            srv.post('/test/reset')
+            r = ctx.p11jwt('token', '--key', 'ec-p256', '--alg', 'ES256', '--client-id',
+                           'cc-dpop-es256', '--token-url', srv.token_url, '--dpop')
+            t.ok(r.returncode == 4 and 'policy_violation' in r.stderr and r.stdout == '' and
+                 srv.stats()['token_requests'] == 0,
+                 'without --allow-dpop: token --dpop fails before sending anything (exit 4)',
+                 (r.returncode, r.stderr))
+        agent.stop()
+        agent = Agent(tokdir, sock, extra=['--allow-dpop', '--audit', 'file:' + audit])
+        if not t.ok(agent.ready, 'the agent starts with --allow-dpop',
+                    None if agent.ready else agent.stderr()):
+            return
 
         for name, fn in (('discovery', lambda: test_discovery(ctx, srv, srv2)),
                          ('htu', lambda: test_htu(ctx)),
@@ -338,12 +354,18 @@ def main():
         t.ok(len(ctx.jtis) == len(set(ctx.jtis)) and len(ctx.jtis) >= 20,
              f'the jti of each of the {len(ctx.jtis)} proofs is unique',
              [j for j in ctx.jtis if ctx.jtis.count(j) > 1])
+        check_audit(ctx, audit)
     finally:
         for s in (srv, srv2):
             if s and s.url:
                 s.stop()
         if agent:
             agent.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_audit(ctx, audit):
+    """The agent's audit trail: a record per proof, never a token."""
     try:
         text = open(audit).read()
         recs = [json.loads(line) for line in text.splitlines()]
@@ -354,7 +376,6 @@ def main():
              'ath, nor proofs', leaked)
     except (OSError, ValueError, NameError) as e:
         t.ok(False, 'the audit trail is readable', repr(e))
-    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- phase A: p11jwt dpop, requests from here --------------------------------
@@ -735,6 +756,475 @@ def phase_b(ctx, srv, srv2):
     if not cli_has_dpop(ctx):
         t.skip('p11jwt token --dpop, call --dpop', 'the CLI has no --dpop yet')
         return
+    for name, fn in (('token --dpop', lambda: test_cli_token(ctx, srv)),
+                     ('cache', lambda: test_cli_cache(ctx, srv)),
+                     ('token nonce', lambda: test_cli_nonce(ctx, srv)),
+                     ('refresh', lambda: test_cli_refresh(ctx, srv)),
+                     ('call --dpop', lambda: test_cli_call(ctx, srv)),
+                     ('presets and profiles', lambda: test_cli_presets(ctx, srv)),
+                     ('errors', lambda: test_cli_errors(ctx, srv, srv2))):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            import traceback
+            t.ok(False, f'{name} tests raised', traceback.format_exc())
+
+
+def cc(srv, key, alg, cid, *extra):
+    return ['--key', key, '--alg', alg, '--client-id', cid, '--token-url', srv.token_url,
+            *extra]
+
+
+def jb(srv, key, alg, cid, sub, *extra):
+    return ['--grant', 'jwt-bearer', '--key', key, '--alg', alg, '--client-id', cid, '--sub',
+            sub, '--token-url', srv.token_url, '--form', f'client_id={cid}', *extra]
+
+
+def loads(r):
+    try:
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+    except ValueError:
+        return {}
+
+
+def last_line(text):
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ''
+
+
+def server_proof(ctx, srv, where, *, htm, htu, alg=None, nonce=ANY, ath=None, jkt=None,
+                 what):
+    """The last proof the server received at /token or /api/echo, checked
+    here with PyJWT (loud: one TAP line). The CLI keeps the nonces servers
+    send, also with successful answers, so by default any nonce goes."""
+    last = srv.dstats().get(f'last_{where}_proof') or {}
+    if not last.get('jwt'):
+        return t.ok(False, f'{what}: the server received a proof', last)
+    return ctx.check_proof(last['jwt'], htm=htm, htu=htu, alg=alg, nonce=nonce, ath=ath,
+                           jkt=jkt, what=what)
+
+
+def test_cli_token(ctx, srv):
+    for key, alg in (('ec-p256', 'ES256'), ('rsa-2048', 'PS256'), ('ed25519', 'EdDSA')):
+        cid = f'cc-dpop-{slug(alg)}'
+        srv.post('/test/reset')
+        r = ctx.p11jwt('token', *cc(srv, key, alg, cid, '--dpop', '--json', '--no-cache'))
+        out = loads(r)
+        if not t.ok(r.returncode == 0 and out.get('token_type') == 'DPoP',
+                    f'token --dpop ({cid}, {key}): token_type DPoP', r.stderr):
+            continue
+        ctx.tokens.append(out['access_token'])
+        t.eq(out.get('p11jwt', {}).get('dpop'), {'key': key, 'jkt': ctx.jkt[key]},
+             f'token --dpop {key}: --json says p11jwt.dpop {{key, jkt}}, jkt the RFC 7638 '
+             'thumbprint of its JWKS entry')
+        s = srv.dstats()
+        t.ok(s['token_proofs'] == 1 and s['issued'] == {'Bearer': 0, 'DPoP': 1} and
+             srv.stats()['token_requests'] == 1 and s['last_token_proof']['ok'],
+             f'token --dpop {key}: the server got one request with a proof, issued one DPoP '
+             'token', s)
+        server_proof(ctx, srv, 'token', htm='POST', htu=srv.token_url, alg=alg,
+                     jkt=ctx.jkt[key], what=f'token --dpop {key}: its proof at /token')
+        st, body, _ = echo(ctx, srv, out['access_token'], key, alg)
+        t.ok(st == 200 and body.get('jkt') == ctx.jkt[key],
+             f'token --dpop {key}: the token works at the resource with our own proof',
+             (st, body))
+    # --dpop-key: another key makes the proofs (its own default alg)
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *cc(srv, 'rsa-2048', 'PS256', 'cc-dpop-ps256', '--dpop-key',
+                                'ec-p384', '--json', '--no-cache'))
+    out = loads(r)
+    s = srv.stats()
+    t.ok(r.returncode == 0 and out.get('token_type') == 'DPoP' and
+         out.get('p11jwt', {}).get('dpop') == {'key': 'ec-p384', 'jkt': ctx.jkt['ec-p384']} and
+         s['last_assertion']['alg'] == 'PS256' and
+         s['dpop']['last_token_proof']['header']['alg'] == 'ES384',
+         '--dpop-key ec-p384 (implies --dpop): PS256 assertion, ES384 proof, bound to ec-p384',
+         (r.stderr, out.get('p11jwt'), s['dpop']['last_token_proof']))
+    if r.returncode == 0:
+        ctx.tokens.append(out['access_token'])
+        st, body, _ = echo(ctx, srv, out['access_token'], 'ec-p384')
+        t.ok(st == 200 and body.get('jkt') == ctx.jkt['ec-p384'],
+             '--dpop-key: the token is bound to that key at the resource', (st, body))
+    # --dry-run shows the proof it would send, and sends nothing
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-dpop-es256', '--dpop',
+                                '--dry-run'))
+    out = loads(r).get('dpop') or {}
+    t.ok(r.returncode == 0 and out.get('key') == 'ec-p256' and
+         out.get('jkt') == ctx.jkt['ec-p256'] and
+         (out.get('header') or {}).get('typ') == 'dpop+jwt' and
+         (out.get('claims') or {}).get('htu') == srv.token_url and
+         srv.stats()['token_requests'] == 0,
+         'token --dpop --dry-run: shows the proof (key, jkt, header, claims), sends nothing',
+         r.stdout + r.stderr)
+
+
+def cache_rows(ctx):
+    r = ctx.p11jwt('cache', 'list', '--json')
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return []
+
+
+def test_cli_cache(ctx, srv):
+    srv.post('/test/reset')
+    a = cc(srv, 'ec-p384', 'ES384', 'cc-dpop-es384', '--dpop', '--scope', 'api:read')
+    r1, r2 = ctx.p11jwt('token', *a), ctx.p11jwt('token', *a)
+    t.ok(r1.returncode == 0 and r2.stdout == r1.stdout and srv.stats()['token_requests'] == 1,
+         'token --dpop twice: the second is a cache hit (one request at the server)',
+         r1.stderr + r2.stderr)
+    tok1 = r1.stdout.strip()
+    ctx.tokens.append(tok1)
+    rows = [e for e in cache_rows(ctx) if e.get('client_id') == 'cc-dpop-es384']
+    t.ok(len(rows) == 1 and rows[0].get('token_type') == 'DPoP' and
+         rows[0].get('jkt') == ctx.jkt['ec-p384'],
+         'cache list --json: the entry has token_type DPoP and the jkt', rows)
+    r = ctx.p11jwt('cache', 'list')
+    t.ok(r.returncode == 0 and 'DPoP' in r.stdout and tok1 not in r.stdout,
+         'cache list says DPoP and shows no token', r.stdout)
+    # another proof key: never the token bound to the first one
+    r3 = ctx.p11jwt('token', *a, '--dpop-key', 'ec-p256', '--json')
+    out = loads(r3)
+    t.ok(r3.returncode == 0 and out.get('access_token') != tok1 and
+         srv.stats()['token_requests'] == 2 and
+         out.get('p11jwt', {}).get('dpop', {}).get('jkt') == ctx.jkt['ec-p256'],
+         'the same client with --dpop-key ec-p256: a new exchange, not the ec-p384 token',
+         r3.stderr)
+    if r3.returncode == 0:
+        ctx.tokens.append(out['access_token'])
+        st, body, _ = echo(ctx, srv, out['access_token'], 'ec-p256')
+        t.ok(st == 200 and body.get('jkt') == ctx.jkt['ec-p256'],
+             'and that token is bound to ec-p256', (st, body))
+    r4 = ctx.p11jwt('token', *a)
+    t.ok(r4.stdout == r1.stdout and srv.stats()['token_requests'] == 2,
+         'back to ec-p384: its cached token again', r4.stderr)
+
+    # Bearer and DPoP tokens of one client never mix
+    srv.post('/test/reset')
+    b = cc(srv, 'ec-p256', 'ES256', 'cc-plain', '--scope', 'api:write')
+    rd = ctx.p11jwt('token', *b, '--dpop', '--json')
+    rb = ctx.p11jwt('token', *b, '--json')
+    od, ob = loads(rd), loads(rb)
+    s = srv.stats()
+    t.ok(od.get('token_type') == 'DPoP' and ob.get('token_type') == 'Bearer' and
+         od.get('access_token') != ob.get('access_token') and s['token_requests'] == 2 and
+         s['dpop']['issued'] == {'Bearer': 1, 'DPoP': 1},
+         'without --dpop after a --dpop run: a new Bearer exchange, not the DPoP token',
+         (rd.stderr, rb.stderr, s['dpop']['issued']))
+    t.ok('dpop' not in ob.get('p11jwt', {}), 'the Bearer answer has no p11jwt.dpop',
+         ob.get('p11jwt'))
+    rd2, rb2 = ctx.p11jwt('token', *b, '--dpop'), ctx.p11jwt('token', *b)
+    t.ok(rd2.stdout.strip() == od.get('access_token') and
+         rb2.stdout.strip() == ob.get('access_token') and srv.stats()['token_requests'] == 2,
+         'each comes back from the cache for its own kind of request', (rd2.stderr, rb2.stderr))
+    for tok in (od.get('access_token'), ob.get('access_token')):
+        if tok:
+            ctx.tokens.append(tok)
+    if ob.get('access_token') and od.get('access_token'):
+        st1, _, _ = echo(ctx, srv, ob['access_token'], scheme='Bearer')
+        st2, _, _ = echo(ctx, srv, od['access_token'], scheme='Bearer')
+        t.ok(st1 == 200 and st2 == 401, 'the Bearer one works as Bearer, the DPoP one does not',
+             (st1, st2))
+    rows = [e for e in cache_rows(ctx) if e.get('client_id') == 'cc-plain']
+    kinds = sorted((e.get('token_type'), e.get('jkt')) for e in rows)
+    t.eq(kinds, sorted([('Bearer', None), ('DPoP', ctx.jkt['ec-p256'])]),
+         'cache list --json: two cc-plain rows, Bearer without jkt and DPoP with it')
+
+
+def nonce_files(ctx):
+    d = os.path.join(ctx.env['XDG_RUNTIME_DIR'], 'p11jwt', 'cache')
+    try:
+        return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith('.nonce'))
+    except OSError:
+        return []
+
+
+def test_cli_nonce(ctx, srv):
+    # oidc-provider sends a DPoP-Nonce with every answer to a proof without
+    # its newest nonce, and the CLI keeps it: start without any
+    ctx.p11jwt('cache', 'clear')
+    srv.post('/test/reset')
+    a = cc(srv, 'ec-p256', 'ES256', 'cc-nonce', '--dpop', '--no-cache', '--json')
+    r = ctx.p11jwt('token', *a)
+    out = loads(r)
+    s = srv.stats()
+    last = s['dpop']['last_token_proof'] or {}
+    t.ok(r.returncode == 0 and out.get('token_type') == 'DPoP' and
+         s['dpop']['use_dpop_nonce_token'] == 1 and s['token_requests'] == 2 and
+         (last.get('claims') or {}).get('nonce') and last.get('ok'),
+         'use_dpop_nonce: retried once with the nonce (2 requests, 1 use_dpop_nonce)',
+         (r.stderr, s))
+    if r.returncode == 0:
+        ctx.tokens.append(out['access_token'])
+    server_proof(ctx, srv, 'token', htm='POST', htu=srv.token_url, alg='ES256',
+                 nonce=(last.get('claims') or {}).get('nonce'), jkt=ctx.jkt['ec-p256'],
+                 what='token --dpop: the retried proof, with the nonce')
+    files = nonce_files(ctx)
+    t.ok(files and all((os.stat(f).st_mode & 0o777) == 0o600 for f in files),
+         'the nonce is kept in the cache directory (*.nonce, 0600)', files)
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *a)
+    s = srv.stats()
+    t.ok(r.returncode == 0 and s['dpop']['use_dpop_nonce_token'] == 0 and
+         s['token_requests'] == 1 and
+         (s['dpop']['last_token_proof']['claims'] or {}).get('nonce'),
+         'the next run sends the kept nonce at once (1 request, no use_dpop_nonce)',
+         (r.stderr, s))
+    if r.returncode == 0:
+        ctx.tokens.append(loads(r)['access_token'])
+    # the jwt-bearer grant on the same server takes the same nonce
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *jb(srv, 'ed25519', 'EdDSA', 'jb-nonce', 'carol', '--dpop',
+                                '--no-cache', '--json'))
+    s = srv.stats()
+    t.ok(r.returncode == 0 and loads(r).get('token_type') == 'DPoP' and
+         s['dpop']['use_dpop_nonce_token'] == 0 and s['token_requests'] == 1,
+         'another client of that token endpoint (jwt-bearer): the kept nonce works at once',
+         (r.stderr, s))
+    if r.returncode == 0:
+        ctx.tokens.append(loads(r)['access_token'])
+    r = ctx.p11jwt('cache', 'clear')
+    t.ok(r.returncode == 0 and not nonce_files(ctx), 'cache clear removes the nonce files',
+         nonce_files(ctx))
+
+
+def test_cli_refresh(ctx, srv):
+    srv.post('/test/reset')
+    a = jb(srv, 'ec-p256', 'ES256', 'jb-short', 'dave', '--dpop')
+    r1 = ctx.p11jwt('token', *a)
+    time.sleep(2.5)  # ttl 62 s, the cache's margin 60 s: stale after 2 s
+    r2 = ctx.p11jwt('token', *a, '--json')
+    out = loads(r2)
+    s = srv.stats()
+    t.ok(r1.returncode == 0 and r2.returncode == 0 and out.get('access_token') !=
+         r1.stdout.strip() and out.get('token_type') == 'DPoP' and
+         s['by_grant'].get('refresh_token') == 1 and s['by_grant'].get(JWT_BEARER) == 1,
+         'a stale DPoP token is refreshed (refresh_token grant, no new assertion)',
+         (r1.stderr, r2.stderr, s['by_grant']))
+    last = s['dpop']['last_token_proof'] or {}
+    t.ok(s['dpop']['token_proofs'] == 2 and last.get('ok') and
+         s['dpop']['issued']['DPoP'] == 2,
+         'the refresh request carried a proof too, and got a DPoP token', s['dpop'])
+    server_proof(ctx, srv, 'token', htm='POST', htu=srv.token_url, alg='ES256',
+                 jkt=ctx.jkt['ec-p256'], nonce=(last.get('claims') or {}).get('nonce'),
+                 what='the refresh proof')
+    if r2.returncode == 0:
+        ctx.tokens += [r1.stdout.strip(), out['access_token']]
+        st, body, _ = echo(ctx, srv, out['access_token'], 'ec-p256')
+        t.ok(st == 200 and body.get('sub') == 'dave' and body.get('jkt') == ctx.jkt['ec-p256'],
+             'the refreshed token is bound to the same key', (st, body))
+
+
+def test_cli_call(ctx, srv):
+    a = cc(srv, 'ed25519', 'EdDSA', 'cc-dpop-eddsa', '--dpop')
+    srv.post('/test/reset')
+    r = ctx.p11jwt('call', *a, srv.echo_url)
+    body = loads(r)
+    t.ok(r.returncode == 0 and body.get('token_type') == 'DPoP' and
+         body.get('jkt') == ctx.jkt['ed25519'] and body.get('method') == 'GET',
+         'call --dpop: Authorization: DPoP and a proof; the resource says DPoP and the jkt',
+         r.stderr)
+    tok = ctx.p11jwt('token', *a).stdout.strip()  # the cached token
+    ctx.tokens.append(tok)
+    s = srv.stats()['dpop']
+    t.ok(s['api_by_scheme'] == {'Bearer': 0, 'DPoP': 1} and s['api_proofs'] == 1,
+         'the server saw the DPoP scheme with one proof', s)
+    server_proof(ctx, srv, 'api', htm='GET', htu=srv.echo_url, alg='EdDSA', ath=ath_of(tok),
+                 jkt=ctx.jkt['ed25519'], what='call --dpop: the proof at the resource (ath)')
+    r = ctx.p11jwt('call', *a, '-X', 'PUT', '-d', '{"n":2}', srv.echo_url + '?x=1#frag')
+    body = loads(r)
+    t.ok(r.returncode == 0 and body.get('method') == 'PUT' and body.get('body') == '{"n":2}',
+         'call --dpop -X PUT -d, a URL with a query: 200', r.stderr)
+    server_proof(ctx, srv, 'api', htm='PUT', htu=srv.echo_url, alg='EdDSA', ath=ath_of(tok),
+                 jkt=ctx.jkt['ed25519'], what='call --dpop -X PUT: htm PUT, htu without the query')
+    # a revoked token: a new one, with a fresh proof each time
+    srv.post('/test/revoke')
+    srv.post('/test/reset')
+    r = ctx.p11jwt('call', *a, srv.echo_url)
+    s = srv.stats()
+    t.ok(r.returncode == 0 and s['api_401'] == 1 and s['token_requests'] == 1 and
+         s['api_requests'] == 2 and s['dpop']['token_proofs'] == 1 and
+         s['dpop']['api_proofs'] == 2 and s['dpop']['replays'] == 0,
+         'a 401 to the cached DPoP token: a new token (with a proof), the call again',
+         (r.stderr, s))
+    tok = ctx.p11jwt('token', *a).stdout.strip()
+    ctx.tokens.append(tok)
+
+    # the resource's nonce
+    try:
+        m = srv.mode(api_dpop_nonce=True)
+        srv.post('/test/reset')
+        r = ctx.p11jwt('call', *a, srv.echo_url)
+        s = srv.stats()
+        t.ok(r.returncode == 0 and s['dpop']['use_dpop_nonce_api'] == 1 and
+             s['api_requests'] == 2 and s['token_requests'] == 0,
+             'the API asks for a nonce: one retry with it (2 API requests, no new token)',
+             (r.stderr, s))
+        server_proof(ctx, srv, 'api', htm='GET', htu=srv.echo_url, alg='EdDSA',
+                     ath=ath_of(tok), nonce=m['api_nonce'], jkt=ctx.jkt['ed25519'],
+                     what='call --dpop: the retried proof carries the API nonce')
+        r = ctx.p11jwt('call', *a, srv.echo_url)
+        s = srv.stats()
+        t.ok(r.returncode == 0 and s['dpop']['use_dpop_nonce_api'] == 1 and
+             s['api_requests'] == 3, 'the next call sends the kept nonce at once', (r.stderr, s))
+        m = srv.mode(api_dpop_nonce_rotate=True)
+        r = ctx.p11jwt('call', *a, srv.echo_url)
+        s = srv.stats()
+        t.ok(r.returncode == 0 and s['dpop']['use_dpop_nonce_api'] == 2 and
+             s['dpop']['last_api_proof']['claims'].get('nonce') == m['api_nonce'],
+             'the server rotates its nonce: one more retry, with the new one', (r.stderr, s))
+        r = ctx.p11jwt('call', *a, srv.echo_url)
+        t.ok(r.returncode == 0 and srv.dstats()['use_dpop_nonce_api'] == 2,
+             'and then the latest nonce is sent at once', r.stderr)
+        # a new nonce in each 200: the client follows it (RFC 9449 9)
+        srv.mode(api_dpop_nonce_rotate_on_success=True)
+        srv.post('/test/reset')
+        for _ in range(2):
+            r = ctx.p11jwt('call', *a, srv.echo_url)
+        s = srv.stats()
+        t.ok(r.returncode == 0 and s['dpop']['use_dpop_nonce_api'] == 0 and
+             s['api_requests'] == 2,
+             'a new DPoP-Nonce in each 200 answer: the next call uses it (no 401)',
+             (r.stderr, s))
+        srv.mode(api_dpop_nonce_rotate_on_success=False)
+        # the token endpoint keeps its own nonce (same origin): with none
+        # kept, one use_dpop_nonce each, then none
+        ctx.p11jwt('cache', 'clear')
+        srv.post('/test/reset')
+        rs = [ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-nonce', '--dpop',
+                                      '--no-cache')),
+              ctx.p11jwt('call', *a, srv.echo_url),
+              ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-nonce', '--dpop',
+                                      '--no-cache')),
+              ctx.p11jwt('call', *a, srv.echo_url)]
+        s = srv.stats()
+        t.ok(all(r.returncode == 0 for r in rs) and
+             s['dpop']['use_dpop_nonce_token'] == 1 and s['dpop']['use_dpop_nonce_api'] == 1 and
+             s['token_requests'] == 4 and s['api_requests'] == 3,
+             'the token endpoint and the API on one origin keep their own nonces (token, '
+             'call, token, call: one use_dpop_nonce each)', ([r.stderr for r in rs], s))
+        ctx.tokens += [r.stdout.strip() for r in rs[0::2] if r.returncode == 0]
+    finally:
+        srv.mode(api_dpop_nonce=False, api_dpop_nonce_rotate_on_success=False)
+
+
+def test_cli_presets(ctx, srv):
+    base = ['--preset', 'okta', '--key', 'ec-p256', '--client-id', 'okta-ec-p256',
+            '--token-url', srv.token_url, '--scope', 'api:read', '--json', '--no-cache']
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *base)
+    out = loads(r)
+    s = srv.dstats()
+    t.ok(r.returncode == 0 and out.get('token_type') == 'DPoP' and s['token_proofs'] == 1 and
+         out.get('p11jwt', {}).get('dpop', {}).get('jkt') == ctx.jkt['ec-p256'],
+         'the okta preset turns DPoP on by default', (r.stderr, s))
+    r = ctx.p11jwt('token', *base, '--no-dpop')
+    out2 = loads(r)
+    s = srv.dstats()
+    t.ok(r.returncode == 0 and out2.get('token_type') == 'Bearer' and s['token_proofs'] == 1 and
+         s['issued']['Bearer'] == 1, 'okta --no-dpop: no proof, a Bearer token', (r.stderr, s))
+    ctx.tokens += [o['access_token'] for o in (out, out2) if o.get('access_token')]
+    pdir = os.path.join(ctx.env['XDG_CONFIG_HOME'], 'p11jwt', 'profiles')
+    os.makedirs(pdir, exist_ok=True)
+    with open(os.path.join(pdir, 'dpop-on.json'), 'w') as f:
+        json.dump({'key': 'ec-p256', 'alg': 'ES256', 'client_id': 'cc-dpop-es384',
+                   'token_url': srv.token_url, 'dpop': True, 'dpop_key': 'ec-p384'}, f)
+    with open(os.path.join(pdir, 'okta-off.json'), 'w') as f:
+        json.dump({'preset': 'okta', 'key': 'ec-p256', 'client_id': 'okta-ec-p256',
+                   'token_url': srv.token_url, 'dpop': False}, f)
+    # cc-dpop-es384's JWKS is ec-p384's: sign the assertion with it too
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', '--profile', 'dpop-on', '--key', 'ec-p384', '--alg', 'ES384',
+                   '--json', '--no-cache')
+    out = loads(r)
+    s = srv.dstats()
+    t.ok(r.returncode == 0 and out.get('p11jwt', {}).get('dpop') ==
+         {'key': 'ec-p384', 'jkt': ctx.jkt['ec-p384']} and
+         s['last_token_proof']['header']['alg'] == 'ES384',
+         'a profile with "dpop": true and "dpop_key": the proof by that key', (r.stderr, s))
+    r = ctx.p11jwt('token', '--profile', 'okta-off', '--json', '--no-cache')
+    out2 = loads(r)
+    t.ok(r.returncode == 0 and out2.get('token_type') == 'Bearer' and
+         srv.dstats()['token_proofs'] == 1, 'a profile with "dpop": false turns okta\'s off',
+         r.stderr)
+    ctx.tokens += [o['access_token'] for o in (out, out2) if o.get('access_token')]
+
+
+def test_cli_errors(ctx, srv, srv2):
+    def hint_ok(r, words, desc, code=6):
+        last = last_line(r.stderr)
+        return t.ok(r.returncode == code and last.startswith('p11jwt: hint:') and
+                    all(w in last for w in words), desc, (r.returncode, r.stderr))
+
+    srv.post('/test/reset')
+    r = ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-dpop-es256', '--no-cache'))
+    hint_ok(r, ['--dpop'], 'a client that requires DPoP, without --dpop: exit 6, invalid_grant, '
+            'and a last line "p11jwt: hint:" naming --dpop')
+    t.ok('invalid_grant' in r.stderr and srv.dstats()['token_proofs'] == 0,
+         'the server said invalid_grant to a request without a proof', r.stderr)
+    r = ctx.p11jwt('token', *jb(srv, 'ec-p256', 'ES256', 'jb-dpop', 'eve', '--no-cache'))
+    hint_ok(r, ['--dpop'], 'jwt-bearer, a client that requires DPoP, without --dpop: the '
+            '--dpop hint')
+    r = ctx.p11jwt('call', *cc(srv, 'ec-p256', 'ES256', 'cc-dpop-es256'), srv.echo_url)
+    hint_ok(r, ['--dpop'], 'call without --dpop to a client that requires it: the --dpop hint')
+
+    # a proof alg the server does not take: its metadata in the hint
+    srv2.post('/test/reset')
+    r = ctx.p11jwt('token', '--key', 'rsa-2048', '--alg', 'PS256', '--client-id',
+                   'cc-dpop-ps256', '--token-url', srv2.token_url, '--dpop', '--no-cache')
+    hint_ok(r, ['dpop_signing_alg_values_supported', 'ES256 ES384 EdDSA Ed25519', 'PS256'],
+            'invalid_dpop_proof (PS256 at a server without it): exit 6, the hint lists the '
+            "server's dpop_signing_alg_values_supported")
+    t.ok('invalid_dpop_proof' in r.stderr and srv2.dstats()['invalid_proofs'] == 1,
+         'the server said invalid_dpop_proof', r.stderr)
+    r = ctx.p11jwt('token', '--key', 'rsa-2048', '--alg', 'PS256', '--client-id',
+                   'cc-dpop-ps256', '--token-url', srv2.token_url, '--dpop-key', 'ec-p256',
+                   '--no-cache')
+    t.ok(r.returncode == 0, 'the same client with --dpop-key ec-p256 (ES256): a token', r.stderr)
+
+    # use_dpop_nonce after the one retry
+    try:
+        srv.mode(token_dpop_nonce_always=True)
+        srv.post('/test/reset')
+        r = ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-dpop-es256', '--dpop',
+                                    '--no-cache'))
+        s = srv.stats()
+        hint_ok(r, ['nonce'], 'use_dpop_nonce again after the retry: exit 6 and a nonce hint')
+        t.ok(s['token_requests'] == 2 and s['dpop']['use_dpop_nonce_token'] == 2,
+             'exactly one retry (2 requests, 2 use_dpop_nonce)', s)
+    finally:
+        srv.mode(token_dpop_nonce_always=False)
+    try:
+        a = cc(srv, 'ed25519', 'EdDSA', 'cc-dpop-eddsa', '--dpop')
+        ctx.p11jwt('token', *a)  # in the cache
+        srv.mode(api_dpop_nonce_always=True)
+        srv.post('/test/reset')
+        r = ctx.p11jwt('call', *a, srv.echo_url)
+        s = srv.stats()
+        t.ok(r.returncode == 11 and 'use_dpop_nonce' in r.stderr and s['api_requests'] == 2 and
+             s['dpop']['use_dpop_nonce_api'] == 2 and s['token_requests'] == 0,
+             'call: the API wants a new nonce again after the retry: exit 11, 2 requests, no '
+             'new token', (r.stderr, s))
+        t.ok(last_line(r.stderr).startswith('p11jwt: hint:') and 'nonce' in last_line(r.stderr),
+             'call: that use_dpop_nonce ends with a "p11jwt: hint:" line', r.stderr)
+    finally:
+        srv.mode(api_dpop_nonce_always=False)
+    # a server that ignores the proof: a Bearer token is an error
+    try:
+        srv.mode(token_ignore_dpop=True)
+        srv.post('/test/reset')
+        r = ctx.p11jwt('token', *cc(srv, 'ec-p256', 'ES256', 'cc-plain', '--dpop', '--no-cache'))
+        s = srv.dstats()
+        t.ok(r.returncode == 10 and 'DPoP' in r.stderr and r.stdout == '' and
+             s['issued'] == {'Bearer': 1, 'DPoP': 0},
+             'token --dpop answered with a Bearer token: exit 10, nothing printed',
+             (r.returncode, r.stderr, s))
+        rows = [e for e in cache_rows(ctx) if e.get('client_id') == 'cc-plain' and
+                e.get('token_type') == 'Bearer']
+        t.ok(len(rows) <= 1, 'and that Bearer token is not cached as a DPoP one', rows)
+    finally:
+        srv.mode(token_ignore_dpop=False)
 
 
 if __name__ == '__main__':

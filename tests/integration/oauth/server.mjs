@@ -146,6 +146,11 @@ let tokenDelayMs = 0;
 // The resource's own nonce (POST /test/mode {"api_dpop_nonce": true}).
 let apiNonceRequired = false;
 let apiNonceRotateOnSuccess = false;
+// Misbehaviour on demand (POST /test/mode): a fresh nonce demanded for every
+// proof at /token or /api/echo, and a token endpoint that ignores proofs.
+let tokenNonceAlways = false;
+let apiNonceAlways = false;
+let tokenIgnoreDpop = false;
 const newApiNonce = () => `api-${randomBytes(16).toString('base64url')}`;
 let apiNonce = newApiNonce();
 // DPoP proof jtis seen by our own checks: key -> expiry (epoch s)
@@ -255,6 +260,17 @@ provider.use(async (ctx, next) => {
   if (isToken) stats.token_requests += 1;
   const proof = isToken ? ctx.get('DPoP') : '';
   if (proof) stats.dpop.token_proofs += 1;
+  if (proof && tokenNonceAlways) {
+    ctx.set('DPoP-Nonce', `always-${randomBytes(16).toString('base64url')}`);
+    ctx.set('Cache-Control', 'no-store');
+    ctx.status = 400;
+    ctx.body = { error: 'use_dpop_nonce', error_description: 'a fresh DPoP nonce for every request (test mode)' };
+    recordProof('last_token_proof', proof, ctx.status, ctx.body.error);
+    countDpopOutcome('token', ctx.status, ctx.body, proof);
+    log('/token -> 400 use_dpop_nonce (test mode)');
+    return;
+  }
+  if (proof && tokenIgnoreDpop) delete ctx.req.headers.dpop;
   await next();
   if (!isToken) return;
   if (proof) recordProof('last_token_proof', proof, ctx.status, ctx.body?.error);
@@ -310,7 +326,9 @@ function decodeProof(jwt) {
 }
 
 function recordProof(where, jwt, status, error) {
-  stats.dpop[where] = { ...decodeProof(jwt), ok: status >= 200 && status < 300, error: error ?? null };
+  stats.dpop[where] = {
+    ...decodeProof(jwt), jwt, ok: status >= 200 && status < 300, error: error ?? null,
+  };
 }
 
 // Count one answer's DPoP outcome: nonce demands, invalid proofs, replays,
@@ -664,12 +682,16 @@ async function handleEcho(req, res) {
         htm: req.method,
         htu: `${issuer}/api/echo`,
         accessToken: m[2],
-        nonce: apiNonceRequired ? {
+        nonce: apiNonceAlways ? {
+          required: true, check: () => false, next: () => `always-${randomBytes(16).toString('base64url')}`,
+        } : apiNonceRequired ? {
           required: true, check: (v) => v === apiNonce, next: () => apiNonce,
         } : { required: false, check: () => true, next: () => apiNonce },
       });
     } catch (e) {
-      stats.dpop.last_api_proof = { ...decodeProof(proof), ok: false, error: e.code ?? 'invalid_dpop_proof' };
+      stats.dpop.last_api_proof = {
+        ...decodeProof(proof), jwt: proof, ok: false, error: e.code ?? 'invalid_dpop_proof',
+      };
       if (e.code === 'use_dpop_nonce') {
         unauthorized(res, 'DPoP', 'use_dpop_nonce', 'Resource server requires nonce in DPoP proof',
           { 'dpop-nonce': e.nonce });
@@ -679,7 +701,7 @@ async function handleEcho(req, res) {
       return;
     }
     const fail = (error, description) => {
-      stats.dpop.last_api_proof = { header: result.header, claims: result.claims, ok: false, error };
+      stats.dpop.last_api_proof = { header: result.header, claims: result.claims, jwt: proof, ok: false, error };
       unauthorized(res, 'DPoP', error, description);
     };
     if (!token.jkt) {
@@ -695,7 +717,7 @@ async function handleEcho(req, res) {
       fail('invalid_dpop_proof', `DPoP proof JWT Replay detected (jti ${result.jti})`);
       return;
     }
-    stats.dpop.last_api_proof = { header: result.header, claims: result.claims, ok: true, error: null };
+    stats.dpop.last_api_proof = { header: result.header, claims: result.claims, jwt: proof, ok: true, error: null };
     jkt = token.jkt;
   }
   const extra = {};
@@ -771,7 +793,9 @@ server.on('request', async (req, res) => {
           }
           tokenDelayMs = d;
         }
-        for (const k of ['api_dpop_nonce', 'api_dpop_nonce_rotate', 'api_dpop_nonce_rotate_on_success']) {
+        const flags = ['api_dpop_nonce', 'api_dpop_nonce_rotate', 'api_dpop_nonce_rotate_on_success',
+          'api_dpop_nonce_always', 'token_dpop_nonce_always', 'token_ignore_dpop'];
+        for (const k of flags) {
           if (mode[k] !== undefined && typeof mode[k] !== 'boolean') {
             send(res, 400, { error: 'invalid_request', error_description: `${k} must be true or false` });
             return;
@@ -782,11 +806,17 @@ server.on('request', async (req, res) => {
           apiNonceRotateOnSuccess = mode.api_dpop_nonce_rotate_on_success;
         }
         if (mode.api_dpop_nonce_rotate) apiNonce = newApiNonce();
+        if (mode.api_dpop_nonce_always !== undefined) apiNonceAlways = mode.api_dpop_nonce_always;
+        if (mode.token_dpop_nonce_always !== undefined) tokenNonceAlways = mode.token_dpop_nonce_always;
+        if (mode.token_ignore_dpop !== undefined) tokenIgnoreDpop = mode.token_ignore_dpop;
         send(res, 200, {
           ok: true,
           token_delay_ms: tokenDelayMs,
           api_dpop_nonce: apiNonceRequired,
           api_dpop_nonce_rotate_on_success: apiNonceRotateOnSuccess,
+          api_dpop_nonce_always: apiNonceAlways,
+          token_dpop_nonce_always: tokenNonceAlways,
+          token_ignore_dpop: tokenIgnoreDpop,
           api_nonce: apiNonce,
         });
       } else {
