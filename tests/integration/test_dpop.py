@@ -12,7 +12,6 @@ Nothing here talks to any address but 127.0.0.1.
 
 Environment: P11JWT_SRCDIR, P11JWT_BUILDDIR (set by meson). Prints TAP.
 """
-import base64
 import hashlib
 import json
 import os
@@ -896,9 +895,13 @@ def test_cli_cache(ctx, srv):
         st, body, _ = echo(ctx, srv, out['access_token'], 'ec-p256')
         t.ok(st == 200 and body.get('jkt') == ctx.jkt['ec-p256'],
              'and that token is bound to ec-p256', (st, body))
-    r4 = ctx.p11jwt('token', *a)
-    t.ok(r4.stdout == r1.stdout and srv.stats()['token_requests'] == 2,
-         'back to ec-p384: its cached token again', r4.stderr)
+    r4 = ctx.p11jwt('token', *a, '--json')
+    out = loads(r4)
+    t.ok(out.get('access_token') == tok1 and srv.stats()['token_requests'] == 2 and
+         out.get('token_type') == 'DPoP' and
+         out.get('p11jwt', {}).get('dpop') == {'key': 'ec-p384', 'jkt': ctx.jkt['ec-p384']},
+         'back to ec-p384: its cached token again; --json on the hit says DPoP, key and jkt',
+         (r4.stdout, r4.stderr))
 
     # Bearer and DPoP tokens of one client never mix
     srv.post('/test/reset')
