@@ -28,6 +28,11 @@
  *
  * Counters start again when the file changes. Each wrapped call appends a
  * line to $P11JWT_FAULT_LOG ("C_Login 1 rv=0x0"), which tests count.
+ *
+ * $P11JWT_FAULT_HIDE_MECHS (read at each call) hides mechanisms, as a
+ * token without them would: "CKM_SHA256_RSA_PKCS_PSS,0x43" (names of the
+ * signing mechanisms, or hex) are left out of C_GetMechanismList, and
+ * C_GetMechanismInfo and C_SignInit answer CKR_MECHANISM_INVALID for them.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -281,6 +286,76 @@ static int is_always_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	return strcmp(label, want) == 0;
 }
 
+/* ---- hiding mechanisms ($P11JWT_FAULT_HIDE_MECHS) ---- */
+
+static const struct {
+	const char *name;
+	CK_MECHANISM_TYPE m;
+} mech_names[] = {
+    {"CKM_RSA_PKCS", CKM_RSA_PKCS},
+    {"CKM_RSA_PKCS_PSS", CKM_RSA_PKCS_PSS},
+    {"CKM_SHA256_RSA_PKCS", CKM_SHA256_RSA_PKCS},
+    {"CKM_SHA384_RSA_PKCS", CKM_SHA384_RSA_PKCS},
+    {"CKM_SHA512_RSA_PKCS", CKM_SHA512_RSA_PKCS},
+    {"CKM_SHA256_RSA_PKCS_PSS", CKM_SHA256_RSA_PKCS_PSS},
+    {"CKM_SHA384_RSA_PKCS_PSS", CKM_SHA384_RSA_PKCS_PSS},
+    {"CKM_SHA512_RSA_PKCS_PSS", CKM_SHA512_RSA_PKCS_PSS},
+    {"CKM_ECDSA", CKM_ECDSA},
+    {"CKM_EDDSA", 0x1057UL},
+};
+
+static int mech_hidden(CK_MECHANISM_TYPE m)
+{
+	const char *list = getenv("P11JWT_FAULT_HIDE_MECHS");
+	char item[64];
+	size_t n, i;
+
+	while (list != NULL && *list != '\0') {
+		n = strcspn(list, ", ");
+		if (n > 0 && n < sizeof(item)) {
+			memcpy(item, list, n);
+			item[n] = '\0';
+			if (strncmp(item, "0x", 2) == 0 && strtoul(item, NULL, 16) == m)
+				return 1;
+			for (i = 0; i < sizeof(mech_names) / sizeof(mech_names[0]); i++)
+				if (strcmp(item, mech_names[i].name) == 0 && mech_names[i].m == m)
+					return 1;
+		}
+		list += n;
+		list += strspn(list, ", ");
+	}
+	return 0;
+}
+
+static CK_RV w_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE *list, CK_ULONG *n)
+{
+	CK_MECHANISM_TYPE all[512];
+	CK_ULONG na = sizeof(all) / sizeof(all[0]), i, kept = 0;
+	CK_RV rv;
+
+	if (n == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = REAL(real->C_GetMechanismList(slot, all, &na));
+	if (rv != CKR_OK)
+		return rv;
+	for (i = 0; i < na; i++)
+		if (!mech_hidden(all[i])) {
+			if (list != NULL && kept < *n)
+				list[kept] = all[i];
+			kept++;
+		}
+	rv = list != NULL && kept > *n ? CKR_BUFFER_TOO_SMALL : CKR_OK;
+	*n = kept;
+	return rv;
+}
+
+static CK_RV w_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE m, CK_MECHANISM_INFO *info)
+{
+	if (mech_hidden(m))
+		return CKR_MECHANISM_INVALID;
+	return REAL(real->C_GetMechanismInfo(slot, m, info));
+}
+
 static CK_RV w_Initialize(void *args)
 {
 	CK_RV rv = REAL(real->C_Initialize(args));
@@ -432,6 +507,8 @@ static CK_RV w_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM *m, CK_OBJECT_HANDLE k
 	CK_RV rv = pre("C_SignInit", 2);
 	int i;
 
+	if (rv == CKR_OK && m != NULL && mech_hidden(m->mechanism))
+		rv = CKR_MECHANISM_INVALID;
 	if (rv == CKR_OK)
 		rv = REAL(real->C_SignInit(s, m, k));
 	if (rv == CKR_OK && is_always_key(s, k)) {
@@ -509,6 +586,8 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST **ret)
 		ours.C_FindObjects = w_FindObjects;
 		ours.C_SignInit = w_SignInit;
 		ours.C_Sign = w_Sign;
+		ours.C_GetMechanismList = w_GetMechanismList;
+		ours.C_GetMechanismInfo = w_GetMechanismInfo;
 	}
 	pthread_mutex_unlock(&mu);
 	*ret = &ours;
