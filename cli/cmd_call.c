@@ -182,9 +182,15 @@ int cmd_call(cli_ctx *ctx, int argc, char **argv)
 		st = cli_fail(err_set(P11J_E_HTTP_STATUS, "%s %s answered HTTP %ld%s%s", method, o.url,
 				  resp.status, resp.www_authenticate ? "; WWW-Authenticate: " : "",
 				  resp.www_authenticate ? resp.www_authenticate : ""));
+		char buf[512];
+		const char *hint = xch_api_dpop_hint(&req, g.dpop, resp.status,
+						     resp.www_authenticate, buf, sizeof(buf));
+
 		fwrite(resp.body, 1, resp.len, stderr);
 		if (resp.len && resp.body[resp.len - 1] != '\n')
 			fputc('\n', stderr);
+		if (hint)
+			tkn_note("hint: %s", hint);
 	}
 out:
 	free(hdrs);

@@ -156,6 +156,12 @@ void xch_token_clear(xch_token *tok);
  * too. A missing token_type is Bearer. */
 int xch_check_token_type(const xch_req *req, const xch_token *tok);
 
+/* A hint for an API's 400/401 answer about DPoP, by its WWW-Authenticate
+ * (NULL when none): with a DPoP token, a nonce asked for again after the
+ * retry or a refused proof; with a bearer token, a DPoP challenge. */
+const char *xch_api_dpop_hint(const xch_req *req, bool dpop, long status,
+			      const char *www_authenticate, char *buf, size_t len);
+
 /* Whether an OAuth error is about DPoP: invalid_dpop_proof,
  * use_dpop_nonce, or a description naming DPoP. Then xch_dpop_hint()
  * alone is shown (xch_hint()'s key and replay hints would mislead). */

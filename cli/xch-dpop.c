@@ -47,8 +47,11 @@ const char *xch_dpop_hint(const xch_req *req, const char *error, const char *des
 		       "servers behind one name may not share them; try again, and check the "
 		       "server's nonce settings";
 	if (!req->dpop) {
+		/* invalid_client is about the client's authentication; a client
+		 * that requires DPoP answers a request without a proof with
+		 * invalid_grant or invalid_request (RFC 9449 5), unless it says */
 		if (strcmp(error, "invalid_grant") != 0 && strcmp(error, "invalid_request") != 0 &&
-		    strcmp(error, "invalid_client") != 0 && !xch_dpop_related(error, description))
+		    !xch_dpop_related(error, description))
 			return NULL;
 		return "the client may require DPoP (sender-constrained tokens, RFC 9449): "
 		       "add --dpop (the agent's key must be allowed to make proofs: dpop = yes "
@@ -77,4 +80,32 @@ const char *xch_dpop_hint(const xch_req *req, const char *error, const char *des
 			 "up for DPoP with key '%s'",
 			 proof_alg ? proof_alg : "the key's alg", req->dpop_key);
 	return buf;
+}
+
+const char *xch_api_dpop_hint(const xch_req *req, bool dpop, long status,
+			      const char *www_authenticate, char *buf, size_t len)
+{
+	const char *w = www_authenticate;
+
+	if (status != 401 && status != 400)
+		return NULL;
+	if (!dpop)
+		return w && strncasecmp(w, "DPoP", 4) == 0 && (w[4] == ' ' || w[4] == '\0')
+			       ? "the API asks for a DPoP-bound token (WWW-Authenticate: DPoP): "
+				 "add --dpop"
+			       : NULL;
+	if (w == NULL)
+		return NULL;
+	if (strcasestr(w, "use_dpop_nonce"))
+		return xch_dpop_hint(req, "use_dpop_nonce", NULL, NULL, NULL, buf, len);
+	if (strcasestr(w, "invalid_dpop_proof")) {
+		snprintf(buf, len,
+			 "the API refused the DPoP proof of key '%s': check that it accepts the "
+			 "key's alg for proofs, the clock of this machine (iat), and that the URL "
+			 "called is the one it expects as htu (the proof names the URL without "
+			 "its query)",
+			 req->dpop_key);
+		return buf;
+	}
+	return NULL;
 }

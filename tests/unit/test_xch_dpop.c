@@ -223,7 +223,7 @@ static void test_dpop_hints(void **state)
 	/* without --dpop: the client may require it */
 	for (size_t i = 0; i < 3; i++) {
 		static const char *const e[] = { "invalid_grant", "invalid_request",
-						 "invalid_client" };
+						 "invalid_client" /* it names DPoP */ };
 
 		h = xch_dpop_hint(&bearer, e[i], "DPoP proof JWT not provided", NULL, NULL, buf,
 				  sizeof(buf));
@@ -233,6 +233,11 @@ static void test_dpop_hints(void **state)
 	}
 	assert_null(xch_dpop_hint(&bearer, "invalid_scope", "no such scope", NULL, NULL, buf,
 				  sizeof(buf)));
+	/* invalid_client is about the assertion, unless it names DPoP */
+	assert_null(xch_dpop_hint(&bearer, "invalid_client", "invalid assertion aud", NULL, NULL,
+				  buf, sizeof(buf)));
+	assert_non_null(xch_dpop_hint(&bearer, "invalid_grant", "assertion aud mismatch", NULL,
+				      NULL, buf, sizeof(buf)));
 	assert_null(xch_dpop_hint(&bearer, NULL, NULL, NULL, NULL, buf, sizeof(buf)));
 	/* with --dpop, a refused proof: the server's algs when known */
 	h = xch_dpop_hint(&dpop, "invalid_dpop_proof", "invalid DPoP key binding", "PS256",
@@ -257,6 +262,36 @@ static void test_dpop_hints(void **state)
 	h = xch_dpop_hint(&dpop, "invalid_dpop_proof", NULL, "PS256", "ES256", buf, 16);
 	assert_int_equal(strlen(h), 15);
 	xch_req_clear(&bearer);
+	xch_req_clear(&dpop);
+}
+
+static void test_api_hints(void **state)
+{
+	xch_req dpop;
+	char buf[512];
+	const char *h;
+
+	(void)state;
+	resolve_ok(NULL, "{" BASE ",\"dpop\":true}", &dpop);
+	h = xch_api_dpop_hint(&dpop, true, 401, "DPoP error=\"use_dpop_nonce\"", buf, sizeof(buf));
+	assert_non_null(h);
+	assert_non_null(strstr(h, "asked for a DPoP nonce again"));
+	h = xch_api_dpop_hint(&dpop, true, 401,
+			      "Bearer realm=\"x\", DPoP error=\"invalid_dpop_proof\"", buf,
+			      sizeof(buf));
+	assert_non_null(strstr(h, "refused the DPoP proof of key 'k'"));
+	assert_null(xch_api_dpop_hint(&dpop, true, 401, "DPoP error=\"invalid_token\"", buf,
+				      sizeof(buf)));
+	assert_null(xch_api_dpop_hint(&dpop, true, 403, "DPoP error=\"use_dpop_nonce\"", buf,
+				      sizeof(buf)));
+	assert_null(xch_api_dpop_hint(&dpop, true, 401, NULL, buf, sizeof(buf)));
+	/* a bearer token at an API that challenges with DPoP */
+	h = xch_api_dpop_hint(&dpop, false, 401, "DPoP algs=\"ES256\"", buf, sizeof(buf));
+	assert_non_null(strstr(h, "add --dpop"));
+	assert_non_null(xch_api_dpop_hint(&dpop, false, 401, "DPoP", buf, sizeof(buf)));
+	assert_null(xch_api_dpop_hint(&dpop, false, 401, "DPoPx", buf, sizeof(buf)));
+	assert_null(xch_api_dpop_hint(&dpop, false, 401, "Bearer error=\"invalid_token\"", buf,
+				      sizeof(buf)));
 	xch_req_clear(&dpop);
 }
 
@@ -432,6 +467,7 @@ int main(void)
 		cmocka_unit_test(test_dpop_cache_key),
 		cmocka_unit_test(test_token_type),
 		cmocka_unit_test(test_dpop_hints),
+		cmocka_unit_test(test_api_hints),
 		cmocka_unit_test_setup_teardown(test_dpop_cache_entries, cache_setup, cache_teardown),
 		cmocka_unit_test_setup_teardown(test_dpop_nonces, cache_setup, cache_teardown),
 	};
