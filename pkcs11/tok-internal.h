@@ -59,6 +59,8 @@ struct tok_ctx {
 	CK_FUNCTION_LIST **mods; /* NULL-terminated */
 	uint8_t *state;          /* MOD_* per module */
 	bool mods_from_registry; /* p11_kit_modules_load() list */
+	char **files;            /* each module's file (or NULL), one per mods[] */
+	char *init_args;         /* pReserved for a module loaded by path, or NULL */
 	CK_FUNCTION_LIST *f;     /* module of the chosen token */
 	CK_SLOT_ID slot;
 	CK_TOKEN_INFO ti;
@@ -121,8 +123,15 @@ int tok_ck(const tok_ctx *ctx, const char *fn, CK_RV rv);
  * registered modules (narrowed by the URI's module-name), each allowlisted
  * by realpath(), and C_Initialize them. */
 int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri);
-/* C_Initialize with CKF_OS_LOCKING_OK (at load, and again in recovery). */
-CK_RV tok_module_init(CK_FUNCTION_LIST *m);
+/* C_Initialize module ctx->mods[i] (at load, and again in recovery): a
+ * module loaded by path gets CKF_OS_LOCKING_OK and ctx->init_args as
+ * pReserved; one registered with p11-kit is initialised the way p11-kit
+ * would, with its registration's x-init-reserved. 0 also for
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED; on failure the error names the
+ * module's file and the CKR_. */
+int tok_module_init(const tok_ctx *ctx, size_t i);
+/* The file of module ctx->mods[i], for messages. */
+const char *tok_module_file(const tok_ctx *ctx, size_t i);
 /* C_Finalize the modules we initialised, and release them all. */
 void tok_module_unload(tok_ctx *ctx);
 
@@ -142,6 +151,10 @@ int tok_slot_refind(tok_ctx *ctx);
 int tok_mech_read(tok_ctx *ctx);
 /* Mask of the algs of a key kind this token can sign. */
 unsigned tok_mech_algs(const tok_ctx *ctx, jwa_keykind kind);
+
+/* The mechanisms alg needs, for messages ("CKM_SHA256_RSA_PKCS_PSS or
+ * CKM_RSA_PKCS_PSS"). */
+const char *tok_mech_wanted(jwa_alg alg);
 
 /* What C_SignInit and C_Sign get for one signature. */
 typedef struct {

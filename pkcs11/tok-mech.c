@@ -49,11 +49,13 @@ static const tok_mech mech_table[] = {
 	{JWA_RS256, CKM_SHA256_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha256, 0, 0, 0, di_sha256},
 	{JWA_RS384, CKM_SHA384_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha384, 0, 0, 0, di_sha384},
 	{JWA_RS512, CKM_SHA512_RSA_PKCS, CKM_RSA_PKCS, "hashing for RSA", EVP_sha512, 0, 0, 0, di_sha512},
-	{JWA_PS256, CKM_SHA256_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha256,
+	/* NSS softoken and p11-kit-client 0.24 list only CKM_RSA_PKCS_PSS:
+	 * hash here, the token pads (same PSS parameters) and signs. */
+	{JWA_PS256, CKM_SHA256_RSA_PKCS_PSS, CKM_RSA_PKCS_PSS, "hashing for RSA-PSS", EVP_sha256,
 	 CKM_SHA256, CKG_MGF1_SHA256, 32, NULL},
-	{JWA_PS384, CKM_SHA384_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha384,
+	{JWA_PS384, CKM_SHA384_RSA_PKCS_PSS, CKM_RSA_PKCS_PSS, "hashing for RSA-PSS", EVP_sha384,
 	 CKM_SHA384, CKG_MGF1_SHA384, 48, NULL},
-	{JWA_PS512, CKM_SHA512_RSA_PKCS_PSS, TOK_CKM_NONE, NULL, EVP_sha512,
+	{JWA_PS512, CKM_SHA512_RSA_PKCS_PSS, CKM_RSA_PKCS_PSS, "hashing for RSA-PSS", EVP_sha512,
 	 CKM_SHA512, CKG_MGF1_SHA512, 64, NULL},
 	/* No CKM_ECDSA_SHA* on SoftHSM: hash here, sign the digest. */
 	{JWA_ES256, TOK_CKM_NONE, CKM_ECDSA, "hashing for ECDSA", EVP_sha256, 0, 0, 0, NULL},
@@ -126,15 +128,17 @@ int tok_mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t in
 	memset(ret, 0, sizeof(*ret));
 	ret->data = in;
 	ret->len = (CK_ULONG)inlen;
+	/* PSS: the same parameters whether the token hashes or we do (for
+	 * CKM_RSA_PKCS_PSS hashAlg names the hash of the digest given). */
+	if (m->pss_hash != 0) {
+		ret->pss.hashAlg = m->pss_hash;
+		ret->pss.mgf = m->pss_mgf;
+		ret->pss.sLen = m->pss_slen;
+		ret->mech.pParameter = &ret->pss;
+		ret->mech.ulParameterLen = sizeof(ret->pss);
+	}
 	if (m->raw == TOK_CKM_NONE || ((ctx->algs_mech & JWA_BIT(alg)) && !ctx->force_raw)) {
 		ret->mech.mechanism = m->mech;
-		if (m->pss_hash != 0) {
-			ret->pss.hashAlg = m->pss_hash;
-			ret->pss.mgf = m->pss_mgf;
-			ret->pss.sLen = m->pss_slen;
-			ret->mech.pParameter = &ret->pss;
-			ret->mech.ulParameterLen = sizeof(ret->pss);
-		}
 		return 0;
 	}
 	/* The token only does the signature operation: the DigestInfo (RSA)
@@ -149,6 +153,32 @@ int tok_mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t in
 	ret->data = ret->buf;
 	ret->len = (CK_ULONG)(pre + mdlen);
 	return 0;
+}
+
+const char *tok_mech_wanted(jwa_alg alg)
+{
+	switch (alg) {
+	case JWA_RS256:
+		return "CKM_SHA256_RSA_PKCS or CKM_RSA_PKCS";
+	case JWA_RS384:
+		return "CKM_SHA384_RSA_PKCS or CKM_RSA_PKCS";
+	case JWA_RS512:
+		return "CKM_SHA512_RSA_PKCS or CKM_RSA_PKCS";
+	case JWA_PS256:
+		return "CKM_SHA256_RSA_PKCS_PSS or CKM_RSA_PKCS_PSS";
+	case JWA_PS384:
+		return "CKM_SHA384_RSA_PKCS_PSS or CKM_RSA_PKCS_PSS";
+	case JWA_PS512:
+		return "CKM_SHA512_RSA_PKCS_PSS or CKM_RSA_PKCS_PSS";
+	case JWA_ES256:
+	case JWA_ES384:
+	case JWA_ES512:
+		return "CKM_ECDSA";
+	case JWA_EDDSA:
+		return "CKM_EDDSA";
+	default:
+		return "a mechanism";
+	}
 }
 
 void tok_test_force_raw_rsa(tok_ctx *ctx, bool on)

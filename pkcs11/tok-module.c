@@ -75,12 +75,73 @@ ok:
 	return 0;
 }
 
-/* Without CKF_OS_LOCKING_OK SoftHSM turns its own locking off. */
-CK_RV tok_module_init(CK_FUNCTION_LIST *m)
+const char *tok_module_file(const tok_ctx *ctx, size_t i)
 {
-	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+	if (ctx->files != NULL && ctx->files[i] != NULL)
+		return ctx->files[i];
+	return "(unknown file)";
+}
 
-	return m->C_Initialize(&args);
+/* A failed C_Initialize: lead, the module's file and, for the answer
+ * modules give when they miss their parameters, how to pass them. */
+static int init_error(const tok_ctx *ctx, size_t i, CK_RV rv, const char *lead)
+{
+	const char *hint = "";
+
+	if (rv == CKR_ARGUMENTS_BAD && ctx->mods_from_registry)
+		hint = " (check the x-init-reserved line of its p11-kit registration)";
+	else if (rv == CKR_ARGUMENTS_BAD && ctx->init_args == NULL)
+		hint = " (a module that needs initialisation parameters, such as NSS softoken, "
+		       "gets them with --module-init-args or module_init_args)";
+	else if (rv == CKR_ARGUMENTS_BAD)
+		hint = " (check its initialisation parameters)";
+	return err_set(P11J_E_MODULE, "%s %s: C_Initialize failed: %s%s", lead,
+	               tok_module_file(ctx, i), tok_ckr_name(rv), hint);
+}
+
+/* Without CKF_OS_LOCKING_OK SoftHSM turns its own locking off, so a module
+ * loaded by path gets it, with the configured parameters as pReserved.
+ * p11-kit initialises a managed registered module itself (C_Initialize
+ * with NULL), with OS locking and the registration's x-init-reserved: our
+ * own arguments would replace those. An unmanaged one ("managed: no") is
+ * called directly, so it gets the same two here. */
+static CK_RV module_init(const tok_ctx *ctx, size_t i)
+{
+	CK_FUNCTION_LIST *m = ctx->mods[i];
+	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+	char *reserved = NULL;
+	CK_RV rv;
+
+	if (ctx->mods_from_registry && !(p11_kit_module_get_flags(m) & P11_KIT_MODULE_UNMANAGED))
+		return m->C_Initialize(NULL);
+	if (ctx->mods_from_registry)
+		reserved = p11_kit_config_option(m, "x-init-reserved");
+	args.pReserved = reserved != NULL ? reserved : ctx->init_args;
+	rv = m->C_Initialize(&args);
+	free(reserved);
+	return rv;
+}
+
+int tok_module_init(const tok_ctx *ctx, size_t i)
+{
+	CK_RV rv = module_init(ctx, i);
+
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+		return init_error(ctx, i, rv, "PKCS#11 module");
+	return 0;
+}
+
+/* Each module's file, for messages. */
+static int files_note(tok_ctx *ctx, size_t n)
+{
+	size_t i;
+
+	ctx->files = calloc(n + 1, sizeof(*ctx->files));
+	if (ctx->files == NULL)
+		return err_nomem();
+	for (i = 0; i < n; i++)
+		ctx->files[i] = p11_kit_module_get_filename(ctx->mods[i]);
+	return 0;
 }
 
 /* The one module at path, allowlisted. */
@@ -95,7 +156,13 @@ static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *pat
 		return r;
 	ctx->mods = calloc(2, sizeof(*ctx->mods));
 	ctx->state = calloc(1, sizeof(*ctx->state));
-	if (ctx->mods == NULL || ctx->state == NULL) {
+	ctx->files = calloc(2, sizeof(*ctx->files));
+	if (ctx->mods == NULL || ctx->state == NULL || ctx->files == NULL) {
+		r = err_nomem();
+		goto out;
+	}
+	if (cfg->module_init_args != NULL &&
+	    (ctx->init_args = strdup(cfg->module_init_args)) == NULL) {
 		r = err_nomem();
 		goto out;
 	}
@@ -104,7 +171,10 @@ static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *pat
 		m = p11_kit_message();
 		r = err_set(P11J_E_MODULE, "cannot load PKCS#11 module '%s': %s", real,
 		            m ? m : "unknown reason");
+		goto out;
 	}
+	ctx->files[0] = real;
+	real = NULL;
 out:
 	free(real);
 	return r;
@@ -128,7 +198,7 @@ static int modules_from_registry(tok_ctx *ctx)
 	ctx->state = calloc(n + 1, sizeof(*ctx->state));
 	if (ctx->state == NULL)
 		return err_nomem();
-	return 0;
+	return files_note(ctx, n);
 }
 
 /* A registered module that is not the URI's module-name, or that lies
@@ -145,7 +215,7 @@ static bool module_passed_over(tok_ctx *ctx, const tok_config *cfg, CK_FUNCTION_
 	if (want_name != NULL && (nm == NULL || strcmp(nm, want_name) != 0))
 		skip = true;
 	if (!skip && fn != NULL && module_check(cfg, fn, &rp) < 0) {
-		tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s", err_msg());
+		tok_log(ctx, TOK_LOG_WARNING, "skipping module %s: %s", fn, err_msg());
 		skip = true;
 	}
 	free(rp);
@@ -163,6 +233,11 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 
 	if (path == NULL)
 		path = p11_kit_uri_get_module_path(uri);
+	if (path == NULL && cfg->module_init_args != NULL)
+		return err_set(P11J_E_BAD_REQUEST,
+		               "module initialisation parameters need a module path "
+		               "(--module or module); modules registered with p11-kit take "
+		               "theirs from the registration's x-init-reserved");
 	r = path != NULL ? module_from_path(ctx, cfg, path) : modules_from_registry(ctx);
 	if (r < 0)
 		return r;
@@ -172,12 +247,12 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 
 		if (ctx->mods_from_registry && module_passed_over(ctx, cfg, m, want_name))
 			continue;
-		rv = tok_module_init(m);
+		rv = module_init(ctx, i);
 		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-			r = tok_ck(NULL, "C_Initialize", rv);
 			if (!ctx->mods_from_registry)
-				return r;
-			tok_log(ctx, TOK_LOG_WARNING, "skipping module: %s", err_msg());
+				return init_error(ctx, i, rv, "PKCS#11 module");
+			(void)init_error(ctx, i, rv, "skipping module");
+			tok_log(ctx, TOK_LOG_WARNING, "%s", err_msg());
 			continue;
 		}
 		/* ALREADY_INITIALIZED: someone else in the process owns it and
@@ -199,9 +274,12 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 
 void tok_module_unload(tok_ctx *ctx)
 {
-	size_t i;
+	size_t i, n = 0;
 
 	if (ctx->mods != NULL) {
+		while (ctx->mods[n] != NULL)
+			n++;
+		n = n > 0 ? n : 1; /* a path whose load failed: its file may be noted */
 		for (i = 0; ctx->mods[i] != NULL; i++)
 			if (ctx->state != NULL && ctx->state[i] == MOD_OURS)
 				ctx->mods[i]->C_Finalize(NULL);
@@ -214,7 +292,13 @@ void tok_module_unload(tok_ctx *ctx)
 		}
 	}
 	free(ctx->state);
+	for (i = 0; ctx->files != NULL && i < n; i++)
+		free(ctx->files[i]);
+	free(ctx->files);
+	free(ctx->init_args);
 	ctx->mods = NULL;
 	ctx->state = NULL;
+	ctx->files = NULL;
+	ctx->init_args = NULL;
 	ctx->f = NULL;
 }

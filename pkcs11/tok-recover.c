@@ -129,7 +129,6 @@ fail:
 static int reopen(tok_ctx *ctx)
 {
 	bool absent = false, ours = ctx->state[ctx->mod_idx] == MOD_OURS;
-	CK_RV rv;
 	int r;
 
 	tok_pool_flush(ctx);
@@ -144,11 +143,8 @@ static int reopen(tok_ctx *ctx)
 	ctx->nopen = 0; /* C_Finalize closed every session */
 	pthread_mutex_unlock(&ctx->mu);
 	ctx->reinit_pending = true;
-	rv = tok_module_init(ctx->f);
-	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-		(void)tok_ck(ctx, "C_Initialize", rv);
+	if (tok_module_init(ctx, ctx->mod_idx) < 0)
 		return P11J_E_TOKEN_UNAVAILABLE;
-	}
 	r = reopen_once(ctx, &absent);
 	if (r >= 0)
 		ctx->reinit_pending = false;

@@ -96,8 +96,10 @@ static int sign_check(const tok_ctx *ctx, const tok_key *k, jwa_alg alg, const u
 		               jwa_name(jwa_default_for_kind(k->kind)));
 	if (!(k->algs & JWA_BIT(alg)))
 		return err_set(P11J_E_UNSUPPORTED_ALG,
-		               "token '%s' has no mechanism for %s with key '%s'", ctx->label,
-		               jwa_name(alg), k->name);
+		               "token '%s' has no mechanism for %s (its mechanism list has no "
+		               "%s), so key '%s' cannot sign %s there",
+		               ctx->label, jwa_name(alg), tok_mech_wanted(alg), k->name,
+		               jwa_name(alg));
 	if (*siglen < k->sig_len)
 		return err_set(P11J_E_INTERNAL,
 		               "signature buffer of %zu bytes is under the %zu "

@@ -30,6 +30,12 @@ typedef struct {
 	/* Extra allowed directory prefixes for realpath(module) beyond /usr/lib*
 	 * and /usr/local/lib* (NULL-terminated array, may be NULL). */
 	const char *const *module_allow;
+	/* The module's initialisation parameters, given to C_Initialize as
+	 * CK_C_INITIALIZE_ARGS.pReserved (NSS softoken: "configdir='sql:DIR'
+	 * ..."); only with module_path (or the URI's module-path). Modules
+	 * registered with p11-kit get their registration's x-init-reserved
+	 * from p11-kit instead. Not a secret, but never logged. */
+	const char *module_init_args;
 	/* RFC 7512 URI selecting token and keys; NULL means "pkcs11:". Its
 	 * module-path / module-name / pin-source / pin-value are honoured. */
 	const char *uri;
@@ -83,7 +89,8 @@ bool tok_key_unsafe(const tok_key *k);
 unsigned tok_key_algs(const tok_key *k);
 
 /* Sign in[0..inlen) for JWS alg: RS* via CKM_SHA*_RSA_PKCS (fallback: hash
- * in software + DigestInfo + CKM_RSA_PKCS), PS* via CKM_SHA*_RSA_PKCS_PSS,
+ * in software + DigestInfo + CKM_RSA_PKCS), PS* via CKM_SHA*_RSA_PKCS_PSS
+ * (fallback: hash in software + CKM_RSA_PKCS_PSS, same parameters),
  * ES* hash with OpenSSL then CKM_ECDSA (raw R||S, fixed width), EdDSA via
  * CKM_EDDSA. *siglen: size of sig in, length out. Thread-safe.
  * P11J_E_UNSUPPORTED_ALG if alg does not fit the key. Matches jws_sign_fn

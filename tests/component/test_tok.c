@@ -815,6 +815,157 @@ static void test_private_key_attributes(void **state)
 	p11_kit_module_release(f);
 }
 
+/* ---- other modules' shapes: fewer mechanisms, init parameters --------- */
+
+/* The fault module in front of SoftHSM (tests/faultmod), allowed. */
+static char fault_dir[1100], fault_path[1200];
+
+static tok_config fault_cfg(const char **allow)
+{
+	const char *build = getenv("P11JWT_BUILDDIR");
+	tok_config c = base_cfg();
+
+	snprintf(fault_dir, sizeof(fault_dir), "%s/tests/faultmod", build ? build : ".");
+	snprintf(fault_path, sizeof(fault_path), "%s/libp11jfault.so", fault_dir);
+	if (access(fault_path, R_OK) != 0)
+		fail_msg("the fault module %s is not built", fault_path);
+	allow[0] = fault_dir;
+	allow[1] = NULL;
+	c.module_allow = allow;
+	c.module_path = fault_path;
+	return c;
+}
+
+/* A token that lists CKM_RSA_PKCS_PSS but no CKM_SHA*_RSA_PKCS_PSS (NSS
+ * softoken, p11-kit-client 0.24): PS* hash here and the token signs the
+ * digest; the hidden mechanisms answer CKR_MECHANISM_INVALID, so a
+ * signature can only come from the fallback. OpenSSL verifies each. */
+static void test_pss_raw_fallback(void **state)
+{
+	static const jwa_alg ps[] = {JWA_PS256, JWA_PS384, JWA_PS512};
+	const char *allow[2];
+	tok_config c = fault_cfg(allow);
+	const char *msg = "eyJhbGciOiJQUzI1NiJ9.eyJzdWIiOiJwc3MifQ";
+	const tok_key *k;
+	tok_ctx *ctx;
+	size_t i;
+
+	(void)state;
+	setenv("P11JWT_FAULT_HIDE_MECHS",
+	       "CKM_SHA256_RSA_PKCS_PSS,CKM_SHA384_RSA_PKCS_PSS,CKM_SHA512_RSA_PKCS_PSS", 1);
+	ctx = open_ok(&c);
+	k = tok_key_find(ctx, "rsa-2048");
+	assert_non_null(k);
+	for (i = 0; i < ARRAY_SIZE(ps); i++) {
+		assert_true(tok_key_algs(k) & JWA_BIT(ps[i]));
+		sign_verify(ctx, k, ps[i], msg);
+	}
+	/* PSS is randomised: two signatures differ, both verify */
+	{
+		uint8_t a[512], b[512];
+		size_t al = sizeof(a), bl = sizeof(b);
+
+		assert_int_equal(tok_sign(ctx, k, JWA_PS256, (const uint8_t *)msg, strlen(msg), a,
+		                          &al), 0);
+		assert_int_equal(tok_sign(ctx, k, JWA_PS256, (const uint8_t *)msg, strlen(msg), b,
+		                          &bl), 0);
+		assert_int_equal(al, bl);
+		assert_memory_not_equal(a, b, al);
+		assert_true(verify(tok_key_pubkey(k), JWA_PS256, (const uint8_t *)msg, strlen(msg),
+		                   b, bl));
+	}
+	tok_close(ctx);
+	unsetenv("P11JWT_FAULT_HIDE_MECHS");
+}
+
+/* Forcing the raw mechanisms on SoftHSM (which has both) gives PS*
+ * signatures that verify too. */
+static void test_pss_forced_raw(void **state)
+{
+	tok_config c = base_cfg();
+	tok_ctx *ctx = open_ok(&c);
+	const tok_key *k = tok_key_find(ctx, "rsa-2048");
+
+	(void)state;
+	tok_test_force_raw_rsa(ctx, true);
+	sign_verify(ctx, k, JWA_PS256, "a.b");
+	sign_verify(ctx, k, JWA_PS384, "a.b");
+	sign_verify(ctx, k, JWA_PS512, "a.b");
+	tok_close(ctx);
+}
+
+/* No PSS mechanism at all, no CKM_EDDSA: the key stays, without those
+ * algs, and signing with one blames the token, not the key. */
+static void test_no_mechanism(void **state)
+{
+	const char *allow[2];
+	tok_config c = fault_cfg(allow);
+	uint8_t sig[1024];
+	size_t siglen = sizeof(sig);
+	const tok_key *k;
+	tok_ctx *ctx;
+
+	(void)state;
+	setenv("P11JWT_FAULT_HIDE_MECHS",
+	       "CKM_SHA256_RSA_PKCS_PSS CKM_SHA384_RSA_PKCS_PSS CKM_SHA512_RSA_PKCS_PSS "
+	       "CKM_RSA_PKCS_PSS CKM_EDDSA",
+	       1);
+	ctx = open_ok(&c);
+	k = tok_key_find(ctx, "rsa-2048");
+	assert_non_null(k);
+	assert_false(tok_key_algs(k) & (JWA_BIT(JWA_PS256) | JWA_BIT(JWA_PS384) |
+	                                JWA_BIT(JWA_PS512)));
+	assert_true(tok_key_algs(k) & JWA_BIT(JWA_RS256));
+	assert_int_equal(tok_sign(ctx, k, JWA_PS256, (const uint8_t *)"x", 1, sig, &siglen),
+	                 P11J_E_UNSUPPORTED_ALG);
+	assert_string_equal(err_msg(),
+	                    "token 'p11jwt-test' has no mechanism for PS256 (its mechanism list "
+	                    "has no CKM_SHA256_RSA_PKCS_PSS or CKM_RSA_PKCS_PSS), so key "
+	                    "'rsa-2048' cannot sign PS256 there");
+	sign_verify(ctx, k, JWA_RS256, "still.signs");
+	k = tok_key_find(ctx, "ed25519");
+	assert_non_null(k);
+	assert_int_equal(tok_key_algs(k), 0);
+	siglen = sizeof(sig);
+	assert_int_equal(tok_sign(ctx, k, JWA_EDDSA, (const uint8_t *)"x", 1, sig, &siglen),
+	                 P11J_E_UNSUPPORTED_ALG);
+	assert_non_null(strstr(err_msg(), "token 'p11jwt-test' has no mechanism for EdDSA"));
+	assert_non_null(strstr(err_msg(), "CKM_EDDSA"));
+	tok_close(ctx);
+	unsetenv("P11JWT_FAULT_HIDE_MECHS");
+}
+
+/* module_init_args reaches C_Initialize as pReserved: SoftHSM refuses any
+ * pReserved with CKR_ARGUMENTS_BAD, so the string must have got there; the
+ * error names the module. Without a module path it is refused. */
+static void test_module_init_args(void **state)
+{
+	tok_config c = base_cfg();
+	tok_ctx *ctx = NULL;
+
+	(void)state;
+	c.module_init_args = "configdir='sql:/nonexistent'";
+	assert_int_equal(tok_open(&c, &ctx), P11J_E_MODULE);
+	assert_null(ctx);
+	/* the module is named by its real path */
+	assert_non_null(strstr(err_msg(), "PKCS#11 module /usr/lib/"));
+	assert_non_null(strstr(err_msg(), "/libsofthsm2.so: C_Initialize failed: "
+	                                  "CKR_ARGUMENTS_BAD (check its initialisation "
+	                                  "parameters)"));
+
+	c.module_path = NULL;
+	assert_int_equal(tok_open(&c, &ctx), P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(err_msg(), "need a module path"));
+	c.uri = URI "?module-path=" MODULE;
+	assert_int_equal(tok_open(&c, &ctx), P11J_E_MODULE);
+	assert_non_null(strstr(err_msg(), "C_Initialize failed: CKR_ARGUMENTS_BAD"));
+	assert_null(ctx);
+
+	/* without: opens as always */
+	c.module_init_args = NULL;
+	tok_close(open_ok(&c));
+}
+
 static void test_mktoken_files(void **state)
 {
 	const char *src = getenv("P11JWT_SRCDIR");
@@ -871,6 +1022,10 @@ int main(void)
 	    cmocka_unit_test(test_open_lists_keys),
 	    cmocka_unit_test(test_sign_every_alg),
 	    cmocka_unit_test(test_rsa_raw_fallback),
+	    cmocka_unit_test(test_pss_raw_fallback),
+	    cmocka_unit_test(test_pss_forced_raw),
+	    cmocka_unit_test(test_no_mechanism),
+	    cmocka_unit_test(test_module_init_args),
 	    cmocka_unit_test(test_wrong_alg),
 	    cmocka_unit_test(test_signer_fn),
 	    cmocka_unit_test(test_wrong_pin),
