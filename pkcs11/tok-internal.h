@@ -51,6 +51,9 @@ struct tok_key {
 	 * op_lock (shared), written under op_lock (exclusive). */
 	CK_OBJECT_HANDLE priv;
 	bool always_auth; /* CKA_ALWAYS_AUTHENTICATE: context login per C_Sign */
+	/* no longer on the token (tok_rescan): skipped by tok_key_count/at/
+	 * find, freed only by tok_close, since requests may hold it */
+	bool gone;
 };
 
 enum { MOD_SKIPPED = 0, MOD_SHARED = 1, MOD_OURS = 2 };
@@ -77,6 +80,14 @@ struct tok_ctx {
 
 	tok_key **keys;
 	size_t nkeys;
+	/* keys_mu guards keys, nkeys and each key's gone against tok_rescan
+	 * on another thread (keys are only ever added); the URI's object= and
+	 * id=, saved at open, select the same keys in a rescan */
+	pthread_mutex_t keys_mu;
+	bool keys_mu_ok;
+	uint8_t *filt_label, *filt_id;
+	size_t filt_label_len, filt_id_len;
+	bool filt_label_set, filt_id_set;
 
 	pthread_mutex_t mu; /* pool state below */
 	pthread_cond_t cv;

@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,29 +310,61 @@ out:
 	return r == KEY_SKIP ? 0 : r;
 }
 
-static int keys_add(tok_ctx *ctx, tok_key *k)
+/* A growing list of keys (the context's, or a rescan's fresh one). */
+static int list_add(tok_key ***keys, size_t *n, tok_key *k)
 {
-	tok_key **nv = realloc(ctx->keys, (ctx->nkeys + 1) * sizeof(*nv));
+	tok_key **nv = realloc(*keys, (*n + 1) * sizeof(*nv));
 
 	if (nv == NULL)
 		return err_nomem();
-	ctx->keys = nv;
-	ctx->keys[ctx->nkeys++] = k;
+	*keys = nv;
+	(*keys)[(*n)++] = k;
 	return 0;
 }
 
-static bool id_known(const tok_ctx *ctx, const uint8_t *id, size_t id_len)
+static void list_free(tok_key **keys, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tok_key_free(keys[i]);
+	free(keys);
+}
+
+static bool id_known(tok_key *const *keys, size_t n, const uint8_t *id, size_t id_len)
 {
 	size_t i;
 
-	for (i = 0; i < ctx->nkeys; i++)
-		if (ctx->keys[i]->id_len == id_len && id_len > 0 &&
-		    memcmp(ctx->keys[i]->id, id, id_len) == 0)
+	for (i = 0; i < n; i++)
+		if (keys[i]->id_len == id_len && id_len > 0 && memcmp(keys[i]->id, id, id_len) == 0)
 			return true;
 	return false;
 }
 
-int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool public_only)
+/* The URI's object= and id=, kept for tok_rescan(): it must select the
+ * same keys as tok_open() did. */
+static int filter_save(tok_ctx *ctx, P11KitUri *uri)
+{
+	CK_ATTRIBUTE *ua;
+
+	if ((ua = p11_kit_uri_get_attribute(uri, CKA_LABEL)) != NULL) {
+		if ((ctx->filt_label = malloc(ua->ulValueLen + 1)) == NULL)
+			return err_nomem();
+		memcpy(ctx->filt_label, ua->pValue, ua->ulValueLen);
+		ctx->filt_label_len = ua->ulValueLen;
+		ctx->filt_label_set = true;
+	}
+	if ((ua = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL) {
+		if ((ctx->filt_id = malloc(ua->ulValueLen + 1)) == NULL)
+			return err_nomem();
+		memcpy(ctx->filt_id, ua->pValue, ua->ulValueLen);
+		ctx->filt_id_len = ua->ulValueLen;
+		ctx->filt_id_set = true;
+	}
+	return 0;
+}
+
+/* Every key on the token that the saved filter selects, freshly loaded. */
+static int enumerate_into(tok_ctx *ctx, CK_SESSION_HANDLE s, bool public_only, tok_key ***ret,
+                          size_t *ret_n)
 {
 	/* With no_login the private keys are invisible; the public halves
 	 * (then certificates with no public key object) stand in for them. */
@@ -340,28 +373,28 @@ int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool p
 	const CK_OBJECT_CLASS *classes = public_only ? without : with_login;
 	size_t nclasses = public_only ? 2 : 1, c, i;
 	CK_ATTRIBUTE tmpl[4];
-	CK_ATTRIBUTE *ua;
 	CK_BBOOL yes = CK_TRUE;
 	CK_OBJECT_CLASS cls;
 	CK_OBJECT_HANDLE *v = NULL;
-	size_t nv = 0;
+	tok_key **keys = NULL;
+	size_t nv = 0, n = 0;
 	int r = 0;
 
 	for (c = 0; c < nclasses; c++) {
-		CK_ULONG n = 0;
+		CK_ULONG nt = 0;
 
 		cls = classes[c];
-		tmpl[n++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+		tmpl[nt++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
 		if (cls == CKO_PRIVATE_KEY)
-			tmpl[n++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
+			tmpl[nt++] = (CK_ATTRIBUTE){CKA_SIGN, &yes, sizeof(yes)};
 		/* The URI's type= is ignored: object=/id= name the key pair. */
-		if ((ua = p11_kit_uri_get_attribute(uri, CKA_LABEL)) != NULL)
-			tmpl[n++] = *ua;
-		if ((ua = p11_kit_uri_get_attribute(uri, CKA_ID)) != NULL)
-			tmpl[n++] = *ua;
+		if (ctx->filt_label_set)
+			tmpl[nt++] = (CK_ATTRIBUTE){CKA_LABEL, ctx->filt_label, ctx->filt_label_len};
+		if (ctx->filt_id_set)
+			tmpl[nt++] = (CK_ATTRIBUTE){CKA_ID, ctx->filt_id, ctx->filt_id_len};
 		free(v);
 		v = NULL;
-		r = tok_objects_find(ctx, s, tmpl, n, &v, &nv);
+		r = tok_objects_find(ctx, s, tmpl, nt, &v, &nv);
 		if (r < 0)
 			goto out;
 		for (i = 0; i < nv; i++) {
@@ -372,11 +405,11 @@ int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool p
 				goto out;
 			if (k == NULL)
 				continue;
-			if (public_only && id_known(ctx, k->id, k->id_len)) {
+			if (public_only && id_known(keys, n, k->id, k->id_len)) {
 				tok_key_free(k);
 				continue;
 			}
-			r = keys_add(ctx, k);
+			r = list_add(&keys, &n, k);
 			if (r < 0) {
 				tok_key_free(k);
 				goto out;
@@ -385,6 +418,127 @@ int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool p
 	}
 out:
 	free(v);
+	if (r < 0) {
+		list_free(keys, n);
+		return r;
+	}
+	*ret = keys;
+	*ret_n = n;
+	return 0;
+}
+
+int tok_keys_enumerate(tok_ctx *ctx, P11KitUri *uri, CK_SESSION_HANDLE s, bool public_only)
+{
+	int r;
+
+	if (!ctx->keys_mu_ok) {
+		if (pthread_mutex_init(&ctx->keys_mu, NULL) != 0)
+			return err_set(P11J_E_SYSTEM, "cannot create the key list lock");
+		ctx->keys_mu_ok = true;
+	}
+	if ((r = filter_save(ctx, uri)) < 0)
+		return r;
+	return enumerate_into(ctx, s, public_only, &ctx->keys, &ctx->nkeys);
+}
+
+/* The same key pair as before: label, CKA_ID and public key. */
+static bool key_same(const tok_key *a, const tok_key *b)
+{
+	return strcmp(a->name, b->name) == 0 && a->id_len == b->id_len &&
+	       (a->id_len == 0 || memcmp(a->id, b->id, a->id_len) == 0) &&
+	       EVP_PKEY_eq(a->pub, b->pub) == 1;
+}
+
+bool tok_key_gone(const tok_key *k)
+{
+	return __atomic_load_n(&k->gone, __ATOMIC_ACQUIRE);
+}
+
+/* Held shared, op_lock keeps login, lock and recovery (which rewrite the
+ * handles) out while signatures go on; keys_mu keeps readers of the list
+ * out while it changes. A known key keeps its tok_key, whose address
+ * requests hold; only its certificate may be replaced (cert --store),
+ * which nothing but a keyring build (the caller's thread) reads. */
+int tok_rescan(tok_ctx *ctx, size_t *ret_added, size_t *ret_removed)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	tok_key **fresh = NULL;
+	size_t nfresh = 0, added = 0, removed = 0, i, j;
+	bool *matched = NULL;
+	tok_state st;
+	int r;
+
+	if (ret_added)
+		*ret_added = 0;
+	if (ret_removed)
+		*ret_removed = 0;
+	pthread_rwlock_rdlock(&ctx->op_lock);
+	st = tok_get_state(ctx);
+	if (st == TOK_UNAVAILABLE) {
+		r = err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable; its keys were not "
+		            "listed again", ctx->label);
+		goto out;
+	}
+	if ((r = tok_pool_get(ctx, &s)) < 0)
+		goto out;
+	r = enumerate_into(ctx, s, ctx->no_login || st == TOK_LOCKED, &fresh, &nfresh);
+	if (r == P11J_E_TOKEN_UNAVAILABLE)
+		tok_pool_drop(ctx, s);
+	else
+		tok_pool_put(ctx, s);
+	if (r < 0)
+		goto out;
+	matched = calloc(nfresh + 1, sizeof(*matched));
+	if (matched == NULL) {
+		r = err_nomem();
+		goto out;
+	}
+	pthread_mutex_lock(&ctx->keys_mu);
+	for (i = 0; i < ctx->nkeys; i++) {
+		tok_key *k = ctx->keys[i];
+		bool found = false;
+
+		if (k->gone)
+			continue;
+		for (j = 0; j < nfresh && !found; j++) {
+			if (matched[j] || !key_same(k, fresh[j]))
+				continue;
+			matched[j] = found = true;
+			if (fresh[j]->cert_len != k->cert_len ||
+			    (k->cert_len && memcmp(fresh[j]->cert, k->cert, k->cert_len) != 0)) {
+				uint8_t *old = k->cert;
+
+				k->cert = fresh[j]->cert;
+				k->cert_len = fresh[j]->cert_len;
+				fresh[j]->cert = old;
+			}
+		}
+		if (!found) {
+			__atomic_store_n(&k->gone, true, __ATOMIC_RELEASE);
+			removed++;
+			tok_log(ctx, TOK_LOG_INFO, "key '%s' is no longer on token '%s'", k->name,
+			        ctx->label);
+		}
+	}
+	for (j = 0; j < nfresh; j++) {
+		if (matched[j])
+			continue;
+		if ((r = list_add(&ctx->keys, &ctx->nkeys, fresh[j])) < 0)
+			break;
+		tok_log(ctx, TOK_LOG_INFO, "key '%s' is new on token '%s'", fresh[j]->name,
+		        ctx->label);
+		fresh[j] = NULL;
+		added++;
+	}
+	pthread_mutex_unlock(&ctx->keys_mu);
+	if (ret_added)
+		*ret_added = added;
+	if (ret_removed)
+		*ret_removed = removed;
+out:
+	pthread_rwlock_unlock(&ctx->op_lock);
+	list_free(fresh, nfresh);
+	free(matched);
 	return r;
 }
 
@@ -443,7 +597,7 @@ int tok_keys_resolve(tok_ctx *ctx, CK_SESSION_HANDLE s)
 	int r;
 
 	for (i = 0; i < ctx->nkeys; i++)
-		if ((r = key_resolve(ctx, s, ctx->keys[i])) < 0)
+		if (!ctx->keys[i]->gone && (r = key_resolve(ctx, s, ctx->keys[i])) < 0)
 			return r;
 	return 0;
 }
@@ -458,35 +612,63 @@ void tok_keys_forget(tok_ctx *ctx)
 
 void tok_keys_free(tok_ctx *ctx)
 {
-	size_t i;
-
-	for (i = 0; i < ctx->nkeys; i++)
-		tok_key_free(ctx->keys[i]);
-	free(ctx->keys);
+	list_free(ctx->keys, ctx->nkeys);
 	ctx->keys = NULL;
 	ctx->nkeys = 0;
+	free(ctx->filt_label);
+	free(ctx->filt_id);
+	ctx->filt_label = ctx->filt_id = NULL;
+	if (ctx->keys_mu_ok)
+		pthread_mutex_destroy(&ctx->keys_mu);
+	ctx->keys_mu_ok = false;
 }
 
+/* The list without its gone keys. Indices are stable while no rescan runs
+ * (the caller serialises rescans and walks). */
 size_t tok_key_count(const tok_ctx *ctx)
 {
-	return ctx->nkeys;
+	tok_ctx *c = (tok_ctx *)ctx;
+	size_t i, n = 0;
+
+	if (c->keys_mu_ok)
+		pthread_mutex_lock(&c->keys_mu);
+	for (i = 0; i < c->nkeys; i++)
+		n += !c->keys[i]->gone;
+	if (c->keys_mu_ok)
+		pthread_mutex_unlock(&c->keys_mu);
+	return n;
 }
 
 const tok_key *tok_key_at(const tok_ctx *ctx, size_t i)
 {
-	return i < ctx->nkeys ? ctx->keys[i] : NULL;
+	tok_ctx *c = (tok_ctx *)ctx;
+	const tok_key *k = NULL;
+
+	if (c->keys_mu_ok)
+		pthread_mutex_lock(&c->keys_mu);
+	for (size_t j = 0; j < c->nkeys && k == NULL; j++)
+		if (!c->keys[j]->gone && i-- == 0)
+			k = c->keys[j];
+	if (c->keys_mu_ok)
+		pthread_mutex_unlock(&c->keys_mu);
+	return k;
 }
 
 const tok_key *tok_key_find(const tok_ctx *ctx, const char *name)
 {
-	size_t i;
+	tok_ctx *c = (tok_ctx *)ctx;
+	const tok_key *k = NULL;
 
 	if (name == NULL)
 		return NULL;
-	for (i = 0; i < ctx->nkeys; i++)
-		if (strcmp(ctx->keys[i]->name, name) == 0)
-			return ctx->keys[i];
-	return NULL;
+	if (c->keys_mu_ok)
+		pthread_mutex_lock(&c->keys_mu);
+	for (size_t i = 0; i < c->nkeys && k == NULL; i++)
+		if (!c->keys[i]->gone && strcmp(c->keys[i]->name, name) == 0)
+			k = c->keys[i];
+	if (c->keys_mu_ok)
+		pthread_mutex_unlock(&c->keys_mu);
+	return k;
 }
 
 const char *tok_key_name(const tok_key *k)

@@ -75,6 +75,17 @@ const tok_key *tok_key_at(const tok_ctx *ctx, size_t i);
 /* By CKA_LABEL; NULL if none. */
 const tok_key *tok_key_find(const tok_ctx *ctx, const char *name);
 
+/* List the token's keys again, with the filter of tok_open's URI: keys
+ * still there keep their tok_key (pointers that requests hold stay valid),
+ * a key no longer there is marked gone (tok_key_gone; tok_key_count/at/
+ * find skip it; freed by tok_close only), new keys are added. *ret_added,
+ * *ret_removed (may be NULL): how many. Safe while other threads sign;
+ * one rescan (or walk of tok_key_at) at a time per context: the caller
+ * serialises them. P11J_E_TOKEN_UNAVAILABLE when the token is away. */
+int tok_rescan(tok_ctx *ctx, size_t *ret_added, size_t *ret_removed);
+/* Whether a rescan found k gone from the token. */
+bool tok_key_gone(const tok_key *k);
+
 const char *tok_key_name(const tok_key *k);  /* CKA_LABEL (or hex id if no label) */
 const char *tok_key_uri(const tok_key *k);   /* pkcs11:token=...;object=...;id=...;type=private */
 const uint8_t *tok_key_id(const tok_key *k, size_t *ret_len);  /* CKA_ID */
