@@ -18,7 +18,7 @@
 /* Where a scalar setting was first seen, to report a second one. */
 enum {
 	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO, S_IDLETO, S_MAXUID,   /* [agent] */
-	S_MODULE, S_TURI, S_PINFILE, S_UNSAFE,                          /* [token] */
+	S_MODULE, S_TURI, S_PINFILE, S_UNSAFE, S_INITARGS,              /* [token] */
 	S_KURI, S_TOKEN, S_OBJECT, S_ALG, S_KID, S_MAXLIFE, S_DENY, S_INC, S_INCAUTO, S_DPOP, /* [key] */
 	S__COUNT
 };
@@ -546,6 +546,22 @@ static void agent_setting(cfg_parser *p, const char *name, const char *v)
 	}
 }
 
+/* A module's initialisation parameters: printable text (an empty value is
+ * refused before, and the line length bounds it). */
+static void set_init_args(cfg_parser *p, const char *name, const char *v, cfg_token *t)
+{
+	size_t n = strlen(v);
+
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			perr(p, p->line, "'%s' must not hold control characters", name);
+			return;
+		}
+	free(t->module_init_args);
+	t->module_init_args = xstrdup(p, v);
+	t->init_args_line = p->line;
+}
+
 static void token_setting(cfg_parser *p, const char *name, const char *v)
 {
 	cfg_token *t = &p->cfg->tokens[p->cfg->ntokens - 1];
@@ -564,9 +580,12 @@ static void token_setting(cfg_parser *p, const char *name, const char *v)
 	} else if (strcmp(name, "allow_unsafe_keys") == 0) {
 		if (once(p, S_UNSAFE, name))
 			parse_bool(p, name, v, &t->allow_unsafe_keys);
+	} else if (strcmp(name, "module_init_args") == 0) {
+		if (once(p, S_INITARGS, name))
+			set_init_args(p, name, v, t);
 	} else {
 		perr(p, p->line, "unknown setting '%.64s' in [%s] (module, uri, pin_file, "
-		     "module_allow, allow_unsafe_keys)", name, p->section);
+		     "module_allow, module_init_args, allow_unsafe_keys)", name, p->section);
 	}
 }
 
@@ -697,6 +716,17 @@ static void check_keys(cfg_parser *p)
 {
 	cfg_config *c = p->cfg;
 
+	/* Registered modules take theirs from p11-kit (x-init-reserved). */
+	for (size_t i = 0; i < c->ntokens; i++) {
+		const cfg_token *t = &c->tokens[i];
+
+		if (t->module_init_args != NULL && t->module == NULL &&
+		    (t->uri == NULL || strstr(t->uri, "module-path=") == NULL))
+			perr(p, t->init_args_line, "[token %s]: 'module_init_args' needs 'module' "
+			     "(a module registered with p11-kit takes its parameters from the "
+			     "registration's x-init-reserved)", t->name);
+	}
+
 	for (size_t i = 0; i < c->nkeys; i++) {
 		cfg_key *k = &c->keys[i];
 
@@ -732,6 +762,7 @@ void cfg_free(cfg_config *cfg)
 		free(t->module);
 		free(t->uri);
 		free(t->pin_file);
+		free(t->module_init_args);
 		for (size_t j = 0; j < t->module_allow.n; j++)
 			free(t->module_allow.v[j]);
 		free(t->module_allow.v);
@@ -858,6 +889,7 @@ bool cfg_token_same(const cfg_token *a, const cfg_token *b)
 {
 	if (!streq(a->name, b->name) || !streq(a->module, b->module) || !streq(a->uri, b->uri) ||
 	    !streq(a->pin_file, b->pin_file) || a->allow_unsafe_keys != b->allow_unsafe_keys ||
+	    !streq(a->module_init_args, b->module_init_args) ||
 	    a->module_allow.n != b->module_allow.n)
 		return false;
 	for (size_t i = 0; i < a->module_allow.n; i++)

@@ -26,6 +26,8 @@ typedef struct {
 	char *module;      /* NULL: p11-kit's registered modules */
 	char *uri;         /* NULL: "pkcs11:" */
 	char *pin_file;
+	char *module_init_args; /* C_Initialize's pReserved (NSS softoken); needs module */
+	unsigned init_args_line;
 	pol_list module_allow;
 	bool allow_unsafe_keys;
 } cfg_token;

@@ -100,6 +100,10 @@ static void usage(FILE *f)
 	      "\n"
 	      "  --module PATH         PKCS#11 module (default: p11-kit's registered modules)\n"
 	      "  --module-allow DIR    also accept modules under DIR (default: /usr/lib*, /usr/local/lib*)\n"
+	      "  --module-init-args STRING\n"
+	      "                        the module's initialisation parameters (C_Initialize\n"
+	      "                        pReserved), e.g. NSS softoken's \"configdir='sql:DIR' ...\";\n"
+	      "                        needs --module\n"
 	      "  --token URI           RFC 7512 PKCS#11 URI selecting token and keys (default: pkcs11:)\n"
 	      "  --pin-file FILE       user PIN, first line; must not be readable by group or others\n"
 	      "                        (else $CREDENTIALS_DIRECTORY/pin, the URI's pin-source,\n"
@@ -203,6 +207,7 @@ static void harden(void)
 
 struct opts {
 	const char *module;
+	const char *module_init_args;
 	const char *allow[MAX_ALLOW + 1];
 	size_t nallow;
 	const char *token;
@@ -243,6 +248,7 @@ static bool parse_count(const char *name, const char *arg, unsigned long min, un
 static int agent_start(struct opts *o, int *ret_fd)
 {
 	reload_config rc = { .path = o->config, .module = o->module,
+			 .module_init_args = o->module_init_args,
 			 .module_allow = o->nallow ? o->allow : NULL, .uri = o->token,
 			 .pin_file = o->pin_file, .allow_unsafe_keys = o->allow_unsafe,
 			 .log = srv_logger, .tok_log = tok_logger };
@@ -494,9 +500,10 @@ static int apply_config(struct opts *o)
 	}
 	if (o->cfg->ntokens > 0 &&
 	    (o->module || o->nallow || o->pin_file || strcmp(o->token, "pkcs11:") != 0 ||
-	     o->allow_unsafe)) {
+	     o->allow_unsafe || o->module_init_args)) {
 		fprintf(stderr, "p11jwt-agent: %s has [token] sections: --module, --module-allow, "
-			"--token, --pin-file and --allow-unsafe-keys go there\n", o->config);
+			"--module-init-args, --token, --pin-file and --allow-unsafe-keys go "
+			"there\n", o->config);
 		cfg_free(o->cfg);
 		o->cfg = NULL;
 		return EXIT_USAGE;
@@ -526,6 +533,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "module", required_argument, NULL, 'm' },
 		{ "module-allow", required_argument, NULL, 'A' },
+		{ "module-init-args", required_argument, NULL, 'P' },
 		{ "token", required_argument, NULL, 't' },
 		{ "pin-file", required_argument, NULL, 'p' },
 		{ "socket", required_argument, NULL, 's' },
@@ -567,6 +575,13 @@ int main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			o.allow[o.nallow++] = optarg;
+			break;
+		case 'P':
+			if (optarg[0] == '\0') {
+				fprintf(stderr, "p11jwt-agent: --module-init-args must not be empty\n");
+				return EXIT_USAGE;
+			}
+			o.module_init_args = optarg;
 			break;
 		case 't': o.token = optarg; break;
 		case 'p': o.pin_file = optarg; break;
@@ -617,6 +632,13 @@ int main(int argc, char **argv)
 	}
 	if (kill_mode)
 		return do_kill();
+	if (o.module_init_args != NULL && o.module == NULL &&
+	    strstr(o.token, "module-path=") == NULL) {
+		fprintf(stderr, "p11jwt-agent: --module-init-args needs --module (a module "
+			"registered with p11-kit takes its parameters from the registration's "
+			"x-init-reserved)\n");
+		return EXIT_USAGE;
+	}
 	if (o.config != NULL && (r = apply_config(&o)) != 0)
 		return r;
 	started_ms = mono_ms();

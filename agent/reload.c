@@ -160,6 +160,7 @@ static int open_token(reload_ctx *r, const cfg_token *t, reload_tok **ret)
 		tc.module_allow = allow;
 	}
 	tc.module_path = t->module;
+	tc.module_init_args = t->module_init_args;
 	tc.uri = t->uri ? t->uri : "pkcs11:";
 	tc.pin_file = t->pin_file;
 	tc.allow_unsafe_keys = t->allow_unsafe_keys;
@@ -316,6 +317,7 @@ int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret)
 	r->c = *c;
 	r->cmdline.name = (char *)"default";
 	r->cmdline.module = (char *)c->module;
+	r->cmdline.module_init_args = (char *)c->module_init_args;
 	r->cmdline.uri = (char *)c->uri;
 	r->cmdline.pin_file = (char *)c->pin_file;
 	r->cmdline.allow_unsafe_keys = c->allow_unsafe_keys;

@@ -26,6 +26,7 @@ typedef struct {
 	/* the token from the command line, used when the file has no
 	 * [token] section (or there is no file) */
 	const char *module;
+	const char *module_init_args; /* C_Initialize's pReserved, or NULL */
 	const char *const *module_allow; /* NULL-terminated, may be NULL */
 	const char *uri;
 	const char *pin_file;

@@ -22,7 +22,7 @@
 #define ADM_ALLOW_MAX 8
 
 typedef struct {
-	const char *module, *token, *pin_file;
+	const char *module, *module_init_args, *token, *pin_file;
 	const char *allow[ADM_ALLOW_MAX + 1];
 	size_t nallow;
 	/* keygen */
@@ -50,6 +50,8 @@ static int common_opt(const char *cmd, adm_opts *o, const char *name)
 {
 	if (strcmp(name, "module") == 0)
 		o->module = optarg;
+	else if (strcmp(name, "module-init-args") == 0)
+		o->module_init_args = optarg;
 	else if (strcmp(name, "token") == 0)
 		o->token = optarg;
 	else if (strcmp(name, "pin-file") == 0)
@@ -103,6 +105,11 @@ static bool parse_opts(cli_ctx *ctx, const char *cmd, int argc, char **argv, adm
 		*ret_exit = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
 	else if (o->token == NULL)
 		*ret_exit = cli_usage_error(cmd, "--token URI is required (the token to work on)");
+	else if (o->module_init_args != NULL &&
+		 (o->module_init_args[0] == '\0' ||
+		  (o->module == NULL && strstr(o->token, "module-path=") == NULL)))
+		*ret_exit = cli_usage_error(cmd, "--module-init-args needs --module and must not "
+					    "be empty");
 	return *ret_exit == 0;
 }
 
@@ -111,6 +118,7 @@ static int token_open(adm_opts *o, tok_ctx **ret)
 	tok_config tc = {0};
 
 	tc.module_path = o->module;
+	tc.module_init_args = o->module_init_args;
 	tc.module_allow = o->nallow ? o->allow : NULL;
 	tc.uri = o->token;
 	tc.pin_file = o->pin_file;

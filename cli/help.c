@@ -254,6 +254,9 @@ static const struct cli_opt_doc {
 					      "else p11-kit's registered modules); accepted only\n"
 					      "under /usr/lib*/, /usr/local/lib*/ or --module-allow" },
 	{ "keygen csr cert", "module-allow", 0, "DIR", "also accept modules under DIR (repeatable)" },
+	{ "keygen csr cert", "module-init-args", 0, "STRING", "the module's initialisation parameters\n"
+							       "(C_Initialize pReserved, e.g. NSS softoken's\n"
+							       "\"configdir='sql:DIR' ...\"); needs --module" },
 	{ "keygen csr cert", "token", 0, "URI", "PKCS#11 URI of the token (required), e.g.\n"
 					    "'pkcs11:token=My%20Token'" },
 	{ "keygen csr cert", "pin-file", 0, "FILE", "user PIN on the first line; the file must not be\n"

@@ -323,6 +323,73 @@ static void test_more_errors(void **state)
 	free(errs);
 }
 
+/* [token] module_init_args: the module's C_Initialize parameters, kept
+ * verbatim ('=' and ':' inside), once, printable, and only with a module
+ * path; a change makes a reload open the token again. */
+static void test_module_init_args(void **state)
+{
+	static const char good[] =
+		"[token nss]\n"
+		"module = /usr/lib/x86_64-linux-gnu/libsoftokn3.so\n"
+		"module_init_args = configdir='sql:/var/lib/p11jwt/nssdb' certPrefix='' "
+		"keyPrefix='' secmod='secmod.db' flags=readOnly\n"
+		"[token viauri]\n"
+		"uri = pkcs11:token=x?module-path=/usr/lib/x86_64-linux-gnu/libsoftokn3.so\n"
+		"module_init_args = configdir='sql:/tmp/db'\n"
+		"[token plain]\n"
+		"module = /usr/lib/softhsm/libsofthsm2.so\n"
+		"[key k]\n"
+		"token = nss\n"
+		"object = k\n";
+	cfg_config *c, *d;
+	char *errs;
+
+	(void)state;
+	c = load_ok(good);
+	assert_int_equal(c->ntokens, 3);
+	assert_string_equal(c->tokens[0].module_init_args,
+			    "configdir='sql:/var/lib/p11jwt/nssdb' certPrefix='' keyPrefix='' "
+			    "secmod='secmod.db' flags=readOnly");
+	assert_string_equal(c->tokens[1].module_init_args, "configdir='sql:/tmp/db'");
+	assert_null(c->tokens[2].module_init_args);
+	assert_true(cfg_token_same(&c->tokens[0], &c->tokens[0]));
+	d = load_ok(good);
+	free(d->tokens[0].module_init_args);
+	d->tokens[0].module_init_args = strdup("configdir='sql:/elsewhere'");
+	assert_false(cfg_token_same(&c->tokens[0], &d->tokens[0]));
+	free(d->tokens[0].module_init_args);
+	d->tokens[0].module_init_args = NULL;
+	assert_false(cfg_token_same(&c->tokens[0], &d->tokens[0]));
+	cfg_free(d);
+	cfg_free(c);
+
+	errs = load_bad("[token a]\n"
+			"module = /usr/lib/x.so\n"
+			"module_init_args = configdir='sql:/a'\n"
+			"module_init_args = configdir='sql:/b'\n"
+			"[token b]\n"
+			"module = /usr/lib/y.so\n"
+			"module_init_args =\n"
+			"[token c]\n"
+			"module = /usr/lib/z.so\n"
+			"module_init_args = a\tb\n"
+			"[token d]\n"
+			"uri = pkcs11:token=d\n"
+			"module_init_args = configdir='sql:/d'\n"
+			"[token e]\n"
+			"module = /usr/lib/e.so\n"
+			"module_init_arg = typo\n");
+	expect_line(errs, "t.conf:4: 'module_init_args' given twice in [token a] (first at "
+			  "line 3)");
+	expect_line(errs, "t.conf:7: 'module_init_args' has no value");
+	expect_line(errs, "t.conf:10: 'module_init_args' must not hold control characters");
+	expect_line(errs, "t.conf:13: [token d]: 'module_init_args' needs 'module'");
+	expect_line(errs, "t.conf:16: unknown setting 'module_init_arg' in [token e] (module, "
+			  "uri, pin_file, module_allow, module_init_args, allow_unsafe_keys)");
+	assert_int_equal(count_lines(errs), 5);
+	free(errs);
+}
+
 static void test_file_and_check_config(void **state)
 {
 	const char *bdir = getenv("P11JWT_BUILDDIR");
@@ -774,6 +841,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_every_error_with_line),
 		cmocka_unit_test(test_more_errors),
+		cmocka_unit_test(test_module_init_args),
 		cmocka_unit_test(test_file_and_check_config),
 		cmocka_unit_test(test_globs),
 		cmocka_unit_test(test_no_policy_defaults),
