@@ -589,6 +589,29 @@ static void token_setting(cfg_parser *p, const char *name, const char *v)
 	}
 }
 
+/* state = active|next|retiring and retire_after = DATE (rotation). */
+static void key_rotation_setting(cfg_parser *p, cfg_key *k, const char *name, const char *v)
+{
+	bool is_state = strcmp(name, "state") == 0;
+	unsigned *seen = is_state ? &k->state_line : &k->retire_line;
+	int st;
+
+	if (*seen != 0) {
+		perr(p, p->line, "'%s' given twice in [%s] (first at line %u)", name, p->section,
+		     *seen);
+		return;
+	}
+	*seen = p->line;
+	if (is_state) {
+		if ((st = pol_state_from_name(v)) < 0)
+			perr(p, p->line, "unknown state '%.32s' (active, next, retiring)", v);
+		else
+			k->pol.state = st;
+	} else if (pol_parse_time(v, &k->pol.retire_after) < 0) {
+		perr(p, p->line, "retire_after: %s", err_msg());
+	}
+}
+
 static void key_setting(cfg_parser *p, const char *name, const char *v)
 {
 	cfg_key *k = &p->cfg->keys[p->cfg->nkeys - 1];
@@ -672,10 +695,12 @@ static void key_setting(cfg_parser *p, const char *name, const char *v)
 	} else if (strcmp(name, "dpop") == 0) {
 		if (once(p, S_DPOP, name))
 			parse_bool(p, name, v, &k->pol.dpop);
+	} else if (strcmp(name, "state") == 0 || strcmp(name, "retire_after") == 0) {
+		key_rotation_setting(p, k, name, v);
 	} else {
 		perr(p, p->line, "unknown setting '%.64s' in [%s] (uri, token, object, algs, alg, "
 		     "kid, uids, gids, max_lifetime, iss, sub, aud, deny_header, include, "
-		     "include_auto, dpop)", name, p->section);
+		     "include_auto, dpop, state, retire_after)", name, p->section);
 	}
 }
 
@@ -746,6 +771,12 @@ static void check_keys(cfg_parser *p)
 		if (k->alg != JWA_NONE && k->pol.algs != 0 && !(k->pol.algs & JWA_BIT(k->alg)))
 			perr(p, k->line, "[key %s]: 'alg' %s is not in 'algs'", k->name,
 			     jwa_name(k->alg));
+		if (k->pol.state == POL_STATE_RETIRING && k->retire_line == 0)
+			perr(p, k->state_line, "[key %s]: state = retiring needs retire_after = DATE "
+			     "(when it stops signing)", k->name);
+		if (k->retire_line != 0 && k->pol.state != POL_STATE_RETIRING)
+			perr(p, k->retire_line, "[key %s]: retire_after is only for state = retiring",
+			     k->name);
 	}
 }
 

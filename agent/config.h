@@ -42,7 +42,8 @@ typedef struct {
 	jwa_alg alg;       /* default alg; JWA_NONE: the key's */
 	cfg_kid_mode kid_mode;
 	char *kid;         /* CFG_KID_FIXED */
-	pol_key pol;
+	pol_key pol;       /* with the rotation state (state, retire_after) */
+	unsigned state_line, retire_line; /* where state and retire_after are, or 0 */
 } cfg_key;
 
 typedef struct {

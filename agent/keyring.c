@@ -96,6 +96,7 @@ static int kr_key_info(kr_key *k)
 		json_object_set(o, "crv", json_object_get(k->jwk, "crv"));
 	json_object_set_new(o, "uri", json_string(k->uri ? k->uri : ""));
 	json_object_set_new(o, "has_cert", json_boolean(k->cert != NULL));
+	json_object_set_new(o, "state", json_string(pol_state_name(POL_STATE_ACTIVE)));
 	k->info = o;
 	return 0;
 }
@@ -201,6 +202,25 @@ static int kr_set_id(kr_key *k, const tok_key *tk)
 	return r < 0 ? err_nomem() : 0;
 }
 
+/* A token key a rescan found gone is refused before the token is asked:
+ * its object is destroyed, and C_Sign on a stale handle would make the
+ * token layer recover the whole token under every other request. */
+static int kr_tok_sign(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen,
+		       uint8_t *sig, size_t *siglen)
+{
+	tok_signer *ts = signer;
+
+	if (ts != NULL && ts->key != NULL && tok_key_gone(ts->key))
+		return err_set(P11J_E_UNKNOWN_KEY, "key '%s' is no longer on token '%s'",
+			       tok_key_name(ts->key), tok_label(ts->ctx));
+	return tok_signer_fn(signer, alg, in, inlen, sig, siglen);
+}
+
+bool kr_key_gone(const kr_key *k)
+{
+	return k->sign == kr_tok_sign && k->tsigner.key != NULL && tok_key_gone(k->tsigner.key);
+}
+
 int kr_add_tok_key(keyring *kr, const char *name, tok_ctx *tok, const tok_key *tk)
 {
 	const uint8_t *cert;
@@ -209,7 +229,7 @@ int kr_add_tok_key(keyring *kr, const char *name, tok_ctx *tok, const tok_key *t
 
 	cert = tok_key_cert(tk, &cert_len);
 	r = kr_add(kr, name, tok_key_uri(tk), tok_key_pubkey(tk), cert, cert_len,
-		   tok_key_algs(tk), tok_signer_fn, NULL);
+		   tok_key_algs(tk), kr_tok_sign, NULL);
 	if (r < 0)
 		return r;
 	/* the CKA_ID, for clients that name keys by it (jwks --kid id) */
@@ -263,8 +283,17 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 		free(k->kid);
 		k->kid = d;
 	}
+	if (pol != NULL && pol->state == POL_STATE_RETIRING) {
+		char when[32];
+
+		pol_format_time(pol->retire_after, when, sizeof(when));
+		if (json_object_set_new(k->info, "retire_after", json_string(when)) < 0)
+			return err_nomem();
+	}
 	if (json_object_set_new(k->jwk, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->jwk, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
+	    json_object_set_new(k->info, "state",
+				json_string(pol_state_name(pol ? pol->state : POL_STATE_ACTIVE))) < 0 ||
 	    json_object_set_new(k->info, "kid", json_string(k->kid)) < 0 ||
 	    json_object_set_new(k->info, "alg", json_string(jwa_name(k->default_alg))) < 0 ||
 	    /* what a client may sign with: the token's algs its policy allows */

@@ -72,6 +72,9 @@ int kr_key_configure(kr_key *k, const pol_key *pol, jwa_alg default_alg, const c
 bool kr_any_usable(const keyring *kr, uid_t owner, uid_t uid, gid_t gid);
 
 const kr_key *kr_find(const keyring *kr, const char *name);
+/* A token key that a rescan found gone from its token (tok_key_gone):
+ * it signs nothing (P11J_E_UNKNOWN_KEY). */
+bool kr_key_gone(const kr_key *k);
 /* Sort by name (the order clients see). */
 void kr_sort(keyring *kr);
 void kr_free(keyring *kr);

@@ -86,7 +86,7 @@ static void on_signal(int sig)
 {
 	if (sig == SIGHUP) {
 		audit_reopen_later(the_audit); /* log rotation */
-		reload_later(the_rl);       /* --config */
+		reload_later(the_rl);       /* the tokens' keys, and --config */
 		return;
 	}
 	if (the_srv != NULL)
@@ -422,6 +422,7 @@ static int serve(const struct opts *o, int lfd)
 	proto_env env = { .owner_uid = geteuid(), .version = P11JWT_VERSION,
 			  .login = pin_login, .lock = pin_lock,
 			  .acquire = reload_acquire, .release = reload_release, .kr_ud = the_rl,
+			  .reload = reload_op, .unknown_key = reload_unknown_key,
 			  .dpop_default = o->allow_dpop };
 	srv_config sc = { .env = &env,
 			  .max_connections = o->max_conns,

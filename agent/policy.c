@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char *const default_deny[] = { "jku", "x5u", "jwk" };
 
@@ -164,7 +165,8 @@ int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa
 	if (p == NULL)
 		p = &pol_defaults;
 	max = p->max_lifetime > 0 ? p->max_lifetime : POL_DEFAULT_MAX_LIFETIME;
-	if ((r = check_alg(p, keyname, key_algs, alg)) < 0)
+	if ((r = pol_check_state(p, keyname, now)) < 0 ||
+	    (r = check_alg(p, keyname, key_algs, alg)) < 0)
 		return r;
 	if (header != NULL)
 		for (size_t i = 0; i < p->deny_header.n; i++)
@@ -220,4 +222,104 @@ int pol_check_sign(const pol_key *p, const char *keyname, unsigned key_algs, jwa
 		return r;
 	*inc |= p->include_auto;
 	return 0;
+}
+
+static const char *const state_names[] = { "active", "next", "retiring" };
+
+const char *pol_state_name(int state)
+{
+	return state >= 0 && state <= POL_STATE_RETIRING ? state_names[state] : "active";
+}
+
+int pol_state_from_name(const char *s)
+{
+	for (int i = 0; i <= POL_STATE_RETIRING; i++)
+		if (strcmp(s, state_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* n digits at s into *v; false if any is not a digit */
+static bool digits(const char *s, int n, int *v)
+{
+	*v = 0;
+	for (int i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		*v = *v * 10 + (s[i] - '0');
+	}
+	return true;
+}
+
+int pol_parse_time(const char *s, int64_t *ret)
+{
+	static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	struct tm tm = { 0 };
+	int y, mo, d, h = 0, mi = 0, sec = 0, oh = 0, om = 0, sign = 0;
+	const char *p = s;
+	time_t t;
+
+	if (strlen(s) < 10 || !digits(p, 4, &y) || p[4] != '-' || !digits(p + 5, 2, &mo) ||
+	    p[7] != '-' || !digits(p + 8, 2, &d))
+		goto bad;
+	p += 10;
+	if (*p == 'T' || *p == 't' || *p == ' ') {
+		if (!digits(p + 1, 2, &h) || p[3] != ':' || !digits(p + 4, 2, &mi) || p[6] != ':' ||
+		    !digits(p + 7, 2, &sec))
+			goto bad;
+		p += 9;
+		if (*p == '.') {
+			if (p[1] < '0' || p[1] > '9')
+				goto bad;
+			for (p++; *p >= '0' && *p <= '9'; p++)
+				;
+		}
+		if (*p == 'Z' || *p == 'z') {
+			p++;
+		} else if (*p == '+' || *p == '-') {
+			sign = *p == '+' ? 1 : -1;
+			if (!digits(p + 1, 2, &oh) || p[3] != ':' || !digits(p + 4, 2, &om) ||
+			    oh > 23 || om > 59)
+				goto bad;
+			p += 6;
+		} else {
+			goto bad; /* a time without its offset is ambiguous */
+		}
+	}
+	if (*p != '\0' || y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] ||
+	    (mo == 2 && d == 29 && !((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) || h > 23 ||
+	    mi > 59 || sec > 60)
+		goto bad;
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec > 59 ? 59 : sec;
+	t = timegm(&tm);
+	*ret = (int64_t)t - sign * (oh * 3600 + om * 60);
+	return 0;
+bad:
+	return err_set(P11J_E_BAD_REQUEST, "'%.64s' is not a date: give 2026-12-31, "
+		       "2026-12-31T12:00:00Z or 2026-12-31T12:00:00+01:00 (RFC 3339)", s);
+}
+
+void pol_format_time(int64_t t, char *buf, size_t len)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (gmtime_r(&tt, &tm) == NULL || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, len, "%lld", (long long)t);
+}
+
+int pol_check_state(const pol_key *p, const char *keyname, int64_t now)
+{
+	char when[32];
+
+	if (p == NULL || p->state != POL_STATE_RETIRING || now < p->retire_after)
+		return 0;
+	pol_format_time(p->retire_after, when, sizeof(when));
+	return err_set(P11J_E_POLICY, "key %s is retiring and signs nothing after %s (policy "
+		       "state = retiring, retire_after); sign with the active key", keyname, when);
 }

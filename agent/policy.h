@@ -39,7 +39,32 @@ typedef struct pol_key {
 	unsigned include;       /* POL_INC_* a client may ask for */
 	unsigned include_auto;  /* POL_INC_* added to every JWT */
 	bool dpop;              /* may make DPoP proofs (op "dpop"); default no */
+	int state;              /* POL_STATE_*: where the key is in a rotation */
+	int64_t retire_after;   /* retiring: signs nothing from this time on (Unix s) */
 } pol_key;
+
+/* Key states for rotation (docs/rotation.md): active keys sign; next keys
+ * are published (keys, jwks) and sign only when a request names them, a
+ * role (@active) never picks one; retiring keys are published and sign
+ * until retire_after, then refuse (policy_violation). */
+enum { POL_STATE_ACTIVE = 0, POL_STATE_NEXT = 1, POL_STATE_RETIRING = 2 };
+
+/* "active", "next", "retiring". */
+const char *pol_state_name(int state);
+/* The state named s; -1 when none. */
+int pol_state_from_name(const char *s);
+
+/* An RFC 3339 date-time ("2026-12-31T23:59:59Z", "...+01:00", fraction
+ * allowed and dropped) or an ISO 8601 date ("2026-12-31", midnight UTC)
+ * as Unix seconds. P11J_E_BAD_REQUEST naming the forms otherwise. */
+int pol_parse_time(const char *s, int64_t *ret);
+/* t as "2026-12-31T23:59:59Z" into buf (at least 21 bytes). */
+void pol_format_time(int64_t t, char *buf, size_t len);
+
+/* Whether a key under p (NULL: defaults) may sign now: a retiring key
+ * after its retire_after does not (P11J_E_POLICY naming the date). For
+ * sign and dpop alike. */
+int pol_check_state(const pol_key *p, const char *keyname, int64_t now);
 
 /* Fill p with the defaults (no allocation). */
 void pol_key_init(pol_key *p);

@@ -120,6 +120,8 @@ static int get_key(const proto_env *env, const proto_peer *peer, const json_t *r
 	k = kr_find(env->kr, json_string_value(v));
 	if (k == NULL)
 		return err_set(P11J_E_UNKNOWN_KEY, "no key named '%.128s'", json_string_value(v));
+	if (kr_key_gone(k))
+		return err_set(P11J_E_UNKNOWN_KEY, "key '%s' is no longer on its token", k->name);
 	if (!may_use(env, peer, k))
 		return err_set(P11J_E_FORBIDDEN, "uid %u (gid %u) may not use key '%s' (policy uids, "
 			       "gids)", (unsigned)peer->uid, (unsigned)peer->gid, k->name);
@@ -512,7 +514,8 @@ static int op_dpop(const proto_env *env, const proto_peer *peer, const json_t *r
 		return r;
 	if ((r = dpop_htu_normalise(htu, htu_len, &nhtu)) < 0)
 		return r;
-	if ((r = pol_check_dpop(k->pol, env->dpop_default, k->name, k->algs, alg)) < 0)
+	if ((r = pol_check_dpop(k->pol, env->dpop_default, k->name, k->algs, alg)) < 0 ||
+	    (r = pol_check_state(k->pol, k->name, util_now())) < 0)
 		goto out;
 	if (k->dpop_hdr[alg] == NULL) {
 		r = err_set(P11J_E_INTERNAL, "key '%s' has no DPoP header for %s", k->name,
@@ -613,6 +616,24 @@ static int op_status(const proto_env *env, const proto_peer *peer, const json_t 
 	    (r = set(resp, "keys", json_integer((json_int_t)(env->kr ? env->kr->n : 0)))) < 0)
 		return r;
 	return env->status ? env->status(env->status_ud, resp) : 0;
+}
+
+/* "reload": list the tokens' keys again (and re-read --config), owner and
+ * root only; env->reload says what changed. */
+static int op_reload(const proto_env *env, const proto_peer *peer, const json_t *req,
+		     json_t *resp)
+{
+	static const char *const allowed[] = { NULL };
+	int r;
+
+	if ((r = check_fields(req, allowed)) < 0)
+		return r;
+	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
+		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may reload the agent",
+			       (unsigned)env->owner_uid);
+	if (env->reload == NULL)
+		return err_set(P11J_E_UNKNOWN_OP, "this agent cannot reload");
+	return env->reload(env->kr_ud, resp);
 }
 
 void proto_audit_clear(proto_audit *a)
@@ -749,6 +770,45 @@ static void audit_fill(const proto_env *env, const json_t *req, const json_t *re
 	a->fields = f;
 }
 
+static int dispatch(const proto_env *env, const proto_peer *peer, const char *opname,
+		    const json_t *req, json_t *resp)
+{
+	if (strcmp(opname, "hello") == 0)
+		return op_hello(env, req, resp);
+	if (strcmp(opname, "keys") == 0)
+		return op_keys(env, peer, req, resp);
+	if (strcmp(opname, "jwks") == 0)
+		return op_jwks(env, peer, req, resp);
+	if (strcmp(opname, "sign") == 0)
+		return op_sign(env, peer, req, resp);
+	if (strcmp(opname, "dpop") == 0)
+		return op_dpop(env, peer, req, resp);
+	if (strcmp(opname, "login") == 0)
+		return op_login(env, peer, req, resp);
+	if (strcmp(opname, "lock") == 0)
+		return op_lock(env, peer, req, resp);
+	if (strcmp(opname, "status") == 0)
+		return op_status(env, peer, req, resp);
+	if (strcmp(opname, "reload") == 0)
+		return op_reload(env, peer, req, resp);
+	return err_set(P11J_E_UNKNOWN_OP, "unknown op '%.32s' (hello, keys, jwks, sign, dpop, "
+		       "login, lock, status, reload)", opname);
+}
+
+/* An unknown key named by sign, dpop or jwks may be new on the token: the
+ * agent may look again (env->unknown_key, rate-limited). Not for role
+ * names (@active), which the CLI resolves, nor for names no token label
+ * could be. */
+static bool rescan_may_help(const proto_env *env, const char *opname, const json_t *req)
+{
+	const char *name = json_string_value(json_object_get(req, "key"));
+
+	return env->unknown_key != NULL && name != NULL && name[0] != '\0' && name[0] != '@' &&
+	       strlen(name) <= 128 &&
+	       (strcmp(opname, "sign") == 0 || strcmp(opname, "dpop") == 0 ||
+		strcmp(opname, "jwks") == 0);
+}
+
 int proto_handle(const proto_env *env, const proto_peer *peer, const char *line, size_t len,
 		 char **ret_resp, size_t *ret_len)
 {
@@ -812,25 +872,31 @@ int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *li
 		r = err_nomem();
 		goto error;
 	}
-	if (strcmp(opname, "hello") == 0)
-		r = op_hello(env, req, resp);
-	else if (strcmp(opname, "keys") == 0)
-		r = op_keys(env, peer, req, resp);
-	else if (strcmp(opname, "jwks") == 0)
-		r = op_jwks(env, peer, req, resp);
-	else if (strcmp(opname, "sign") == 0)
-		r = op_sign(env, peer, req, resp);
-	else if (strcmp(opname, "dpop") == 0)
-		r = op_dpop(env, peer, req, resp);
-	else if (strcmp(opname, "login") == 0)
-		r = op_login(env, peer, req, resp);
-	else if (strcmp(opname, "lock") == 0)
-		r = op_lock(env, peer, req, resp);
-	else if (strcmp(opname, "status") == 0)
-		r = op_status(env, peer, req, resp);
-	else
-		r = err_set(P11J_E_UNKNOWN_OP,
-			    "unknown op '%.32s' (hello, keys, jwks, sign, dpop, login, lock, status)", opname);
+	r = dispatch(env, peer, opname, req, resp);
+	if (r == P11J_E_UNKNOWN_KEY && rescan_may_help(env, opname, req) &&
+	    env->unknown_key(env->kr_ud, json_string_value(json_object_get(req, "key"))) == 1) {
+		/* the key is new on the token: answer from the generation that
+		 * has it */
+		char saved[512];
+
+		snprintf(saved, sizeof(saved), "%s", err_msg());
+		if (ref != NULL) {
+			env->release(ref);
+			ref = NULL;
+			cur.kr = env->acquire(env->kr_ud, &ref);
+			cur.pin_ud = ref;
+		}
+		json_decref(resp);
+		resp = json_pack("{s:O?,s:b}", "id", id, "ok", 1);
+		if (resp == NULL) {
+			r = err_nomem();
+			goto error;
+		}
+		err_clear();
+		r = dispatch(env, peer, opname, req, resp);
+		if (r == P11J_E_UNKNOWN_KEY && strstr(err_msg(), "no key named") != NULL)
+			err_set(r, "%s", saved);
+	}
 	if (r < 0)
 		goto error;
 	audit_fill(env, req, resp, 0, audit);

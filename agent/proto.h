@@ -45,6 +45,16 @@ typedef struct {
 	const keyring *(*acquire)(void *ud, void **ref);
 	void (*release)(void *ref);
 	void *kr_ud;
+	/* "reload" (owner and root only): list the tokens' keys again and
+	 * re-read the configuration; adds what changed to resp ("added",
+	 * "removed"). ud: kr_ud. NULL: the op answers unknown_op. */
+	int (*reload)(void *ud, json_t *resp);
+	/* A sign, dpop or jwks request named a key the keyring does not hold:
+	 * the agent may list the tokens' keys again (at most once per
+	 * interval, agent/reload.c) and returns 1 when the current keyring
+	 * holds that name now; the request is then answered from it, else
+	 * with unknown_key. ud: kr_ud. NULL: no rescan. */
+	int (*unknown_key)(void *ud, const char *name);
 	/* "dpop" for keys without a policy of their own (kr_key.pol NULL):
 	 * the agent's --allow-dpop. Keys with a policy follow its dpop rule. */
 	bool dpop_default;

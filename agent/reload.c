@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -20,9 +21,17 @@ typedef struct {
 	tok_ctx *ctx;
 } reload_tok;
 
+/* A parsed file, shared by the generations built from it (a rescan builds
+ * a new generation from the same file). */
 typedef struct {
 	atomic_int refs;
-	cfg_config *cfg;        /* NULL: no file */
+	cfg_config *cfg;
+} reload_cfg;
+
+typedef struct {
+	atomic_int refs;
+	reload_cfg *rcfg;       /* NULL: no file */
+	cfg_config *cfg;        /* rcfg->cfg, or NULL */
 	keyring kr;
 	reload_tok **toks;
 	const cfg_token **tdef; /* the section each token was opened from */
@@ -39,7 +48,18 @@ struct reload_ctx {
 	pthread_t thread;
 	bool thread_started;
 	atomic_bool stopping;
+	/* the last rescan for a request naming an unknown key (monotonic ms):
+	 * at most one per RELOAD_RESCAN_INTERVAL_MS */
+	atomic_llong last_rescan_ms;
 };
+
+static void cfg_put(reload_cfg *c)
+{
+	if (c != NULL && atomic_fetch_sub(&c->refs, 1) == 1) {
+		cfg_free(c->cfg);
+		free(c);
+	}
+}
 
 static void rlog(const reload_ctx *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void rlog(const reload_ctx *r, int level, const char *fmt, ...)
@@ -68,7 +88,7 @@ static void gen_free(reload_gen *g)
 		tok_put(g->toks[i]);
 	free(g->toks);
 	free(g->tdef);
-	cfg_free(g->cfg);
+	cfg_put(g->rcfg);
 	free(g);
 }
 
@@ -187,7 +207,16 @@ static bool key_on_token(const cfg_key *k, const cfg_token *def, size_t ndefs, t
 	return k->uri != NULL && strstr(k->uri, "token=") != NULL && tok_matches(ctx, k->uri);
 }
 
-static int add_keys(reload_ctx *r, reload_gen *g, size_t ti, bool *placed)
+/* add_keys: the key was served by the generation before (old), and is no
+ * longer on the token; a reload then drops it with a warning instead of
+ * failing, so that deleting a retired key from the token does not stop
+ * every later reload. */
+static bool key_was_served(const reload_gen *old, const char *name)
+{
+	return old != NULL && kr_find(&old->kr, name) != NULL;
+}
+
+static int add_keys(reload_ctx *r, reload_gen *g, const reload_gen *old, size_t ti, bool *placed)
 {
 	const cfg_config *cfg = g->cfg;
 	tok_ctx *ctx = g->toks[ti]->ctx;
@@ -207,6 +236,12 @@ static int add_keys(reload_ctx *r, reload_gen *g, size_t ti, bool *placed)
 			continue;
 		placed[i] = any = true;
 		tk = find_tok_key(ctx, k);
+		if (tk == NULL && key_was_served(old, k->name)) {
+			rlog(r, LOG_WARNING, "reload: %s:%u: [key %s] is no longer on token '%s'; "
+			     "not served (remove the section)", cfg->path, k->line, k->name,
+			     tok_label(ctx));
+			continue;
+		}
 		if (tk == NULL)
 			return err_set(P11J_E_NOT_FOUND, "%s:%u: [key %s]: no signing key matching %s "
 				       "'%s' on token '%s'", cfg->path, k->line, k->name,
@@ -249,9 +284,11 @@ static int add_keys(reload_ctx *r, reload_gen *g, size_t ti, bool *placed)
 	return 0;
 }
 
-/* Build a generation for cfg (taken) next to old (may be NULL). */
-static int gen_build(reload_ctx *r, cfg_config *cfg, reload_gen *old, reload_gen **ret)
+/* Build a generation for rc (its reference taken; NULL: no file) next to
+ * old (may be NULL). */
+static int gen_build(reload_ctx *r, reload_cfg *rc, reload_gen *old, reload_gen **ret)
 {
+	cfg_config *cfg = rc != NULL ? rc->cfg : NULL;
 	size_t ndefs = cfg != NULL && cfg->ntokens > 0 ? cfg->ntokens : 1;
 	bool *placed = NULL;
 	reload_gen *g;
@@ -259,10 +296,11 @@ static int gen_build(reload_ctx *r, cfg_config *cfg, reload_gen *old, reload_gen
 
 	g = calloc(1, sizeof(*g));
 	if (g == NULL) {
-		cfg_free(cfg);
+		cfg_put(rc);
 		return err_nomem();
 	}
 	atomic_init(&g->refs, 1);
+	g->rcfg = rc;
 	g->cfg = cfg;
 	g->toks = calloc(ndefs, sizeof(*g->toks));
 	g->tdef = calloc(ndefs, sizeof(*g->tdef));
@@ -287,7 +325,7 @@ static int gen_build(reload_ctx *r, cfg_config *cfg, reload_gen *old, reload_gen
 		g->tdef[g->ntoks++] = def;
 	}
 	for (size_t i = 0; i < g->ntoks; i++)
-		if ((e = add_keys(r, g, i, placed)) < 0)
+		if ((e = add_keys(r, g, old, i, placed)) < 0)
 			goto fail;
 	for (size_t i = 0; cfg != NULL && i < cfg->nkeys; i++)
 		if (!placed[i]) {
@@ -305,9 +343,25 @@ fail:
 	return e;
 }
 
+/* cfg (taken; NULL: no file) with a reference count. */
+static int cfg_wrap(cfg_config *cfg, reload_cfg **ret)
+{
+	*ret = NULL;
+	if (cfg == NULL)
+		return 0;
+	if ((*ret = calloc(1, sizeof(**ret))) == NULL) {
+		cfg_free(cfg);
+		return err_nomem();
+	}
+	atomic_init(&(*ret)->refs, 1);
+	(*ret)->cfg = cfg;
+	return 0;
+}
+
 int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret)
 {
 	reload_ctx *r = calloc(1, sizeof(*r));
+	reload_cfg *rc = NULL;
 	int e;
 
 	if (r == NULL) {
@@ -324,7 +378,7 @@ int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret)
 	r->pipe[0] = r->pipe[1] = -1;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->reload_mu, NULL);
-	if ((e = gen_build(r, cfg, NULL, &r->cur)) < 0) {
+	if ((e = cfg_wrap(cfg, &rc)) < 0 || (e = gen_build(r, rc, NULL, &r->cur)) < 0) {
 		reload_free(r);
 		return e;
 	}
@@ -361,55 +415,172 @@ static bool settings_differ(const cfg_config *a, const cfg_config *b)
 	       a->max_connections_per_uid != b->max_connections_per_uid;
 }
 
-int reload_now(reload_ctx *r)
+/* The names in a that b lacks (as a JSON array), for the answer and the
+ * log; a key whose name stayed but whose public key changed counts as
+ * removed and added. */
+static json_t *names_missing(const keyring *a, const keyring *b)
+{
+	json_t *v = json_array();
+
+	for (size_t i = 0; v != NULL && i < a->n; i++) {
+		const kr_key *o = kr_find(b, a->keys[i]->name);
+
+		if ((o == NULL || strcmp(o->jkt, a->keys[i]->jkt) != 0) &&
+		    json_array_append_new(v, json_string(a->keys[i]->name)) < 0) {
+			json_decref(v);
+			v = NULL;
+		}
+	}
+	return v;
+}
+
+static void names_text(const json_t *v, char *buf, size_t len)
+{
+	size_t i, o = 0;
+	json_t *n;
+
+	buf[0] = '\0';
+	json_array_foreach(v, i, n)
+		if (o < len)
+			o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? ", " : "",
+					      json_string_value(n));
+	if (o == 0)
+		snprintf(buf, len, "none");
+}
+
+/* List every token's keys again; a token that fails keeps its list. */
+static void rescan_tokens(reload_ctx *r, const reload_gen *g)
+{
+	for (size_t i = 0; i < g->ntoks; i++)
+		if (tok_rescan(g->toks[i]->ctx, NULL, NULL) < 0)
+			rlog(r, LOG_WARNING, "reload: %s; its keys stay as they were", err_msg());
+}
+
+static int reload_run(reload_ctx *r, bool reread, json_t *resp)
 {
 	cfg_config *cfg = NULL;
+	reload_cfg *rc = NULL;
 	char *errs = NULL;
 	reload_gen *old, *g = NULL;
-	int e;
+	json_t *added = NULL, *removed = NULL;
+	char atext[256], rtext[256];
+	int e = 0;
 
-	if (r->c.path == NULL) {
-		rlog(r, LOG_INFO, "reload: started without --config; nothing to reload");
-		return 0;
-	}
 	pthread_mutex_lock(&r->reload_mu);
-	e = cfg_load(r->c.path, &cfg, &errs);
-	if (e < 0) {
-		if (errs != NULL) {
-			for (char *sv = NULL, *line = strtok_r(errs, "\n", &sv); line;
-			     line = strtok_r(NULL, "\n", &sv))
-				rlog(r, LOG_ERR, "reload: %s", line);
-		} else {
-			rlog(r, LOG_ERR, "reload: %s", err_msg());
+	if (reread && r->c.path != NULL) {
+		e = cfg_load(r->c.path, &cfg, &errs);
+		if (e < 0) {
+			char first[256] = "";
+
+			if (errs != NULL) {
+				for (char *sv = NULL, *line = strtok_r(errs, "\n", &sv); line;
+				     line = strtok_r(NULL, "\n", &sv)) {
+					rlog(r, LOG_ERR, "reload: %s", line);
+					if (first[0] == '\0')
+						snprintf(first, sizeof(first), "%s", line);
+				}
+			} else {
+				snprintf(first, sizeof(first), "%s", err_msg());
+				rlog(r, LOG_ERR, "reload: %s", first);
+			}
+			rlog(r, LOG_ERR, "reload: %s has errors; keeping the current configuration",
+			     r->c.path);
+			free(errs);
+			e = err_set(e, "%s has errors; keeping the current configuration (%s)",
+				    r->c.path, first);
+			goto out;
 		}
-		rlog(r, LOG_ERR, "reload: %s has errors; keeping the current configuration",
-		     r->c.path);
-		free(errs);
-		goto out;
+		if ((e = cfg_wrap(cfg, &rc)) < 0)
+			goto out;
 	}
 	pthread_mutex_lock(&r->mu);
 	old = r->cur;
 	atomic_fetch_add(&old->refs, 1);
 	pthread_mutex_unlock(&r->mu);
-	if (settings_differ(old->cfg, cfg))
+	if (!reread || r->c.path == NULL) {
+		/* the same file (or none): only the tokens' keys may differ */
+		rc = old->rcfg;
+		if (rc != NULL)
+			atomic_fetch_add(&rc->refs, 1);
+	} else if (settings_differ(old->cfg, rc->cfg)) {
 		rlog(r, LOG_WARNING, "reload: [agent] settings changed; they apply at the next "
 		     "start");
-	e = gen_build(r, cfg, old, &g);
+	}
+	rescan_tokens(r, old);
+	e = gen_build(r, rc, old, &g);
 	if (e < 0) {
 		rlog(r, LOG_ERR, "reload: %s; keeping the current configuration", err_msg());
 		gen_put(old);
 		goto out;
 	}
+	added = names_missing(&g->kr, &old->kr);
+	removed = names_missing(&old->kr, &g->kr);
 	pthread_mutex_lock(&r->mu);
 	r->cur = g;
 	pthread_mutex_unlock(&r->mu);
+	names_text(added, atext, sizeof(atext));
+	names_text(removed, rtext, sizeof(rtext));
+	if (r->c.path != NULL && reread)
+		rlog(r, LOG_INFO, "reload: %s loaded: %zu keys from %zu token%s; added: %s; "
+		     "removed: %s", r->c.path, g->kr.n, g->ntoks, g->ntoks == 1 ? "" : "s", atext,
+		     rtext);
+	else
+		rlog(r, LOG_INFO, "reload: keys listed again: %zu keys from %zu token%s; added: %s; "
+		     "removed: %s", g->kr.n, g->ntoks, g->ntoks == 1 ? "" : "s", atext, rtext);
+	if (resp != NULL &&
+	    (json_object_set(resp, "added", added ? added : json_array()) < 0 ||
+	     json_object_set(resp, "removed", removed ? removed : json_array()) < 0 ||
+	     json_object_set_new(resp, "keys", json_integer((json_int_t)g->kr.n)) < 0 ||
+	     json_object_set_new(resp, "config", r->c.path && reread ? json_string(r->c.path)
+								     : json_null()) < 0))
+		e = err_nomem();
 	gen_put(old); /* ours */
 	gen_put(old); /* the current one's: freed once the last request lets go */
-	rlog(r, LOG_INFO, "reload: %s loaded: %zu keys from %zu token%s", r->c.path, g->kr.n,
-	     g->ntoks, g->ntoks == 1 ? "" : "s");
 out:
+	json_decref(added);
+	json_decref(removed);
 	pthread_mutex_unlock(&r->reload_mu);
 	return e;
+}
+
+int reload_now(reload_ctx *r)
+{
+	return reload_run(r, true, NULL);
+}
+
+int reload_op(void *rv, json_t *resp)
+{
+	return reload_run(rv, true, resp);
+}
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int reload_unknown_key(void *rv, const char *name)
+{
+	reload_ctx *r = rv;
+	long long now = mono_ms(), last = atomic_load(&r->last_rescan_ms);
+	void *ref = NULL;
+	int found;
+
+	/* one rescan per interval, whoever asks: a flood of unknown names
+	 * costs one C_FindObjects per interval, and the others fail at once */
+	if (last != 0 && now - last < RELOAD_RESCAN_INTERVAL_MS)
+		return 0;
+	if (!atomic_compare_exchange_strong(&r->last_rescan_ms, &last, now))
+		return 0;
+	rlog(r, LOG_INFO, "a request named a key the agent does not serve; listing the tokens' "
+	     "keys again");
+	if (reload_run(r, false, NULL) < 0)
+		return 0;
+	found = kr_find(reload_acquire(r, &ref), name) != NULL;
+	reload_release(ref);
+	return found;
 }
 
 static void *reload_thread(void *arg)

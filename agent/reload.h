@@ -43,10 +43,23 @@ int reload_new(const reload_config *c, cfg_config *cfg, reload_ctx **ret);
 const keyring *reload_acquire(void *r, void **ref);
 void reload_release(void *ref);
 
-/* Re-read the file and switch to it. A file with errors (each logged as
- * FILE:LINE: message) or a token that does not open keeps the current
- * generation. */
+/* List every token's keys again (tok_rescan), re-read the file if there
+ * is one, and switch to the generation built from them. A file with errors
+ * (each logged as FILE:LINE: message) or a token that does not open keeps
+ * the current generation. A configured key that the current generation
+ * serves and that is no longer on its token is dropped with a warning. */
 int reload_now(reload_ctx *r);
+/* The same for the protocol's "reload" op (proto_env.reload, ud the
+ * reload_ctx): adds "added" and "removed" (key names), "keys" (how many
+ * now) and "config" (the file re-read, or null) to resp. */
+int reload_op(void *r, json_t *resp);
+
+/* For proto_env.unknown_key (ud the reload_ctx): at most once per
+ * RELOAD_RESCAN_INTERVAL_MS, whoever asks, list the tokens' keys again
+ * (the file is not re-read) and return 1 when the new generation serves
+ * name; otherwise (or within the interval) 0 at once. */
+#define RELOAD_RESCAN_INTERVAL_MS 5000
+int reload_unknown_key(void *r, const char *name);
 
 /* Start the thread that runs reload_now() after reload_later(). */
 int reload_start(reload_ctx *r);

@@ -876,6 +876,283 @@ static void test_dpop_config(void **state)
 	free(errs);
 }
 
+
+/* ---- rotation: key states, reload, rescan of unknown keys ------------ */
+
+static void test_rotation_config(void **state)
+{
+	static const char good[] = "[key a]\nobject = a\nstate = next\n"
+				   "[key b]\nobject = b\nstate = retiring\n"
+				   "retire_after = 2026-12-31T12:00:00+01:00\n"
+				   "[key c]\nobject = c\n[key d]\nobject = d\nstate = active\n";
+	static const char bad[] = "[key a]\nobject = a\nstate = old\n"
+				  "[key b]\nobject = b\nstate = retiring\n"
+				  "[key c]\nobject = c\nretire_after = 2026-12-31\n"
+				  "[key d]\nobject = d\nstate = retiring\nretire_after = 31/12/2026\n"
+				  "[key e]\nobject = e\nstate = next\nstate = next\n";
+	cfg_config *cfg = NULL;
+	char *errs = NULL;
+
+	(void)state;
+	assert_int_equal(cfg_load_string("t.conf", good, strlen(good), &cfg, &errs), 0);
+	assert_int_equal(cfg_find_key(cfg, "a")->pol.state, POL_STATE_NEXT);
+	assert_int_equal(cfg_find_key(cfg, "b")->pol.state, POL_STATE_RETIRING);
+	assert_int_equal(cfg_find_key(cfg, "b")->pol.retire_after, 1798714800); /* 11:00Z */
+	assert_int_equal(cfg_find_key(cfg, "c")->pol.state, POL_STATE_ACTIVE);
+	assert_int_equal(cfg_find_key(cfg, "d")->pol.state, POL_STATE_ACTIVE);
+	cfg_free(cfg);
+	cfg = NULL;
+	assert_int_equal(cfg_load_string("t.conf", bad, strlen(bad), &cfg, &errs),
+			 P11J_E_BAD_REQUEST);
+	assert_null(cfg);
+	assert_non_null(strstr(errs, "t.conf:3: unknown state 'old' (active, next, retiring)"));
+	assert_non_null(strstr(errs, "t.conf:6: [key b]: state = retiring needs retire_after"));
+	assert_non_null(strstr(errs, "t.conf:9: [key c]: retire_after is only for state = "
+				     "retiring"));
+	assert_non_null(strstr(errs, "t.conf:13: retire_after: '31/12/2026' is not a date"));
+	assert_non_null(strstr(errs, "t.conf:17: 'state' given twice in [key e]"));
+	free(errs);
+}
+
+static void test_parse_time(void **state)
+{
+	static const struct {
+		const char *s;
+		int64_t t;
+	} good[] = {
+		{ "1970-01-01", 0 },
+		{ "2026-12-31", 1798675200 },
+		{ "2026-12-31T00:00:00Z", 1798675200 },
+		{ "2026-12-31t00:00:00z", 1798675200 },
+		{ "2026-12-31T01:00:00+01:00", 1798675200 },
+		{ "2026-12-30T23:30:00-00:30", 1798675200 },
+		{ "2026-12-31T00:00:00.987Z", 1798675200 },
+		{ "2024-02-29", 1709164800 },
+	};
+	static const char *const bad[] = { "", "2026", "2026-12-31T00:00:00", "2026-13-01",
+					   "2026-02-30", "2025-02-29", "2026-12-31T24:00:00Z",
+					   "2026-12-31T00:00:00+1:00", "2026-12-31T00:00Z",
+					   "2026-12-31 junk", "1969-12-31", "2026-12-31T00:00:00.Z",
+					   "yesterday" };
+	char buf[32];
+	int64_t t;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		t = -1;
+		if (pol_parse_time(good[i].s, &t) != 0 || t != good[i].t)
+			fail_msg("'%s': %lld, want %lld", good[i].s, (long long)t,
+				 (long long)good[i].t);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (pol_parse_time(bad[i], &t) != P11J_E_BAD_REQUEST)
+			fail_msg("'%s' parsed", bad[i]);
+		assert_non_null(strstr(err_msg(), "is not a date"));
+	}
+	pol_format_time(1798675200, buf, sizeof(buf));
+	assert_string_equal(buf, "2026-12-31T00:00:00Z");
+	assert_string_equal(pol_state_name(POL_STATE_NEXT), "next");
+	assert_int_equal(pol_state_from_name("retiring"), POL_STATE_RETIRING);
+	assert_int_equal(pol_state_from_name("Active"), -1);
+}
+
+static const char *key_state(json_t *keys, const char *name)
+{
+	size_t i;
+	json_t *k;
+
+	json_array_foreach(keys, i, k)
+		if (strcmp(json_string_value(json_object_get(k, "name")), name) == 0)
+			return json_string_value(json_object_get(k, "state"));
+	return NULL;
+}
+
+static void test_key_states(void **state)
+{
+	kr_key *nx = (kr_key *)kr_find(&kr, "p256"), *rt = (kr_key *)kr_find(&kr, "p384");
+	pol_key pn, pr;
+	json_t *v, *keys;
+
+	(void)state;
+	pol_key_init(&pn);
+	pol_key_init(&pr);
+	pn.state = POL_STATE_NEXT;
+	pn.dpop = pr.dpop = true;
+	pr.state = POL_STATE_RETIRING;
+	pr.retire_after = PROTOENV_NOW + 60;
+	assert_int_equal(kr_key_configure(nx, &pn, JWA_NONE, NULL), 0);
+	assert_int_equal(kr_key_configure(rt, &pr, JWA_NONE, NULL), 0);
+
+	v = call("{\"op\":\"keys\"}");
+	keys = json_object_get(v, "keys");
+	assert_string_equal(key_state(keys, "rsa"), "active");
+	assert_string_equal(key_state(keys, "p256"), "next");
+	assert_string_equal(key_state(keys, "p384"), "retiring");
+	json_decref(v);
+	v = call("{\"op\":\"keys\"}");
+	{
+		size_t i;
+		json_t *k;
+
+		json_array_foreach(json_object_get(v, "keys"), i, k)
+			if (strcmp(json_string_value(json_object_get(k, "name")), "p384") == 0)
+				assert_string_equal(json_string_value(json_object_get(k, "retire_after")),
+						    "2023-11-14T22:14:20Z");
+			else
+				assert_null(json_object_get(k, "retire_after"));
+	}
+	json_decref(v);
+	/* the JWKS publishes active, next and retiring keys alike */
+	v = call("{\"op\":\"jwks\"}");
+	assert_int_equal(json_array_size(json_object_get(v, "keys")), kr.n);
+	json_decref(v);
+
+	/* a next key signs when a request names it; a retiring one until its date */
+	v = call("{\"op\":\"sign\",\"key\":\"p256\"}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	json_decref(v);
+	v = call("{\"op\":\"sign\",\"key\":\"p384\",\"claims\":{\"sub\":\"x\"}}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	json_decref(v);
+	v = call("{\"op\":\"dpop\",\"key\":\"p384\",\"htm\":\"POST\",\"htu\":\"https://a.example/t\"}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	json_decref(v);
+
+	/* after retire_after: refused, naming the date and the rule */
+	pr.retire_after = PROTOENV_NOW;
+	err_case("{\"op\":\"sign\",\"key\":\"p384\"}", "policy_violation",
+		 "key p384 is retiring and signs nothing after 2023-11-14T22:13:20Z (policy "
+		 "state = retiring, retire_after)");
+	err_case("{\"op\":\"dpop\",\"key\":\"p384\",\"htm\":\"POST\",\"htu\":\"https://a.example/t\"}",
+		 "policy_violation", "is retiring and signs nothing after");
+	/* still published */
+	v = call("{\"op\":\"jwks\",\"key\":\"p384\"}");
+	assert_int_equal(json_array_size(json_object_get(v, "keys")), 1);
+	json_decref(v);
+
+	assert_int_equal(kr_key_configure(nx, NULL, JWA_NONE, NULL), 0);
+	assert_int_equal(kr_key_configure(rt, NULL, JWA_NONE, NULL), 0);
+	v = call("{\"op\":\"keys\"}");
+	assert_string_equal(key_state(json_object_get(v, "keys"), "p384"), "active");
+	json_decref(v);
+	err_clear();
+	/* the policies were on the stack: nothing points at them now */
+	assert_null(nx->pol);
+	assert_null(rt->pol);
+}
+
+static int reload_calls;
+
+static int fake_reload(void *ud, json_t *resp)
+{
+	(void)ud;
+	reload_calls++;
+	json_object_set_new(resp, "added", json_pack("[s]", "new-key"));
+	json_object_set_new(resp, "removed", json_array());
+	return 0;
+}
+
+static void test_reload_op(void **state)
+{
+	static const proto_peer other = { .uid = 2000, .gid = 2000, .pid = 7 };
+	kr_key *k = (kr_key *)kr_find(&kr, "ed");
+	uid_t uids[1] = { 2000 };
+	pol_key p;
+	json_t *v;
+
+	(void)state;
+	err_case("{\"op\":\"reload\"}", "unknown_op", "this agent cannot reload");
+	env.reload = fake_reload;
+	v = call("{\"id\":9,\"op\":\"reload\"}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	assert_int_equal(json_integer_value(json_object_get(v, "id")), 9);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(v, "added"), 0)),
+			    "new-key");
+	json_decref(v);
+	assert_int_equal(reload_calls, 1);
+	err_case("{\"op\":\"reload\",\"force\":true}", "bad_request", "unknown field 'force'");
+	/* another uid that may use a key may still not reload */
+	pol_key_init(&p);
+	p.uids = uids;
+	p.nuids = 1;
+	k->pol = &p;
+	v = call_raw(&other, "{\"op\":\"reload\"}", strlen("{\"op\":\"reload\"}"));
+	expect_error(v, "forbidden", "only uid 1000 and root may reload the agent");
+	json_decref(v);
+	k->pol = NULL;
+	assert_int_equal(reload_calls, 1);
+	/* unknown_op lists reload */
+	err_case("{\"op\":\"relaod\"}", "unknown_op", "status, reload)");
+	env.reload = NULL;
+}
+
+static int rescans;
+static EVP_PKEY *late_pk;
+static int rescan_answer;
+
+/* A rescan that finds key "late" on the token. */
+static int fake_unknown_key(void *ud, const char *name)
+{
+	(void)ud;
+	rescans++;
+	if (rescan_answer == 1 && strcmp(name, "late") == 0 && kr_find(&kr, "late") == NULL) {
+		late_pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+		assert_int_equal(kr_add(&kr, "late", NULL, late_pk, NULL, 0, 0, softsign_fn, late_pk),
+				 0);
+	}
+	return rescan_answer == 1 && kr_find(&kr, name) != NULL;
+}
+
+static void test_unknown_key_rescan(void **state)
+{
+	json_t *v;
+
+	(void)state;
+	/* without the callback: unknown_key, no rescan */
+	err_case("{\"op\":\"sign\",\"key\":\"late\"}", "unknown_key", "no key named 'late'");
+	env.unknown_key = fake_unknown_key;
+	/* the rescan finds nothing: the first message stands */
+	rescan_answer = 0;
+	err_case("{\"op\":\"sign\",\"key\":\"late\"}", "unknown_key", "no key named 'late'");
+	assert_int_equal(rescans, 1);
+	/* role names and other ops do not ask for a rescan */
+	err_case("{\"op\":\"sign\",\"key\":\"@active\"}", "unknown_key", "no key named '@active'");
+	v = call("{\"op\":\"keys\"}");
+	json_decref(v);
+	assert_int_equal(rescans, 1);
+	/* the rescan finds it: the same request is answered with it */
+	rescan_answer = 1;
+	v = call("{\"op\":\"sign\",\"key\":\"late\",\"claims\":{\"iss\":\"me\"}}");
+	assert_true(json_is_true(json_object_get(v, "ok")));
+	{
+		jws_parsed jp = { 0 };
+
+		assert_int_equal(jws_parse(json_string_value(json_object_get(v, "jwt")), &jp), 0);
+		assert_string_equal(json_string_value(json_object_get(jp.header, "alg")), "ES256");
+		jws_parsed_clear(&jp);
+	}
+	json_decref(v);
+	assert_int_equal(rescans, 2);
+	/* then it is known: no rescan */
+	v = call("{\"op\":\"dpop\",\"key\":\"late\",\"htm\":\"GET\",\"htu\":\"https://a.example/\"}");
+	expect_error(v, "policy_violation", "may not make DPoP proofs");
+	json_decref(v);
+	assert_int_equal(rescans, 2);
+	env.unknown_key = NULL;
+	/* drop "late" again (last in the list) */
+	assert_string_equal(kr.keys[kr.n - 1]->name, "late");
+	{
+		keyring one = { .keys = &kr.keys[kr.n - 1], .n = 1 };
+		kr_key **keep = kr.keys;
+
+		kr.n--;
+		one.keys = malloc(sizeof(*one.keys));
+		one.keys[0] = keep[kr.n];
+		kr_free(&one);
+	}
+	EVP_PKEY_free(late_pk);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -896,6 +1173,11 @@ int main(void)
 		cmocka_unit_test(test_dpop_bad_requests),
 		cmocka_unit_test(test_dpop_policy),
 		cmocka_unit_test(test_dpop_config),
+		cmocka_unit_test(test_rotation_config),
+		cmocka_unit_test(test_parse_time),
+		cmocka_unit_test(test_key_states),
+		cmocka_unit_test(test_reload_op),
+		cmocka_unit_test(test_unknown_key_rescan),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
