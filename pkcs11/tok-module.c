@@ -87,16 +87,24 @@ const char *tok_module_file(const tok_ctx *ctx, size_t i)
 static int init_error(const tok_ctx *ctx, size_t i, CK_RV rv, const char *lead)
 {
 	const char *hint = "";
+	char *res = NULL;
+	int r;
 
-	if (rv == CKR_ARGUMENTS_BAD && ctx->mods_from_registry)
-		hint = " (check the x-init-reserved line of its p11-kit registration)";
+	if (ctx->mods_from_registry)
+		res = p11_kit_config_option(ctx->mods[i], "x-init-reserved");
+	if (res != NULL)
+		hint = " (p11-kit gave it the x-init-reserved line of its registration: check it)";
+	else if (rv == CKR_ARGUMENTS_BAD && ctx->mods_from_registry)
+		hint = " (its p11-kit registration has no x-init-reserved line: does it need one?)";
 	else if (rv == CKR_ARGUMENTS_BAD && ctx->init_args == NULL)
 		hint = " (a module that needs initialisation parameters, such as NSS softoken, "
 		       "gets them with --module-init-args or module_init_args)";
 	else if (rv == CKR_ARGUMENTS_BAD)
 		hint = " (check its initialisation parameters)";
-	return err_set(P11J_E_MODULE, "%s %s: C_Initialize failed: %s%s", lead,
-	               tok_module_file(ctx, i), tok_ckr_name(rv), hint);
+	r = err_set(P11J_E_MODULE, "%s %s: C_Initialize failed: %s%s", lead,
+	            tok_module_file(ctx, i), tok_ckr_name(rv), hint);
+	free(res);
+	return r;
 }
 
 /* Without CKF_OS_LOCKING_OK SoftHSM turns its own locking off, so a module
@@ -144,6 +152,23 @@ static int files_note(tok_ctx *ctx, size_t n)
 	return 0;
 }
 
+/* NSS softoken (3.87) dereferences NULL in C_Initialize when its parameters
+ * name neither a database directory nor "no database": refuse those here
+ * rather than crash. */
+static int nss_args_check(const char *real, const char *args)
+{
+	const char *base = strrchr(real, '/');
+
+	base = base != NULL ? base + 1 : real;
+	if (args == NULL || strncmp(base, "libsoftokn3.", 12) != 0 ||
+	    strstr(args, "configdir=") != NULL || strstr(args, "noCertDB") != NULL)
+		return 0;
+	return err_set(P11J_E_MODULE,
+	               "PKCS#11 module %s (NSS softoken): its initialisation parameters need "
+	               "configdir='sql:DIR' (or flags=noCertDB); NSS crashes without",
+	               real);
+}
+
 /* The one module at path, allowlisted. */
 static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *path)
 {
@@ -154,6 +179,10 @@ static int module_from_path(tok_ctx *ctx, const tok_config *cfg, const char *pat
 	r = module_check(cfg, path, &real);
 	if (r < 0)
 		return r;
+	if ((r = nss_args_check(real, cfg->module_init_args)) < 0) {
+		free(real);
+		return r;
+	}
 	ctx->mods = calloc(2, sizeof(*ctx->mods));
 	ctx->state = calloc(1, sizeof(*ctx->state));
 	ctx->files = calloc(2, sizeof(*ctx->files));
@@ -224,6 +253,20 @@ static bool module_passed_over(tok_ctx *ctx, const tok_config *cfg, CK_FUNCTION_
 	return skip;
 }
 
+/* The registration's x-init-reserved, checked as ours are (NSS). */
+static bool registered_args_bad(tok_ctx *ctx, size_t i)
+{
+	char *res = p11_kit_config_option(ctx->mods[i], "x-init-reserved");
+	bool bad = false;
+
+	if (res != NULL && ctx->files[i] != NULL && nss_args_check(ctx->files[i], res) < 0) {
+		tok_log(ctx, TOK_LOG_WARNING, "skipping module %s: %s", ctx->files[i], err_msg());
+		bad = true;
+	}
+	free(res);
+	return bad;
+}
+
 int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 {
 	const char *path = cfg->module_path;
@@ -246,6 +289,8 @@ int tok_module_load(tok_ctx *ctx, const tok_config *cfg, P11KitUri *uri)
 		CK_RV rv;
 
 		if (ctx->mods_from_registry && module_passed_over(ctx, cfg, m, want_name))
+			continue;
+		if (ctx->mods_from_registry && registered_args_bad(ctx, i))
 			continue;
 		rv = module_init(ctx, i);
 		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
