@@ -342,6 +342,7 @@ static void test_module_init_args(void **state)
 		"token = nss\n"
 		"object = k\n";
 	cfg_config *c, *d;
+	const char *e;
 	char *errs;
 
 	(void)state;
@@ -379,14 +380,15 @@ static void test_module_init_args(void **state)
 			"[token e]\n"
 			"module = /usr/lib/e.so\n"
 			"module_init_arg = typo\n");
-	expect_line(errs, "t.conf:4: 'module_init_args' given twice in [token a] (first at "
+	e = errs != NULL ? errs : ""; /* (load_bad asserted it; GCC cannot tell) */
+	expect_line(e, "t.conf:4: 'module_init_args' given twice in [token a] (first at "
 			  "line 3)");
-	expect_line(errs, "t.conf:7: 'module_init_args' has no value");
-	expect_line(errs, "t.conf:10: 'module_init_args' must not hold control characters");
-	expect_line(errs, "t.conf:13: [token d]: 'module_init_args' needs 'module'");
-	expect_line(errs, "t.conf:16: unknown setting 'module_init_arg' in [token e] (module, "
+	expect_line(e, "t.conf:7: 'module_init_args' has no value");
+	expect_line(e, "t.conf:10: 'module_init_args' must not hold control characters");
+	expect_line(e, "t.conf:13: [token d]: 'module_init_args' needs 'module'");
+	expect_line(e, "t.conf:16: unknown setting 'module_init_arg' in [token e] (module, "
 			  "uri, pin_file, module_allow, module_init_args, allow_unsafe_keys)");
-	assert_int_equal(count_lines(errs), 5);
+	assert_int_equal(count_lines(e), 5);
 	free(errs);
 }
 
