@@ -184,6 +184,15 @@ static int print_key(const char *label, const adm_key *k)
 		r = err_nomem();
 		goto out;
 	}
+	/* what the token did otherwise than asked (a TPM's public key usage):
+	 * on stderr for the operator and in the JSON for scripts */
+	if (k->warning != NULL) {
+		fprintf(stderr, "p11jwt: warning: %s\n", k->warning);
+		if (json_object_set_new(o, "warnings", json_pack("[s]", k->warning)) < 0) {
+			r = err_nomem();
+			goto out;
+		}
+	}
 	r = cli_print_json(o);
 out:
 	json_decref(o);

@@ -239,6 +239,7 @@ void adm_key_clear(adm_key *k)
 		return;
 	free(k->uri);
 	free(k->id);
+	free(k->warning);
 	EVP_PKEY_free(k->pub);
 	memset(k, 0, sizeof(*k));
 }
@@ -367,6 +368,53 @@ static bool label_ok(const char *label, size_t len)
 	return true;
 }
 
+/* Whether a blank-padded CK_UTF8CHAR field holds "tpm" in any case. */
+static bool field_says_tpm(const CK_UTF8CHAR *f, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i + 3 <= len; i++)
+		if (tolower(f[i]) == 't' && tolower(f[i + 1]) == 'p' && tolower(f[i + 2]) == 'm')
+			return true;
+	return false;
+}
+
+bool adm_info_says_tpm(const CK_INFO *mi, const CK_TOKEN_INFO *ti)
+{
+	return (mi != NULL && (field_says_tpm(mi->manufacturerID, sizeof(mi->manufacturerID)) ||
+	                       field_says_tpm(mi->libraryDescription,
+	                                      sizeof(mi->libraryDescription)))) ||
+	       (ti != NULL && (field_says_tpm(ti->manufacturerID, sizeof(ti->manufacturerID)) ||
+	                       field_says_tpm(ti->model, sizeof(ti->model))));
+}
+
+static int token_is_tpm(tok_ctx *ctx, CK_FUNCTION_LIST *f, bool *ret)
+{
+	CK_INFO mi;
+	CK_TOKEN_INFO ti;
+	CK_SLOT_ID slot = 0;
+	CK_RV rv;
+
+	tok_module(ctx, &slot);
+	if ((rv = f->C_GetInfo(&mi)) != CKR_OK)
+		return adm_ck(ctx, "C_GetInfo", rv);
+	if ((rv = f->C_GetTokenInfo(slot, &ti)) != CKR_OK)
+		return adm_ck(ctx, "C_GetTokenInfo", rv);
+	*ret = adm_info_says_tpm(&mi, &ti);
+	return 0;
+}
+
+/* CKA_VERIFY and CKA_ENCRYPT of the public key, as the token reports them. */
+static void pub_usage_read(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                           CK_BBOOL *ret_verify, CK_BBOOL *ret_encrypt)
+{
+	CK_ATTRIBUTE a[2] = {{CKA_VERIFY, ret_verify, 1}, {CKA_ENCRYPT, ret_encrypt, 1}};
+
+	if (f->C_GetAttributeValue(s, o, a, ARRAY_SIZE(a)) != CKR_OK || a[0].ulValueLen != 1 ||
+	    a[1].ulValueLen != 1)
+		*ret_verify = *ret_encrypt = 0xff; /* not reported */
+}
+
 int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t *id, size_t id_len,
                adm_key *ret)
 {
@@ -383,6 +431,8 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 	adm_priv_flags fl;
 	adm_key k = {0};
 	size_t t, label_len = label != NULL ? strlen(label) : 0;
+	bool tpm = false;
+	CK_BBOOL pverify = 0, pencrypt = 0;
 	CK_RV rv;
 	int r;
 
@@ -415,6 +465,20 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 		goto out;
 	if ((r = check_unused(ctx, f, s, label, k.id, k.id_len)) < 0)
 		goto out;
+	if ((r = token_is_tpm(ctx, f, &tpm)) < 0)
+		goto out;
+	/* tpm2-pkcs11 (1.9) writes a P-521 CKA_EC_POINT with a one-byte DER
+	 * length (133 bytes do not fit one), which no reader accepts: the key
+	 * could not be used, and a pair destroyed after it was made stays loaded
+	 * in a TPM without a resource manager. Refused before the TPM is asked. */
+	if (tpm && type == ADM_KT_P521) {
+		r = err_set(P11J_E_UNSUPPORTED_ALG,
+		            "token '%s' is a TPM: tpm2-pkcs11 stores a P-521 public key in a form "
+		            "that cannot be read (a malformed CKA_EC_POINT); use ec:P-384 or "
+		            "ec:P-256",
+		            tok_label(ctx));
+		goto out;
+	}
 
 	if (kt_table[t].bits != 0) {
 		kt = CKK_RSA;
@@ -430,8 +494,19 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 	pub[npub++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &kt, sizeof(kt)};
 	pub[npub++] = (CK_ATTRIBUTE){CKA_TOKEN, &yes, 1};
 	pub[npub++] = (CK_ATTRIBUTE){CKA_PRIVATE, &no, 1};
-	pub[npub++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, 1};
-	pub[npub++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &no, 1};
+	/* tpm2-pkcs11 (1.9) turns a template into TPM object attributes and
+	 * reads the public key's CKA_VERIFY as the TPM's "decrypt" and
+	 * CKA_ENCRYPT as its "sign": VERIFY true would make a key that
+	 * decrypts, ENCRYPT false one that cannot sign, and either then fails
+	 * its own consistency check (CKR_GENERAL_ERROR, "attr mismatch"). On a
+	 * TPM the two are left out, the private key's CKA_SIGN true and
+	 * CKA_DECRYPT false decide, and the TPM makes a sign-only key. The
+	 * template is chosen before the first try: a refused template leaves
+	 * the objects tpm2-pkcs11 had loaded in the TPM until it disconnects. */
+	if (!tpm) {
+		pub[npub++] = (CK_ATTRIBUTE){CKA_VERIFY, &yes, 1};
+		pub[npub++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &no, 1};
+	}
 	pub[npub++] = (CK_ATTRIBUTE){CKA_WRAP, &no, 1};
 	pub[npub++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, label_len};
 	pub[npub++] = (CK_ATTRIBUTE){CKA_ID, k.id, k.id_len};
@@ -459,10 +534,11 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 	rv = f->C_GenerateKeyPair(s, &mech, pub, npub, priv, npriv, &hpub, &hpriv);
 	if (rv != CKR_OK) {
 		r = adm_ck(ctx, "C_GenerateKeyPair", rv);
-		if (rv == CKR_MECHANISM_INVALID)
-			r = err_set(P11J_E_UNSUPPORTED_ALG,
-			            "token '%s' cannot generate %s keys (CKR_MECHANISM_INVALID)",
-			            tok_label(ctx), kt_table[t].name);
+		if (rv == CKR_MECHANISM_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID ||
+		    rv == CKR_CURVE_NOT_SUPPORTED)
+			r = err_set(P11J_E_UNSUPPORTED_ALG, "token '%s'%s cannot generate %s keys (%s)",
+			            tok_label(ctx), tpm ? " (a TPM)" : "", kt_table[t].name,
+			            tok_ckr_name(rv));
 		goto out;
 	}
 
@@ -478,6 +554,26 @@ int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t 
 		            tok_label(ctx), fl.token, fl.private_, fl.sensitive, fl.extractable,
 		            fl.sign, fl.decrypt, fl.unwrap, fl.derive);
 		goto out;
+	}
+	if (tpm) {
+		/* what tpm2-pkcs11 made of the public key's usage, for the operator */
+		pub_usage_read(f, s, hpub, &pverify, &pencrypt);
+		if (pverify != CK_TRUE || pencrypt != CK_FALSE) {
+			char buf[400];
+
+			snprintf(buf, sizeof(buf),
+			         "token '%s' is a TPM: the key pair was made sign-only, and the "
+			         "token gave its public key object CKA_VERIFY %s and CKA_ENCRYPT %s "
+			         "(tpm2-pkcs11 derives them from the TPM key's attributes); p11jwt "
+			         "never uses the public key object but to read the public key",
+			         tok_label(ctx),
+			         pverify == 0xff ? "unknown" : pverify ? "true" : "false",
+			         pencrypt == 0xff ? "unknown" : pencrypt ? "true" : "false");
+			if ((k.warning = strdup(buf)) == NULL) {
+				r = err_nomem();
+				goto out;
+			}
+		}
 	}
 	if ((r = tok_pub_from_object(ctx, s, hpub, kt, label, &k.pub)) < 0)
 		goto out;

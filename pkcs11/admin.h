@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <openssl/x509.h>
+#include <p11-kit/pkcs11.h>
 #include "pkcs11/tok.h"
 
 typedef enum {
@@ -48,9 +49,16 @@ typedef struct {
 	uint8_t *id; /* CKA_ID */
 	size_t id_len;
 	EVP_PKEY *pub; /* read back from the public key object */
+	char *warning; /* what the token did otherwise than asked, or NULL */
 } adm_key;
 
 void adm_key_clear(adm_key *k);
+
+/* Whether the module (CK_INFO manufacturer, description) or the token
+ * (CK_TOKEN_INFO manufacturer, model) says "TPM": tpm2-pkcs11 reports
+ * "tpm2-software.github.io" / "TPM2.0 Cryptoki", a token by the TPM's
+ * vendor and model ("IBM", "SW   TPM" for swtpm). Either may be NULL. */
+bool adm_info_says_tpm(const CK_INFO *mi, const CK_TOKEN_INFO *ti);
 
 /* Generate a key pair on the token (ctx from adm_open): private key
  * token, private, sensitive, never extractable, sign only; public key
@@ -58,7 +66,12 @@ void adm_key_clear(adm_key *k);
  * random bytes when id is NULL). The label: 1 to 128 characters, no control
  * characters. P11J_E_BAD_REQUEST when an object with
  * that label or that CKA_ID exists already. The flags the token applied
- * are read back; a pair that is not as asked is destroyed again. */
+ * are read back; a pair that is not as asked is destroyed again.
+ * On a TPM token (adm_info_says_tpm) the public template has no
+ * CKA_VERIFY/CKA_ENCRYPT, which tpm2-pkcs11 would map onto the TPM key's
+ * decrypt and sign attributes (docs/tpm.md); the private key is still
+ * checked to be sign-only, and ret->warning says what the token made of the
+ * public key object's usage. */
 int adm_keygen(tok_ctx *ctx, adm_keytype type, const char *label, const uint8_t *id, size_t id_len,
                adm_key *ret);
 

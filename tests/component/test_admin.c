@@ -348,9 +348,56 @@ static void test_keygen_every_type(void **state)
 			EVP_MD_CTX_free(mc);
 		}
 		tok_close(ctx2);
+		/* SoftHSM is no TPM: the template is the full one, no warning */
+		assert_null(key.warning);
 		adm_key_clear(&key);
 		assert_null(key.pub);
 	}
+}
+
+static void pad(CK_UTF8CHAR *f, size_t len, const char *s)
+{
+	memset(f, ' ', len);
+	memcpy(f, s, strlen(s) < len ? strlen(s) : len);
+}
+
+/* The TPM test (tests/integration/test_tpm.py) runs on swtpm; these are the
+ * other strings a TPM or a token that is none reports. */
+static void test_info_says_tpm(void **state)
+{
+	CK_INFO mi;
+	CK_TOKEN_INFO ti;
+
+	(void)state;
+	memset(&mi, 0, sizeof(mi));
+	memset(&ti, 0, sizeof(ti));
+	/* tpm2-pkcs11 1.9 on swtpm */
+	pad(mi.manufacturerID, sizeof(mi.manufacturerID), "tpm2-software.github.io");
+	pad(mi.libraryDescription, sizeof(mi.libraryDescription), "TPM2.0 Cryptoki");
+	pad(ti.manufacturerID, sizeof(ti.manufacturerID), "IBM");
+	pad(ti.model, sizeof(ti.model), "SW   TPM");
+	assert_true(adm_info_says_tpm(&mi, &ti));
+	/* a hardware TPM whose model names only the chip: the module says it */
+	pad(ti.manufacturerID, sizeof(ti.manufacturerID), "Infineon");
+	pad(ti.model, sizeof(ti.model), "SLB9670");
+	assert_true(adm_info_says_tpm(&mi, &ti));
+	assert_false(adm_info_says_tpm(NULL, &ti));
+	/* another module on a TPM (opencryptoki's TPM token) */
+	pad(ti.model, sizeof(ti.model), "IBM TPM");
+	assert_true(adm_info_says_tpm(NULL, &ti));
+	/* SoftHSM and NSS are not TPMs; "tpm" must stand inside one field */
+	pad(mi.manufacturerID, sizeof(mi.manufacturerID), "SoftHSM");
+	pad(mi.libraryDescription, sizeof(mi.libraryDescription), "Implementation of PKCS11");
+	pad(ti.manufacturerID, sizeof(ti.manufacturerID), "SoftHSM project");
+	pad(ti.model, sizeof(ti.model), "SoftHSM v2");
+	assert_false(adm_info_says_tpm(&mi, &ti));
+	pad(ti.manufacturerID, sizeof(ti.manufacturerID), "Mozilla Foundation");
+	pad(ti.model, sizeof(ti.model), "NSS 3");
+	assert_false(adm_info_says_tpm(&mi, &ti));
+	mi.libraryDescription[sizeof(mi.libraryDescription) - 2] = 'T';
+	mi.libraryDescription[sizeof(mi.libraryDescription) - 1] = 'P';
+	assert_false(adm_info_says_tpm(&mi, &ti));
+	assert_false(adm_info_says_tpm(NULL, NULL));
 }
 
 static void test_keygen_explicit_id(void **state)
@@ -614,6 +661,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_keytype_parse),
+	    cmocka_unit_test(test_info_says_tpm),
 	    cmocka_unit_test(test_id_parse),
 	    cmocka_unit_test(test_subject_parse),
 	    cmocka_unit_test(test_open_any),
