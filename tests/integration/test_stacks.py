@@ -453,11 +453,17 @@ def ock_token(work, sockdir, slot):
     with open(os.open(pinfile, os.O_WRONLY | os.O_CREAT, 0o600), 'w') as f:
         f.write(pin + '\n')
     uri = f'pkcs11:token={OCK_LABEL}'
+    # Under ASan: opencryptoki's soft token leaks in C_GenerateKeyPair, from
+    # a library it has unloaded by exit, so LeakSanitizer cannot be told by
+    # name (tests/lsan.supp); leak checks stay on for the agent below.
+    kenv = dict(os.environ)
+    if 'ASAN_OPTIONS' in kenv:
+        kenv['ASAN_OPTIONS'] += ':detect_leaks=0'
     r = run([CLI, 'keygen', '--module', OCK, '--token', uri, '--pin-file', pinfile, '--type',
-             'rsa:2048', '--label', 'rsa-2048'], timeout=120)
+             'rsa:2048', '--label', 'rsa-2048'], env=kenv, timeout=120)
     t.ok(r.returncode == 0, 'opencryptoki: p11jwt keygen rsa:2048', r.stderr)
     r = run([CLI, 'keygen', '--module', OCK, '--token', uri, '--pin-file', pinfile, '--type',
-             'ec:P-256', '--label', 'ec-p256'], timeout=120)
+             'ec:P-256', '--label', 'ec-p256'], env=kenv, timeout=120)
     t.ok(r.returncode != 0 and 'cannot generate ec:P-256' in r.stderr,
          'opencryptoki 3.8 soft token: no EC key generation, said clearly', r.stderr)
     t.diag(f'opencryptoki soft token mechanisms: {mechanisms(OCK)}')
