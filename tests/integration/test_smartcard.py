@@ -384,6 +384,9 @@ def run_cases(stack, work, pin):
     finally:
         rc = a.stop()
         err = a.stderr()
+        for ln in err.splitlines():  # what the agent said about the card, audit lines aside
+            if 'token' in ln and not ln.startswith('{'):
+                t.diag('agent: ' + ln)
         report('exit', rc == 0 and 'token_unavailable until the token is back' in err
                and 'is back' in err and pin not in err, f'rc={rc}\n{err[-4000:]}')
     pin_file_cases(stack, work, pin, sockdir, extra, agent_env)
