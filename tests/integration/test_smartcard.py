@@ -485,6 +485,7 @@ def with_agent(stack, a, sock, work, pin, certs):
                                   f'{nick}-{alg}')
     report('sign', not failures, '\n'.join(failures))
     r = sign_raw(sock, names[0], 'ES256')
+    t.diag('ES256: ' + r.stderr.strip())
     report('es256', r.returncode != 0 and 'ES256' in r.stderr, r.stdout + r.stderr)
 
     # the card taken out of the reader: pcscd notices at its next poll
