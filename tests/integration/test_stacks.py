@@ -259,6 +259,10 @@ def test_nss(work, sockdir):
             timeout=30)
     t.ok(r.returncode == 2 and 'needs --module' in r.stderr,
          '--module-init-args without --module: usage error', r.stderr)
+    r = run([CLI, 'keygen', '--module-init-args', nss_args(db), '--token', NSS_TOKEN,
+             '--type', 'rsa:2048', '--label', 'x'])
+    t.ok(r.returncode == 2 and 'needs --module' in r.stderr,
+         'p11jwt keygen --module-init-args without --module: usage error', r.stderr)
 
     sock = os.path.join(sockdir, 'nss1', 'agent.sock')
     a = Proc([AGENT, '--foreground', '--print-env', '--audit', 'none', '--socket', sock,
