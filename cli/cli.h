@@ -93,6 +93,10 @@ int cmd_login(cli_ctx *ctx, int argc, char **argv);
 int cmd_lock(cli_ctx *ctx, int argc, char **argv);
 /* cmd_status.c */
 int cmd_status(cli_ctx *ctx, int argc, char **argv);
+/* cmd_reload.c: the agent lists its tokens' keys again */
+int cmd_reload(cli_ctx *ctx, int argc, char **argv);
+/* cmd_admin.c: the next key of a rotation, made on the token */
+int cmd_rotate(cli_ctx *ctx, int argc, char **argv);
 /* cmd_admin.c: talk to the token directly, not to the agent */
 int cmd_keygen(cli_ctx *ctx, int argc, char **argv);
 int cmd_csr(cli_ctx *ctx, int argc, char **argv);

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/pem.h>
 
@@ -328,5 +329,126 @@ out:
 	X509_free(x);
 	X509_NAME_free(subj);
 	tok_close(tok);
+	return r;
+}
+
+/* The admin type of an existing key, for rotate without --type. */
+static adm_keytype type_of(const tok_key *k)
+{
+	switch (tok_key_kind(k)) {
+	case KEYKIND_RSA: {
+		int bits = EVP_PKEY_get_bits(tok_key_pubkey(k));
+
+		return bits >= 4096 ? ADM_KT_RSA4096 : bits >= 3072 ? ADM_KT_RSA3072 : ADM_KT_RSA2048;
+	}
+	case KEYKIND_P256:
+		return ADM_KT_P256;
+	case KEYKIND_P384:
+		return ADM_KT_P384;
+	case KEYKIND_P521:
+		return ADM_KT_P521;
+	case KEYKIND_ED25519:
+		return ADM_KT_ED25519;
+	default:
+		return ADM_KT_NONE;
+	}
+}
+
+/* NAME-YYYYMMDD (a date suffix of NAME replaced), -2 ... -9 when taken. */
+static int next_label(tok_ctx *tok, const char *name, char *buf, size_t len)
+{
+	size_t n = strlen(name), d;
+	time_t now = time(NULL);
+	struct tm tm;
+	char day[16];
+
+	if (n > 9 && name[n - 9] == '-' && strspn(name + n - 8, "0123456789") == 8)
+		n -= 9;
+	gmtime_r(&now, &tm);
+	strftime(day, sizeof(day), "%Y%m%d", &tm);
+	for (d = 1; d < 10; d++) {
+		if (d == 1)
+			snprintf(buf, len, "%.*s-%s", (int)n, name, day);
+		else
+			snprintf(buf, len, "%.*s-%s-%zu", (int)n, name, day, d);
+		if (tok_key_find(tok, buf) == NULL)
+			return 0;
+	}
+	return err_set(P11J_E_BAD_REQUEST, "keys %.*s-%s to -9 exist already; name the new key "
+	               "with --label", (int)n, name, day);
+}
+
+int cmd_rotate(cli_ctx *ctx, int argc, char **argv)
+{
+	adm_opts o = {0};
+	adm_keytype type = ADM_KT_NONE;
+	uint8_t *id = NULL;
+	size_t id_len = 0;
+	tok_ctx *tok = NULL;
+	const tok_key *old;
+	adm_key k = {0};
+	char label[160];
+	int r;
+
+	if (!parse_opts(ctx, "rotate", argc, argv, &o, &r))
+		return r;
+	if (o.key == NULL)
+		return cli_usage_error("rotate", "--key NAME is required (the key to replace: its "
+		                                 "label on the token)");
+	if ((o.type != NULL && (r = adm_keytype_parse(o.type, &type)) < 0) ||
+	    (o.id != NULL && (r = adm_id_parse(o.id, &id, &id_len)) < 0))
+		return cli_fail(r);
+	if ((r = token_open(&o, &tok)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	old = tok_key_find(tok, o.key);
+	if (old == NULL) {
+		r = cli_fail(err_set(P11J_E_NOT_FOUND,
+		                     "no usable signing key labelled '%s' on token '%s' to rotate%s%s",
+		                     o.key, tok_label(tok), o.warnings[0] ? ": " : "", o.warnings));
+		goto out;
+	}
+	if (type == ADM_KT_NONE && (type = type_of(old)) == ADM_KT_NONE) {
+		r = cli_fail(err_set(P11J_E_BAD_REQUEST, "give the new key's --type (%s)",
+		                     ADM_KEYTYPES));
+		goto out;
+	}
+	if (o.label != NULL)
+		snprintf(label, sizeof(label), "%s", o.label);
+	else if ((r = next_label(tok, o.key, label, sizeof(label))) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	if ((r = adm_keygen(tok, type, label, id, id_len, &k)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	if ((r = print_key(label, &k)) < 0) {
+		r = cli_fail(r);
+		goto out;
+	}
+	fprintf(stderr,
+	        "p11jwt: made key '%s' (%s) on token '%s' to replace '%s'. The steps "
+	        "(docs/rotation.md):\n"
+	        "  1. serve it as the next key: in p11jwt-agent.conf add\n"
+	        "       [key %s]\n"
+	        "       object = %s\n"
+	        "       state = next\n"
+	        "     with the policy lines of '%s' (an agent without --config serves every key\n"
+	        "     of the token), then `p11jwt reload`; `p11jwt keys` shows it as next\n"
+	        "  2. publish it beside the old one: register the JWK above at the provider,\n"
+	        "     or `p11jwt jwks --out FILE` for the file your jwks_uri serves\n"
+	        "  3. switch: state = active for '%s'; state = retiring and retire_after = DATE\n"
+	        "     for '%s'; `p11jwt reload` (profiles with --key @active follow)\n"
+	        "  4. after DATE: remove '%s' from the provider, the token and the file,\n"
+	        "     `p11jwt reload`, and publish the JWKS again\n",
+	        label, adm_keytype_name(type), tok_label(tok), o.key, label, label, o.key, label,
+	        o.key, o.key);
+	r = 0;
+out:
+	adm_key_clear(&k);
+	tok_close(tok);
+	free(id);
 	return r;
 }

@@ -7,8 +7,13 @@
 #include "common/util.h"
 #include "jose/jwk.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <openssl/pem.h>
 
 static const char *str(const json_t *o, const char *k)
@@ -44,8 +49,9 @@ int cmd_keys(cli_ctx *ctx, int argc, char **argv)
 		r = cli_print_json(keys);
 		goto out;
 	}
-	printf("%-16s %-6s %-43s %-3s %-9s %s\n", "NAME", "ALG", "KID", "KTY", "SIZE/CRV",
-	       "CERT");
+	/* CERT stays the last column; a retiring key's date follows it */
+	printf("%-16s %-6s %-43s %-3s %-9s %-8s %s\n", "NAME", "ALG", "KID", "KTY", "SIZE/CRV",
+	       "STATE", "CERT");
 	json_array_foreach(keys, i, k) {
 		const json_t *bits = json_object_get(k, "bits");
 		char size[32];
@@ -54,9 +60,13 @@ int cmd_keys(cli_ctx *ctx, int argc, char **argv)
 			snprintf(size, sizeof(size), "%lld", (long long)json_integer_value(bits));
 		else
 			snprintf(size, sizeof(size), "%s", str(k, "crv"));
-		printf("%-16s %-6s %-43s %-3s %-9s %s\n", str(k, "name"), str(k, "alg"),
+		printf("%-16s %-6s %-43s %-3s %-9s %-8s %s%s%s\n", str(k, "name"), str(k, "alg"),
 		       str(k, "kid"), str(k, "kty"), size,
-		       json_is_true(json_object_get(k, "has_cert")) ? "yes" : "no");
+		       /* an older agent says nothing: its keys are all active */
+		       json_object_get(k, "state") ? str(k, "state") : "active",
+		       json_is_true(json_object_get(k, "has_cert")) ? "yes" : "no",
+		       json_object_get(k, "retire_after") ? "  until " : "",
+		       json_object_get(k, "retire_after") ? str(k, "retire_after") : "");
 	}
 	r = 0;
 out:
@@ -140,10 +150,101 @@ static int preset_alg(cli_ctx *ctx, const preset *p, const char *key, char **ret
 	return 0;
 }
 
-int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
+/* --key @active / @next: the key in that state, from the agent's list.
+ * Returns 0 or an exit status. */
+static int role_key(cli_ctx *ctx, const char *role, char **ret)
+{
+	json_t *resp = NULL;
+	int r;
+
+	if ((r = cli_call(ctx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+		return r;
+	r = xch_key_role(json_object_get(resp, "keys"), role, ret);
+	json_decref(resp);
+	if (r < 0)
+		return cli_fail(r);
+	fprintf(stderr, "p11jwt: note: %s is key '%s'\n", role, *ret);
+	return 0;
+}
+
+/* --out FILE: written next to FILE and renamed over it (0644: a web server
+ * publishes it as a jwks_uri), so a reader never sees half a JWKS. */
+static int write_atomic(const char *path, const char *data, size_t len)
+{
+	char *dir = NULL, *tmp = NULL, *slash;
+	int fd = -1, dfd = -1, r = 0;
+	size_t off = 0;
+
+	if ((dir = strdup(path)) == NULL)
+		return err_nomem();
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		strcpy(dir, ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	if (asprintf(&tmp, "%s.tmpXXXXXX", path) < 0) {
+		tmp = NULL;
+		r = err_nomem();
+		goto out;
+	}
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
+		r = err_set(P11J_E_BAD_REQUEST, "cannot write next to '%s': %s", path,
+			    strerror(errno));
+		free(tmp);
+		tmp = NULL;
+		goto out;
+	}
+	if (fchmod(fd, 0644) < 0) {
+		r = err_set(P11J_E_SYSTEM, "chmod '%s': %s", tmp, strerror(errno));
+		goto out;
+	}
+	while (off < len) {
+		ssize_t n = write(fd, data + off, len - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = err_set(P11J_E_SYSTEM, "writing '%s': %s", tmp, strerror(errno));
+			goto out;
+		}
+		off += (size_t)n;
+	}
+	if (fsync(fd) < 0 || close(fd) < 0) {
+		fd = -1;
+		r = err_set(P11J_E_SYSTEM, "writing '%s': %s", tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;
+	if (rename(tmp, path) < 0) {
+		r = err_set(P11J_E_BAD_REQUEST, "cannot replace '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	free(tmp);
+	tmp = NULL;
+	/* the rename itself survives a crash once the directory is synced */
+	if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		(void)fsync(dfd);
+		close(dfd);
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	free(dir);
+	return r;
+}
+
+/* rkey: the key a role named, freed by the caller on every path */
+static int jwks_run(cli_ctx *ctx, int argc, char **argv, char **rkey)
 {
 	json_t *req = NULL, *resp = NULL, *jwks = NULL, *keys, *jwk;
 	const char *name = NULL, *key = NULL, *alg = NULL, *kid = "thumbprint", *pname = NULL;
+	const char *out = NULL;
 	char *palg = NULL;
 	bool pem = false;
 	size_t i;
@@ -160,13 +261,22 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 			kid = optarg;
 		else if (strcmp(name, "preset") == 0)
 			pname = optarg;
+		else if (strcmp(name, "out") == 0)
+			out = optarg;
 	}
 	if (r == CLI_OPT_EXIT)
 		return st;
+	if (out != NULL && out[0] == '\0')
+		return cli_usage_error("jwks", "--out needs a file name");
 	if (strcmp(kid, "thumbprint") != 0 && strcmp(kid, "id") != 0 && strcmp(kid, "label") != 0)
 		return cli_usage_error("jwks", "--kid takes thumbprint, id or label, not '%s'", kid);
 	if (optind != argc)
 		return cli_usage_error("jwks", "unexpected argument '%s'", argv[optind]);
+	if (XCH_IS_ROLE(key)) {
+		if ((st = role_key(ctx, key, rkey)) != 0)
+			return st;
+		key = *rkey;
+	}
 	if (pname) {
 		const preset *p = preset_find(pname);
 
@@ -214,28 +324,70 @@ int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 		goto out;
 	}
 	if (pem) {
+		char *buf = NULL;
+		size_t blen = 0;
+		FILE *f = out ? open_memstream(&buf, &blen) : stdout;
+
+		if (f == NULL) {
+			r = cli_fail(err_nomem());
+			goto out;
+		}
+		r = 0;
 		json_array_foreach(keys, i, jwk) {
 			EVP_PKEY *pk = NULL;
 
 			if ((r = jwk_to_pkey(jwk, &pk)) < 0) {
 				r = cli_fail(r);
-				goto out;
+				break;
 			}
-			r = PEM_write_PUBKEY(stdout, pk) == 1 ? 0 : cli_fail(err_set_ossl(
-									 P11J_E_CRYPTO, "PEM_write_PUBKEY"));
+			r = PEM_write_PUBKEY(f, pk) == 1 ? 0 : cli_fail(err_set_ossl(
+								    P11J_E_CRYPTO, "PEM_write_PUBKEY"));
 			EVP_PKEY_free(pk);
 			if (r != 0)
-				goto out;
+				break;
 		}
-		r = 0;
+		if (out != NULL) {
+			fclose(f);
+			if (r == 0 && (r = write_atomic(out, buf, blen)) < 0)
+				r = cli_fail(r);
+			free(buf);
+		}
 		goto out;
 	}
 	if (strcmp(kid, "thumbprint") != 0 && (r = kid_rewrite(ctx, kid, keys)) != 0)
 		goto out;
 	jwks = json_pack("{s:O}", "keys", keys);
-	r = jwks ? cli_print_json(jwks) : cli_fail(err_nomem());
+	if (jwks == NULL) {
+		r = cli_fail(err_nomem());
+	} else if (out == NULL) {
+		r = cli_print_json(jwks);
+	} else {
+		char *text = json_dumps(jwks, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		char *line = NULL;
+
+		if (text == NULL || asprintf(&line, "%s\n", text) < 0) {
+			line = NULL;
+			r = cli_fail(err_nomem());
+		} else if ((r = write_atomic(out, line, strlen(line))) < 0) {
+			r = cli_fail(r);
+		} else {
+			fprintf(stderr, "p11jwt: wrote %zu key%s to %s\n", json_array_size(keys),
+				json_array_size(keys) == 1 ? "" : "s", out);
+		}
+		free(text);
+		free(line);
+	}
 out:
 	json_decref(jwks);
 	json_decref(resp);
 	return r;
+}
+
+int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
+{
+	char *rkey = NULL;
+	int st = jwks_run(ctx, argc, argv, &rkey);
+
+	free(rkey);
+	return st;
 }

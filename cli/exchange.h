@@ -82,6 +82,14 @@ int xch_resolve(const json_t *profile, const json_t *cli, const char *client_sec
 		int64_t now, xch_req *req);
 void xch_req_clear(xch_req *req);
 
+/* A key named by its role in a rotation: "@active" or "@next" (--key,
+ * profiles, presets). The one key of the agent's "keys" answer in that
+ * state (keys without a state, from an older agent, count as active) into
+ * *ret_name (malloc'd). P11J_E_NOT_FOUND when no key is, P11J_E_BAD_REQUEST
+ * when several are (naming them) or for another role. */
+#define XCH_IS_ROLE(name) ((name) != NULL && (name)[0] == '@')
+int xch_key_role(const json_t *keys, const char *role, char **ret_name);
+
 /* True when the alg depends on the key and is not chosen yet: none was
  * given, there is a list of accepted algs, and xch_choose_alg() has not
  * run. Then ask the agent for its keys (op "keys") and call

@@ -21,11 +21,15 @@ static const struct cli_cmd_doc {
 	{ "keys", "keys [--json]",
 	  "list the agent's keys",
 	  "List the keys the agent serves: name, default alg, kid (RFC 7638\n"
-	  "thumbprint), key type, size or curve, and whether a certificate is there." },
-	{ "jwks", "jwks [--key NAME] [--alg ALG|--preset NAME] [--kid thumbprint|id|label] [--pem]",
+	  "thumbprint), key type, size or curve, whether a certificate is there,\n"
+	  "and the key's state in a rotation (active, next, or retiring and until\n"
+	  "when; p11jwt-agent.conf(5))." },
+	{ "jwks", "jwks [--key NAME] [--alg ALG|--preset NAME] [--kid thumbprint|id|label] [--pem] [--out FILE]",
 	  "print the public keys as a JWKS",
 	  "Print the public keys as a JWKS ({\"keys\": [...]}, with kid, alg and use),\n"
 	  "ready to upload to a provider or to give to `p11jwt verify --jwks`.\n"
+	  "It holds the active, next and retiring keys alike, so that a provider\n"
+	  "reading it (a jwks_uri: --out FILE) knows a new key before it signs.\n"
 	  "With --preset NAME --key KEY the JWK's alg is the one that `p11jwt\n"
 	  "token` signs with for that preset and key (said on standard error).\n"
 	  "The kid is the RFC 7638 thumbprint, which the agent puts in JWT headers;\n"
@@ -85,8 +89,23 @@ static const struct cli_cmd_doc {
 	  "The private key is sensitive, never extractable and may only sign; the\n"
 	  "public key may only verify. Refused (exit 2) when an object with that\n"
 	  "label or CKA_ID is on the token already. Talks to the token directly:\n"
-	  "restart the agent to serve the new key. The PIN comes from --pin-file,\n"
-	  "the URI's pin-source, or $P11JWT_PIN." },
+	  "`p11jwt reload` makes a running agent serve the new key. The PIN comes\n"
+	  "from --pin-file, the URI's pin-source, or $P11JWT_PIN." },
+	{ "rotate", "rotate --key NAME [--type TYPE] [--label NEW] --module PATH --token URI [--pin-file FILE]",
+	  "make the next key of a rotation on the token",
+	  "Generate the key that replaces key NAME (its label on the token) as\n"
+	  "keygen does, print its URI, CKA_ID, kid and public JWK as JSON, and on\n"
+	  "standard error the steps of the rotation: serve it as state = next,\n"
+	  "publish it beside the old key, switch (next -> active, the old one\n"
+	  "retiring with a retire_after date), remove the old key. --type defaults\n"
+	  "to NAME's type; the label to NAME-YYYYMMDD. See docs/rotation.md." },
+	{ "reload", "reload [--json]",
+	  "make the agent list its tokens' keys again",
+	  "Ask the agent to list its tokens' keys again and to re-read its\n"
+	  "configuration file, as SIGHUP does, and print the keys added and\n"
+	  "removed. Requests in flight keep the keys they started with; a key gone\n"
+	  "from the token answers unknown_key. Only the agent's own user and root\n"
+	  "may do this." },
 	{ "csr", "csr --module PATH --token URI --key LABEL --subject /CN=NAME [--out FILE] [--pin-file FILE]",
 	  "print a PKCS#10 request signed by a token key",
 	  "Build a certificate signing request (PKCS#10, PEM) for a key on the token\n"
@@ -100,7 +119,7 @@ static const struct cli_cmd_doc {
 	  "days, basicConstraints CA:FALSE and keyUsage digitalSignature (both\n"
 	  "critical), subjectKeyIdentifier. For providers that take a certificate\n"
 	  "rather than a JWKS (Microsoft Entra, Salesforce). With --store it is also\n"
-	  "written to the token next to the key; after an agent restart `p11jwt keys`\n"
+	  "written to the token next to the key; after `p11jwt reload` `p11jwt keys`\n"
 	  "shows it and `sign --x5t/--x5t-s256/--x5c` can use it." },
 	{ "login", "login [--token URI]",
 	  "give the agent the token's PIN",
@@ -157,7 +176,8 @@ static const struct cli_opt_doc {
 	{ NULL, "help-all", 0, NULL, "print every option of every command" },
 	{ NULL, "version", 0, NULL, "print the version" },
 	{ "keys", "json", 0, NULL, "print the agent's key list as a JSON array" },
-	{ "jwks", "key", 0, "NAME", "only this key" },
+	{ "jwks", "key", 0, "NAME", "only this key (@active, @next: the one key in that\n"
+				 "state, see `p11jwt keys`)" },
 	{ "jwks", "alg", 0, "ALG", "set each JWK's alg to the algorithm you will sign\n"
 				"with: verifiers hold the key to it (default: the\n"
 				"key's default alg, see `p11jwt keys`)" },
@@ -169,6 +189,9 @@ static const struct cli_opt_doc {
 	{ "jwks", "preset", 0, "NAME", "set the JWK's alg to the one `p11jwt token --preset\n"
 				    "NAME` signs with for this key: the first of the\n"
 				    "preset's algs the key signs (needs --key; --alg wins)" },
+	{ "jwks", "out", 0, "FILE", "write to FILE instead of standard output: a\n"
+				 "temporary file in its directory, mode 0644,\n"
+				 "fsync'ed and renamed over FILE (for a jwks_uri)" },
 	{ "jwks", "pem", 0, NULL, "print the public keys as PEM (SubjectPublicKeyInfo)\n"
 			       "instead of a JWKS" },
 	{ "sign", "key", 0, "NAME", "key to sign with (required; see `p11jwt keys`)" },
@@ -187,7 +210,8 @@ static const struct cli_opt_doc {
 	{ "token call", "profile", 0, "NAME|FILE", "profile: $XDG_CONFIG_HOME/p11jwt/profiles/NAME.json,\n"
 					      "or a path (docs/providers/README.md)" },
 	{ "token call", "preset", 0, "NAME", "provider preset (default: client-assertion)" },
-	{ "token call", "key", 0, "NAME", "agent key to sign the assertion with (required)" },
+	{ "token call", "key", 0, "NAME", "agent key to sign the assertion with (required);\n"
+				      "@active or @next: the one key in that state" },
 	{ "token call", "alg", 0, "ALG", "signature algorithm (default: the first of the\n"
 				      "preset's or profile's algs that the key signs,\n"
 				      "else the key's own; --dry-run says which and why)" },
@@ -248,18 +272,19 @@ static const struct cli_opt_doc {
 	{ "dpop", "json", 0, NULL, "print {jwt, jkt, alg, htu, jti, iat} as JSON" },
 	{ "cache", "json", 0, NULL, "list as JSON" },
 	{ "status", "json", 0, NULL, "print the agent's answer as JSON" },
+	{ "reload", "json", 0, NULL, "print the agent's answer as JSON" },
 	{ "login lock", "token", 0, "URI", "PKCS#11 URI of the agent's token (default: the\n"
 				   "one it serves)" },
-	{ "keygen csr cert", "module", 0, "PATH", "PKCS#11 module (default: the URI's module-path,\n"
+	{ "keygen csr cert rotate", "module", 0, "PATH", "PKCS#11 module (default: the URI's module-path,\n"
 					      "else p11-kit's registered modules); accepted only\n"
 					      "under /usr/lib*/, /usr/local/lib*/ or --module-allow" },
-	{ "keygen csr cert", "module-allow", 0, "DIR", "also accept modules under DIR (repeatable)" },
-	{ "keygen csr cert", "module-init-args", 0, "STRING", "the module's initialisation parameters\n"
+	{ "keygen csr cert rotate", "module-allow", 0, "DIR", "also accept modules under DIR (repeatable)" },
+	{ "keygen csr cert rotate", "module-init-args", 0, "STRING", "the module's initialisation parameters\n"
 							       "(C_Initialize pReserved, e.g. NSS softoken's\n"
 							       "\"configdir='sql:DIR' ...\"); needs --module" },
-	{ "keygen csr cert", "token", 0, "URI", "PKCS#11 URI of the token (required), e.g.\n"
+	{ "keygen csr cert rotate", "token", 0, "URI", "PKCS#11 URI of the token (required), e.g.\n"
 					    "'pkcs11:token=My%20Token'" },
-	{ "keygen csr cert", "pin-file", 0, "FILE", "user PIN on the first line; the file must not be\n"
+	{ "keygen csr cert rotate", "pin-file", 0, "FILE", "user PIN on the first line; the file must not be\n"
 						"readable by group or others (else the URI's\n"
 						"pin-source, else $P11JWT_PIN)" },
 	{ "keygen", "type", 0, "TYPE", "rsa:2048, rsa:3072, rsa:4096, ec:P-256, ec:P-384,\n"
@@ -269,6 +294,12 @@ static const struct cli_opt_doc {
 	{ "keygen", "id", 0, "HEX", "CKA_ID of both halves, 1 to 64 bytes in hex (not yet\n"
 				"on the token; default: 8 random bytes)" },
 	{ "csr cert", "key", 0, "LABEL", "the token key to certify (its CKA_LABEL; required)" },
+	{ "rotate", "key", 0, "NAME", "the key to replace: its CKA_LABEL (required)" },
+	{ "rotate", "type", 0, "TYPE", "the new key's type, as for keygen (default: the\n"
+				   "old key's)" },
+	{ "rotate", "label", 0, "NEW", "CKA_LABEL of the new key (default: NAME-YYYYMMDD,\n"
+				   "a date suffix of NAME replaced)" },
+	{ "rotate", "id", 0, "HEX", "CKA_ID of the new key (default: 8 random bytes)" },
 	{ "csr cert", "subject", 0, "/CN=NAME/O=ORG", "subject name, OpenSSL -subj style; \\/ is a\n"
 						  "literal slash (required)" },
 	{ "csr cert", "out", 0, "FILE", "write the PEM to FILE instead of standard output" },

@@ -97,6 +97,7 @@ static int cmd_module(cli_ctx *ctx, int argc, char **argv)
 #define cmd_keygen cmd_admin_exec
 #define cmd_csr cmd_admin_exec
 #define cmd_cert cmd_admin_exec
+#define cmd_rotate cmd_admin_exec
 #define cmd_keys cmd_module
 #define cmd_jwks cmd_module
 #define cmd_decode cmd_module
@@ -116,6 +117,7 @@ static const struct {
 	{ "call", cmd_call },	  { "cache", cmd_cache },	    { "keygen", cmd_keygen },
 	{ "csr", cmd_csr },	  { "cert", cmd_cert },	    { "login", cmd_login },
 	{ "lock", cmd_lock },	  { "status", cmd_status }, { "dpop", cmd_dpop },
+	{ "reload", cmd_reload }, { "rotate", cmd_rotate },
 };
 
 int main(int argc, char **argv)

@@ -2,11 +2,13 @@
 /* The token flow shared by p11jwt token and call: options to a resolved
  * request, the assertion signed by the agent, the token endpoint (with
  * retries and hints), the cache and refresh tokens, dry runs. */
+#include "cli/agc.h"
 #include "cli/cache.h"
 #include "cli/exchange.h"
 #include "cli/http.h"
 #include "cli/token.h"
 #include "common/err.h"
+#include "common/sockdir.h"
 #include "common/util.h"
 #include "jose/dpop.h"
 #include "jose/jws.h"
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/un.h>
 #include <openssl/crypto.h>
 
 #define CLIENT_SECRET_MAX 4096
@@ -64,6 +67,111 @@ static int read_secret(const topts *o, char **ret)
 		unsetenv("P11JWT_CLIENT_SECRET");
 	}
 	return 0;
+}
+
+/* The agent's key list (op "keys"), or NULL with *ret_st (an exit status,
+ * printed) when it cannot be had; quiet: print nothing and leave *ret_st 0
+ * (the cache check does without). */
+static json_t *agent_keys(const xch_req *req, bool quiet, int *ret_st)
+{
+	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
+	json_t *resp = NULL, *keys;
+	int st;
+
+	*ret_st = 0;
+	if (quiet) {
+		/* cli_call prints; a cache check must not fail a run that the
+		 * cache can serve without the agent */
+		char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+		uid_t trusted[SOCKDIR_MAX_UIDS];
+		size_t ntrusted = 0;
+		agc_origin origin = AGC_LOCAL;
+		json_t *req_keys = json_pack("{s:s}", "op", "keys");
+
+		st = req_keys == NULL || agc_socket_path(req->socket, path, sizeof(path)) < 0 ||
+		     agc_trusted_uids(req->agent_uid, trusted, &ntrusted) < 0 ||
+		     agc_call(path, trusted, ntrusted, req_keys, AGC_TIMEOUT_MS, &resp, &origin) < 0;
+		json_decref(req_keys);
+	} else {
+		st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp);
+	}
+	if (st != 0) {
+		*ret_st = quiet ? 0 : st;
+		return NULL;
+	}
+	keys = json_incref(json_object_get(resp, "keys"));
+	json_decref(resp);
+	if (!json_is_array(keys)) {
+		json_decref(keys);
+		if (!quiet)
+			*ret_st = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
+		return NULL;
+	}
+	return keys;
+}
+
+/* --key @active / @next (and the DPoP key): the one key in that state. */
+static int resolve_roles(xch_req *req)
+{
+	char **names[2] = { &req->key, &req->dpop_key };
+	json_t *keys = NULL;
+	int st = 0, r;
+
+	for (size_t i = 0; i < 2 && st == 0; i++) {
+		char *name = NULL;
+
+		if (!XCH_IS_ROLE(*names[i]))
+			continue;
+		if (keys == NULL && (keys = agent_keys(req, false, &st)) == NULL)
+			break;
+		if ((r = xch_key_role(keys, *names[i], &name)) < 0) {
+			st = cli_fail(r);
+			break;
+		}
+		tkn_note("note: %s is key '%s'", *names[i], name);
+		free(*names[i]);
+		*names[i] = name;
+	}
+	json_decref(keys);
+	return st;
+}
+
+/* The thumbprint of key name in keys, or NULL when it is not listed. */
+static const char *listed_jkt(const json_t *keys, const char *name)
+{
+	size_t i;
+	json_t *k;
+
+	json_array_foreach(keys, i, k)
+		if (name && strcmp(json_string_value(json_object_get(k, "name")) ?: "", name) == 0)
+			return json_string_value(json_object_get(k, "jkt")) ?: "";
+	return NULL;
+}
+
+/* A cached token obtained with a key the agent no longer serves, or whose
+ * public key changed under the same name (a rotation), is of no use: the
+ * provider will not take an assertion of that key again, and a refresh
+ * would carry on a credential the operator meant to retire. When the agent
+ * cannot be asked, the entry stands. */
+static bool entry_key_gone(const xch_req *req, const json_t *e)
+{
+	const char *had = json_string_value(json_object_get(e, "key_jkt"));
+	const char *name = json_string_value(json_object_get(e, "key"));
+	const char *now;
+	json_t *keys;
+	bool gone;
+	int st;
+
+	if ((keys = agent_keys(req, true, &st)) == NULL)
+		return false;
+	now = listed_jkt(keys, name);
+	gone = now == NULL || (had != NULL && strcmp(had, now) != 0);
+	if (gone)
+		tkn_note("note: the cached token was obtained with key '%s', which the agent %s; "
+			 "getting a new one", name ? name : "?",
+			 now == NULL ? "no longer serves" : "now serves with another public key");
+	json_decref(keys);
+	return gone;
 }
 
 static void print_warnings(const xch_req *req)
@@ -456,6 +564,10 @@ int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
 			tkn_note("note: ignoring a cached token of another binding");
 			json_decref(e);
 			e = NULL;
+		} else if (e && entry_key_gone(req, e)) {
+			cache_del(&c, key);
+			json_decref(e);
+			e = NULL;
 		}
 	}
 	if (e) {
@@ -491,8 +603,18 @@ int tkn_get_token(xch_req *req, bool use_cache, bool force, got_token *g)
 		goto out;
 store:
 	if (use_cache && (tok.expires_in >= 0 || tok.refresh_token)) {
-		json_t *ne = entry_new(req, &tok, e);
+		json_t *ne = entry_new(req, &tok, e), *keys;
+		int kst;
 
+		/* the signing key's thumbprint: a rotation under the same name
+		 * drops the entry (entry_key_gone) */
+		if (ne != NULL && (keys = agent_keys(req, true, &kst)) != NULL) {
+			const char *jkt = listed_jkt(keys, req->key);
+
+			if (jkt != NULL && jkt[0] != '\0')
+				json_object_set_new(ne, "key_jkt", json_string(jkt));
+			json_decref(keys);
+		}
 		if (ne == NULL || (r = cache_put(&c, key, ne)) < 0)
 			tkn_note("warning: the token was not cached: %s",
 			     ne ? err_msg() : "out of memory");
@@ -596,7 +718,7 @@ int tkn_prepare(const topts *o, xch_req *req)
 		return cli_fail(r);
 	req->agent_uid = o->agent_uid;
 	print_warnings(req);
-	return 0;
+	return resolve_roles(req);
 }
 
 /* --json: the token endpoint's answer, with the alg p11jwt signed with */

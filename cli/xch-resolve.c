@@ -699,6 +699,41 @@ int xch_check_url(const xch_req *req)
 	return req->token_url ? http_check_url("--token-url", req->token_url) : 0;
 }
 
+int xch_key_role(const json_t *keys, const char *role, char **ret_name)
+{
+	const char *state = role + (role[0] == '@'), *found = NULL;
+	char names[256] = "";
+	size_t i, n = 0, o = 0;
+	json_t *k;
+
+	*ret_name = NULL;
+	if (strcmp(role, "@active") != 0 && strcmp(role, "@next") != 0)
+		return err_set(P11J_E_BAD_REQUEST, "unknown key role '%.32s' (@active, @next; or "
+			       "name the key)", role);
+	json_array_foreach(keys, i, k) {
+		const char *ks = json_string_value(json_object_get(k, "state"));
+		const char *name = json_string_value(json_object_get(k, "name"));
+
+		if (name == NULL || strcmp(ks ? ks : "active", state) != 0)
+			continue;
+		found = name;
+		if (o < sizeof(names))
+			o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s", n ? ", " : "",
+					      name);
+		n++;
+	}
+	if (n == 0)
+		return err_set(P11J_E_NOT_FOUND, "no key of the agent is %s ('p11jwt keys' shows "
+			       "each key's state; p11jwt-agent.conf(5): state)", state);
+	if (n > 1)
+		return err_set(P11J_E_BAD_REQUEST, "%zu keys are %s (%s): %s needs exactly one; set "
+			       "the others' state in p11jwt-agent.conf(5), or name the key", n,
+			       state, names, role);
+	if ((*ret_name = strdup(found)) == NULL)
+		return err_nomem();
+	return 0;
+}
+
 void xch_req_clear(xch_req *req)
 {
 	free(req->key);

@@ -357,8 +357,11 @@ def test_preset_algs(srv, env):
     n0 = agent_requests(env)
     r3 = p11jwt(*a, env=env)
     n1 = agent_requests(env)
-    t.ok(r3.returncode == 0 and r3.stdout == r1.stdout and n1 - n0 == b0 - a0,
-         'a cache hit asks the agent nothing (the cache key holds the alg asked for)',
+    # one keys request: is the key still served, with the same thumbprint
+    # (issue 19: the cache drops a token of a key that is gone)
+    t.ok(r3.returncode == 0 and r3.stdout == r1.stdout and n1 - n0 == b0 - a0 + 1,
+         'a cache hit asks the agent only for its key list, and signs nothing (the cache '
+         'key holds the alg asked for)',
          (n0, n1, b0 - a0, r3.stderr))
     # --dry-run shows the alg and why
     r = p11jwt('token', '--preset', 'smart', '--key', 'ec-p384', '--client-id', 'x',

@@ -81,11 +81,16 @@ const ttlByClient = new Map();
 const bearerJwks = new Map(); // client_id -> jose local JWKS getter
 const bearerJwksRaw = new Map();
 const dpopNonceClients = new Set(); // client_ids whose token requests need a DPoP nonce
+const loopbackJwksUris = new Set(); // clients' jwks_uri, fetched past oidc-provider's SSRF guard
 const clients = [];
 
 for (const c of config.clients ?? []) {
   if (typeof c.client_id !== 'string' || !c.client_id) die('client without client_id');
-  if (!c.jwks || !Array.isArray(c.jwks.keys)) die(`client ${c.client_id}: jwks.keys missing`);
+  // jwks_uri (client_credentials only): a loopback URL the test serves
+  const jwksUri = c.jwks_uri && c.grant === 'client_credentials' ? String(c.jwks_uri) : null;
+  if (jwksUri && !/^http:\/\/127\.0\.0\.1:\d+\//.test(jwksUri)) die(`client ${c.client_id}: jwks_uri must be http://127.0.0.1:PORT/...`);
+  if (jwksUri) loopbackJwksUris.add(jwksUri);
+  if (!jwksUri && (!c.jwks || !Array.isArray(c.jwks.keys))) die(`client ${c.client_id}: jwks.keys missing`);
   const ttl = Number(c.ttl ?? DEFAULT_TTL);
   if (!(ttl > 0)) die(`client ${c.client_id}: bad ttl`);
   ttlByClient.set(c.client_id, ttl);
@@ -99,7 +104,7 @@ for (const c of config.clients ?? []) {
       response_types: [],
       redirect_uris: [],
       scope: API_SCOPES.join(' '),
-      jwks: c.jwks,
+      ...(jwksUri ? { jwks_uri: jwksUri } : { jwks: c.jwks }),
       ...dpopMeta,
     });
   } else if (c.grant === 'jwt-bearer') {
@@ -225,6 +230,13 @@ const provider = new Provider(issuer, {
     dPoPSigningAlgValues: dpopAlgs,
   },
   rotateRefreshToken: true,
+  // oidc-provider refuses loopback fetches (SSRF guard); the test's own
+  // jwks_uri servers on 127.0.0.1 are let through, nothing else
+  fetch: (url, options) => {
+    if (!loopbackJwksUris.has(String(url))) return globalThis.fetch(url, options);
+    const { dispatcher, ...rest } = options; // eslint-disable-line no-unused-vars
+    return globalThis.fetch(url, rest);
+  },
   ttl: {
     AccessToken: (ctx, token, client) => ttlFor(client),
     ClientCredentials: (ctx, token, client) => ttlFor(client),
@@ -776,6 +788,18 @@ server.on('request', async (req, res) => {
         const revoked = await revokeAll();
         log(`revoked ${revoked} access token(s)`);
         send(res, 200, { ok: true, revoked });
+      } else if (p === '/test/jwks-stale' && req.method === 'POST') {
+        // a jwks_uri client's cached keys expire now (oidc-provider keeps
+        // them at least 60 s): the next assertion with an unknown kid makes
+        // it fetch the JWKS again, as it would once its cache time is over
+        const { client_id: id } = JSON.parse((await readBody(req)).toString('utf8') || '{}');
+        const client = await provider.Client.find(String(id));
+        if (!client?.jwksUri) {
+          send(res, 400, { error: 'invalid_request', error_description: 'no jwks_uri client of that id' });
+          return;
+        }
+        client.asymmetricKeyStore.freshUntil = 0;
+        send(res, 200, { ok: true });
       } else if (p === '/test/mode' && req.method === 'POST') {
         const raw = (await readBody(req)).toString('utf8');
         let mode;
