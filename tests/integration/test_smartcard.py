@@ -215,7 +215,8 @@ class Stack:
         self.emu = subprocess.Popen(
             ['nsenter', '-t', str(self.pcscd.pid), '-n', EMULATOR, '--db', self.db,
              '--port', str(VPCD_PORT), '--log', self.apdu_log] + [c[0] for c in CARD_CERTS],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=open(os.path.join(self.work, 'emulator.log'), 'a'), text=True)
         return self.expect('inserted')
 
     def expect(self, word, limit=15):
@@ -340,8 +341,8 @@ def run_cases(stack, work, pin):
     certs = {nick: stack.cert(nick) for nick, _, _ in CARD_CERTS}
     if not report('pcscd', stack.start_pcscd(), stack.log('pcscd.log')):
         return
-    if not report('card', stack.start_card(), stack.log('pcscd.log')[-3000:] + (
-            stack.emu.stderr.read() if stack.emu.poll() is not None else '')):
+    if not report('card', stack.start_card(),
+                  stack.log('pcscd.log')[-3000:] + stack.log('emulator.log')):
         return
     env = stack.env()
     deadline = time.time() + 10  # pcscd polls the reader: the card shows up soon after
