@@ -534,9 +534,10 @@ static int op_dpop(const proto_env *env, const proto_peer *peer, const json_t *r
 		goto out;
 	if ((r = set(resp, "jwt", json_stringn_nocheck(jwt, strlen(jwt)))) < 0 ||
 	    (r = set(resp, "alg", json_string_nocheck(jwa_name(alg)))) < 0 ||
-	    (r = set(resp, "jkt", json_string(k->jkt))) < 0 ||
-	    (r = set(resp, "htu", json_string(nhtu))) < 0 ||
-	    (r = set(resp, "jti", json_string(jti))) < 0 ||
+	    /* ASCII the agent made or checked: no UTF-8 scan */
+	    (r = set(resp, "jkt", json_string_nocheck(k->jkt))) < 0 ||
+	    (r = set(resp, "htu", json_string_nocheck(nhtu))) < 0 ||
+	    (r = set(resp, "jti", json_string_nocheck(jti))) < 0 ||
 	    (r = set(resp, "iat", json_integer(in.iat))) < 0)
 		goto out;
 	r = 0;

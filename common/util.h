@@ -41,6 +41,11 @@ void util_chomp(char *s);
 
 /* Random UUID v4 as 36 chars + NUL into out[37], from RAND_bytes. */
 int util_uuid4(char out[37]);
+/* n (at most UTIL_RANDOM_MAX) random bytes for unique values (jti), from a
+ * per-thread pool RAND_bytes fills (never repeated, also across fork()).
+ * Not for keys. 0 or P11J_E_CRYPTO. */
+#define UTIL_RANDOM_MAX 64
+int util_random(uint8_t *out, size_t n);
 
 /* Hex of bytes into a fresh string (lowercase). */
 int util_hex(const uint8_t *in, size_t len, char **ret);

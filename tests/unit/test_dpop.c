@@ -182,6 +182,24 @@ static void test_ath(void **state)
 			 P11J_E_BAD_REQUEST);
 	assert_int_equal(dpop_ath_check("fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEp", 43),
 			 P11J_E_BAD_REQUEST);
+	/* the in-place check agrees with the decoder, for every byte in every
+	 * position class: the first, a middle one, the last */
+	for (int c = 0; c < 256; c++) {
+		for (size_t pos = 0; pos < DPOP_ATH_LEN; pos += DPOP_ATH_LEN / 2) {
+			char t[DPOP_ATH_LEN + 1];
+			uint8_t *dec = NULL;
+			size_t n = 0;
+			bool ok;
+
+			memcpy(t, want, sizeof(t));
+			t[pos] = (char)c;
+			ok = b64u_decode(t, DPOP_ATH_LEN, &dec, &n) == 0 && n == 32;
+			free(dec);
+			if ((dpop_ath_check(t, DPOP_ATH_LEN) == 0) != ok)
+				fail_msg("byte %d at %zu: check says %s, the decoder %s", c, pos,
+					 ok ? "bad" : "good", ok ? "good" : "bad");
+		}
+	}
 }
 
 static void test_jti(void **state)
