@@ -19,6 +19,7 @@ without the packages or root, every case is reported skipped with the reason.
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -216,21 +217,29 @@ class Stack:
             ['nsenter', '-t', str(self.pcscd.pid), '-n', EMULATOR, '--db', self.db,
              '--port', str(VPCD_PORT), '--log', self.apdu_log] + [c[0] for c in CARD_CERTS],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=open(os.path.join(self.work, 'emulator.log'), 'a'), text=True)
+            stderr=open(os.path.join(self.work, 'emulator.log'), 'a'))
+        self.emu_out = b''
         return self.expect('inserted')
 
     def expect(self, word, limit=15):
+        """Wait for the emulator to print the line word, at most limit s."""
         deadline = time.time() + limit
-        while time.time() < deadline:
-            line = self.emu.stdout.readline()
-            if not line:
-                return False
-            if line.strip() == word:
+        fd = self.emu.stdout.fileno()
+        while True:
+            lines = self.emu_out.split(b'\n')
+            self.emu_out = lines.pop()
+            if any(ln.decode(errors='replace').strip() == word for ln in lines):
                 return True
-        return False
+            left = deadline - time.time()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return False
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return False
+            self.emu_out += chunk
 
     def command(self, cmd, answer):
-        self.emu.stdin.write(cmd + '\n')
+        self.emu.stdin.write(cmd.encode() + b'\n')
         self.emu.stdin.flush()
         return self.expect(answer)
 
