@@ -696,7 +696,7 @@ static void audit_dpop(const proto_env *env, const json_t *req, const json_t *re
 	}
 }
 
-/* The audit record of a sign, dpop, login or lock request: what was asked and,
+/* The audit record of a sign, dpop, login, lock or reload request: what was asked and,
  * for a signature that was made, what was issued (alg, kid, exp and jti
  * from the answer). Only named claims, cut short: never the JWT, never the
  * PIN (nor the token URI, which may carry a pin-value). */
@@ -714,7 +714,8 @@ static void audit_fill(const proto_env *env, const json_t *req, const json_t *re
 	a->fields = NULL;
 	if (a->no_fields || opname == NULL ||
 	    (strcmp(opname, "sign") != 0 && strcmp(opname, "dpop") != 0 &&
-	     strcmp(opname, "login") != 0 && strcmp(opname, "lock") != 0))
+	     strcmp(opname, "login") != 0 && strcmp(opname, "lock") != 0 &&
+	     strcmp(opname, "reload") != 0))
 		return;
 	if ((f = json_object()) == NULL)
 		return;

@@ -4,7 +4,8 @@
  * directly (pkcs11/admin.h), not through the agent: making keys and
  * certificates is an administrator's act, done once, and the agent only
  * ever signs JWTs. An agent already running sees new keys and certificates
- * after a restart.
+ * after `p11jwt reload` (or SIGHUP). rotate is keygen for the next key of a
+ * rotation (docs/rotation.md).
  */
 #include "cli/cli.h"
 #include "common/err.h"
@@ -322,8 +323,8 @@ int cmd_cert(cli_ctx *ctx, int argc, char **argv)
 		r = cli_fail(r);
 	else if (o.store)
 		fprintf(stderr,
-		        "p11jwt: certificate stored on token '%s' with key '%s'; restart "
-		        "the agent to serve it\n",
+		        "p11jwt: certificate stored on token '%s' with key '%s'; `p11jwt "
+		        "reload` makes a running agent serve it\n",
 		        tok_label(tok), tok_key_name(k));
 out:
 	X509_free(x);

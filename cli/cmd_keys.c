@@ -239,21 +239,60 @@ out:
 	return r;
 }
 
-/* rkey: the key a role named, freed by the caller on every path */
-static int jwks_run(cli_ctx *ctx, int argc, char **argv, char **rkey)
+#define JWKS_KEYS_MAX 16
+
+/* --key given more than once: one jwks request per key, their keys in one
+ * set (a rotation publishes the old key and the new one). */
+static int jwks_many(cli_ctx *ctx, const char *const *keyv, size_t n, const char *alg,
+		     json_t **ret_resp)
+{
+	json_t *all = json_array(), *resp = NULL;
+	int r;
+
+	if (all == NULL)
+		return cli_fail(err_nomem());
+	for (size_t i = 0; i < n; i++) {
+		json_t *req = json_pack("{s:s,s:s}", "op", "jwks", "key", keyv[i]);
+
+		if (req != NULL && alg && json_object_set_new(req, "alg", json_string(alg)) < 0) {
+			json_decref(req);
+			req = NULL;
+		}
+		if (req == NULL) {
+			json_decref(all);
+			return cli_fail(err_set(P11J_E_BAD_REQUEST, "--key or --alg is not valid UTF-8"));
+		}
+		if ((r = cli_call(ctx, req, &resp)) != 0) {
+			json_decref(all);
+			return r;
+		}
+		json_array_extend(all, json_object_get(resp, "keys"));
+		json_decref(resp);
+	}
+	*ret_resp = json_pack("{s:o}", "keys", all);
+	return *ret_resp ? 0 : cli_fail(err_nomem());
+}
+
+/* owned: an array holding the names roles resolved to (the caller frees
+ * it on every path) */
+static int jwks_run(cli_ctx *ctx, int argc, char **argv, json_t *owned)
 {
 	json_t *req = NULL, *resp = NULL, *jwks = NULL, *keys, *jwk;
 	const char *name = NULL, *key = NULL, *alg = NULL, *kid = "thumbprint", *pname = NULL;
-	const char *out = NULL;
+	const char *out = NULL, *keyv[JWKS_KEYS_MAX];
+	size_t nkey = 0;
 	char *palg = NULL;
 	bool pem = false;
 	size_t i;
 	int r, st = 0;
 
 	while ((r = cli_next_opt(ctx, "jwks", argc, argv, &name, &st)) == CLI_OPT_NEXT) {
-		if (strcmp(name, "key") == 0)
-			key = optarg;
-		else if (strcmp(name, "alg") == 0)
+		if (strcmp(name, "key") == 0) {
+			if (nkey == JWKS_KEYS_MAX)
+				return cli_usage_error("jwks", "--key is given more than %d times",
+						       JWKS_KEYS_MAX);
+			keyv[nkey++] = key = optarg;
+		} else if (strcmp(name, "alg") == 0)
 			alg = optarg;
 		else if (strcmp(name, "pem") == 0)
 			pem = true;
@@ -272,11 +311,23 @@ static int jwks_run(cli_ctx *ctx, int argc, char **argv, char **rkey)
 		return cli_usage_error("jwks", "--kid takes thumbprint, id or label, not '%s'", kid);
 	if (optind != argc)
 		return cli_usage_error("jwks", "unexpected argument '%s'", argv[optind]);
-	if (XCH_IS_ROLE(key)) {
-		if ((st = role_key(ctx, key, rkey)) != 0)
+	for (size_t k = 0; k < nkey; k++) {
+		char *rk = NULL;
+
+		if (!XCH_IS_ROLE(keyv[k]))
+			continue;
+		if ((st = role_key(ctx, keyv[k], &rk)) != 0)
 			return st;
-		key = *rkey;
+		json_array_append_new(owned, json_string(rk));
+		free(rk);
+		keyv[k] = json_string_value(json_array_get(owned, json_array_size(owned) - 1));
+		if (keyv[k] == NULL)
+			return cli_fail(err_nomem());
 	}
+	key = nkey > 0 ? keyv[nkey - 1] : NULL;
+	if (nkey > 1 && pname)
+		return cli_usage_error("jwks", "--preset takes one --key (the alg depends on the "
+					       "key); give --alg for several");
 	if (pname) {
 		const preset *p = preset_find(pname);
 
@@ -303,6 +354,11 @@ static int jwks_run(cli_ctx *ctx, int argc, char **argv, char **rkey)
 		if (palg)
 			alg = palg;
 	}
+	if (nkey > 1) {
+		if ((r = jwks_many(ctx, keyv, nkey, alg, &resp)) != 0)
+			return r;
+		goto got;
+	}
 	req = json_pack("{s:s}", "op", "jwks");
 	if (req == NULL) {
 		free(palg);
@@ -318,6 +374,7 @@ static int jwks_run(cli_ctx *ctx, int argc, char **argv, char **rkey)
 	alg = palg = NULL;
 	if ((r = cli_call(ctx, req, &resp)) != 0)
 		return r;
+got:
 	keys = json_object_get(resp, "keys");
 	if (!json_is_array(keys)) {
 		r = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
@@ -385,9 +442,9 @@ out:
 
 int cmd_jwks(cli_ctx *ctx, int argc, char **argv)
 {
-	char *rkey = NULL;
-	int st = jwks_run(ctx, argc, argv, &rkey);
+	json_t *owned = json_array();
+	int st = owned ? jwks_run(ctx, argc, argv, owned) : cli_fail(err_nomem());
 
-	free(rkey);
+	json_decref(owned);
 	return st;
 }

@@ -176,8 +176,9 @@ static const struct cli_opt_doc {
 	{ NULL, "help-all", 0, NULL, "print every option of every command" },
 	{ NULL, "version", 0, NULL, "print the version" },
 	{ "keys", "json", 0, NULL, "print the agent's key list as a JSON array" },
-	{ "jwks", "key", 0, "NAME", "only this key (@active, @next: the one key in that\n"
-				 "state, see `p11jwt keys`)" },
+	{ "jwks", "key", 0, "NAME", "only this key; repeatable (the old and the new key\n"
+				 "of a rotation); @active, @next: the one key in\n"
+				 "that state, see `p11jwt keys`" },
 	{ "jwks", "alg", 0, "ALG", "set each JWK's alg to the algorithm you will sign\n"
 				"with: verifiers hold the key to it (default: the\n"
 				"key's default alg, see `p11jwt keys`)" },

@@ -297,6 +297,20 @@ def test_no_config(e):
         t.ok(not bad and sum(len(s.jwts) for s in signers) > 5,
              'the JWTs signed during the churn verify with PyJWT', bad[:3])
 
+        # a certificate stored next to a served key: served after a reload
+        r = e.cli('cert', *e.tok(), '--key', 'rot-lazy', '--subject', '/CN=rot-lazy',
+                  '--days', '2', '--store')
+        t.ok(r.returncode == 0 and 'p11jwt reload' in r.stderr,
+             'cert --store says to reload the agent', r.stderr)
+        r = e.cli('reload')
+        r = c.req({'op': 'keys'})
+        lazy = next((k for k in r.get('keys', []) if k['name'] == 'rot-lazy'), {})
+        t.ok(lazy.get('has_cert') is True, 'after p11jwt reload the agent serves the stored '
+             'certificate with the key (same kid)', lazy)
+        r = c.req({'op': 'sign', 'key': 'rot-lazy', 'include': ['x5t#S256']})
+        hdr = pyjwt.get_unverified_header(r['jwt']) if r.get('ok') else {}
+        t.ok('x5t#S256' in hdr, 'and signs with its x5t#S256', r)
+
         # @active without states: every key is active, so it is ambiguous
         r = e.cli('jwks', '--key', '@active')
         t.ok(r.returncode == 2 and 'keys are active' in r.stderr and '@active needs exactly '
@@ -509,7 +523,9 @@ def test_states_and_oauth(e):
         new_jwk = e.jwk_of('oa-new')
         t.ok(new_jwk is not None and new_jwk['kid'] == made.get('kid'),
              'the agent serves the new key with the kid rotate printed', (new_jwk, made))
-        r = e.cli('jwks', '--out', jwks_file)
+        r = e.cli('jwks', '--key', '@active', '--key', '@next', '--out', jwks_file)
+        t.ok(r.returncode == 0 and 'wrote 2 keys' in r.stderr, 'jwks --key @active --key '
+             '@next --out: the set of the old and the new key', r.stderr)
         both = json.load(open(jwks_file))['keys']
         t.ok(sorted(k['kid'] for k in both) == sorted([old_jwk['kid'], new_jwk['kid']]),
              '2. the published JWKS holds both keys', both)

@@ -158,6 +158,35 @@ static void test_sign_refused_lines(void **state)
 	free(al);
 }
 
+static int fake_reload(void *ud, json_t *resp)
+{
+	(void)ud;
+	json_object_set_new(resp, "added", json_array());
+	return 0;
+}
+
+/* reload changes what the agent serves: recorded like login and lock */
+static void test_reload_audited(void **state)
+{
+	int result = -1;
+	char *al;
+
+	(void)state;
+	env.reload = fake_reload;
+	al = handle(&me, "{\"op\":\"reload\"}", NULL, &result);
+	assert_int_equal(result, 0);
+	assert_non_null(al);
+	assert_non_null(strstr(al, "\"uid\":1000,"));
+	assert_non_null(strstr(al, "\"op\":\"reload\",\"result\":\"ok\"}"));
+	free(al);
+	al = handle(&stranger, "{\"op\":\"reload\"}", NULL, &result);
+	assert_int_equal(result, P11J_E_FORBIDDEN);
+	assert_non_null(al);
+	assert_non_null(strstr(al, "\"op\":\"reload\",\"result\":\"forbidden\"}"));
+	free(al);
+	env.reload = NULL;
+}
+
 static void test_not_audited(void **state)
 {
 	int result = 0;
@@ -402,6 +431,7 @@ int main(void)
 	    cmocka_unit_test(test_not_audited),    cmocka_unit_test(test_pin_never_recorded),
 	    cmocka_unit_test(test_claims_bounded), cmocka_unit_test(test_file_sink),
 	    cmocka_unit_test(test_syslog_sink),    cmocka_unit_test(test_status_op),
+	    cmocka_unit_test(test_reload_audited),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
