@@ -601,6 +601,24 @@ def test_states_and_oauth(e):
         r = exchange(e, srv, '@active')
         t.ok(r.returncode == 0 and 'note: the cached token' not in r.stderr,
              'the new key\'s cached token is used as it is', r.stderr)
+
+        # the same name, another key pair: the cached token goes too
+        t.ok(e.delete('oa-new') and e.keygen('oa-new').returncode == 0,
+             'oa-new deleted and made again (a new key pair under the same label)')
+        r = e.cli('reload')
+        t.ok(r.returncode == 0 and 'added    oa-new' in r.stdout and 'removed  oa-new' in
+             r.stdout, 'reload reports it as removed and added (another thumbprint)', r.stdout)
+        again = e.jwk_of('oa-new')
+        e.cli('jwks', '--key', '@active', '--out', jwks_file)
+        srv.post('/test/jwks-stale', {'client_id': 'rot-client'})
+        requests = srv.stats()['token_requests']
+        r = exchange(e, srv, '@active')
+        last = srv.stats().get('last_assertion') or {}
+        t.ok(r.returncode == 0 and 'now serves with another public key' in r.stderr and
+             srv.stats()['token_requests'] == requests + 1 and again and
+             last.get('kid') == again['kid'] != new_jwk['kid'],
+             'a cached token of a key whose public key changed is dropped; the new one is '
+             'obtained with the new key pair', (r.stderr, last))
     finally:
         if srv:
             srv.stop()
