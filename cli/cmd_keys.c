@@ -314,7 +314,7 @@ static int jwks_run(cli_ctx *ctx, int argc, char **argv, json_t *owned)
 	for (size_t k = 0; k < nkey; k++) {
 		char *rk = NULL;
 
-		if (!XCH_IS_ROLE(keyv[k]))
+		if (!xch_is_role(keyv[k]))
 			continue;
 		if ((st = role_key(ctx, keyv[k], &rk)) != 0)
 			return st;

@@ -87,7 +87,10 @@ void xch_req_clear(xch_req *req);
  * state (keys without a state, from an older agent, count as active) into
  * *ret_name (malloc'd). P11J_E_NOT_FOUND when no key is, P11J_E_BAD_REQUEST
  * when several are (naming them) or for another role. */
-#define XCH_IS_ROLE(name) ((name) != NULL && (name)[0] == '@')
+static inline bool xch_is_role(const char *name)
+{
+	return name != NULL && name[0] == '@';
+}
 int xch_key_role(const json_t *keys, const char *role, char **ret_name);
 
 /* True when the alg depends on the key and is not chosen yet: none was

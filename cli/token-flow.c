@@ -120,7 +120,7 @@ static int resolve_roles(xch_req *req)
 	for (size_t i = 0; i < 2 && st == 0; i++) {
 		char *name = NULL;
 
-		if (!XCH_IS_ROLE(*names[i]))
+		if (!xch_is_role(*names[i]))
 			continue;
 		if (keys == NULL && (keys = agent_keys(req, false, &st)) == NULL)
 			break;

@@ -827,6 +827,44 @@ static void test_kid_modes(void **state)
 	json_decref(v);
 }
 
+/* Rotation states: state and retire_after in [key] sections, and the rule
+ * a retiring key follows once its date has passed. */
+static void test_key_states(void **state)
+{
+	static const char text[] = "[key a]\nobject = a\n"
+				   "[key b]\nobject = b\nstate = next\n"
+				   "[key c]\nobject = c\nstate = retiring\nretire_after = 2027-01-31\n"
+				   "[key d]\nobject = d\nstate = retiring\n"
+				   "retire_after = 2027-01-31T10:00:00.5-02:30\n";
+	cfg_config *cfg = NULL;
+	char *errs = NULL;
+	unsigned inc = 0;
+	json_t *claims = json_pack("{s:i,s:i}", "iat", 1800000000, "exp", 1800000060);
+	const pol_key *c;
+
+	(void)state;
+	assert_int_equal(cfg_load_string("s.conf", text, strlen(text), &cfg, &errs), 0);
+	assert_int_equal(cfg_find_key(cfg, "a")->pol.state, POL_STATE_ACTIVE);
+	assert_int_equal(cfg_find_key(cfg, "b")->pol.state, POL_STATE_NEXT);
+	c = &cfg_find_key(cfg, "c")->pol;
+	assert_int_equal(c->state, POL_STATE_RETIRING);
+	assert_int_equal(c->retire_after, 1801353600); /* 2027-01-31T00:00:00Z */
+	assert_int_equal(cfg_find_key(cfg, "d")->pol.retire_after, 1801353600 + 12 * 3600 + 1800);
+	/* signs before its date, not from it on */
+	assert_int_equal(pol_check_sign(c, "c", JWA_BIT(JWA_ES256), JWA_ES256, NULL, 60, claims,
+					1801353599, &inc), 0);
+	assert_int_equal(pol_check_sign(c, "c", JWA_BIT(JWA_ES256), JWA_ES256, NULL, 60, claims,
+					1801353600, &inc), P11J_E_POLICY);
+	assert_non_null(strstr(err_msg(), "key c is retiring and signs nothing after "
+				      "2027-01-31T00:00:00Z"));
+	assert_int_equal(pol_check_state(c, "c", 1801353600), P11J_E_POLICY);
+	/* next and active keys are never refused for their state */
+	assert_int_equal(pol_check_state(&cfg_find_key(cfg, "b")->pol, "b", INT64_MAX), 0);
+	assert_int_equal(pol_check_state(NULL, "x", INT64_MAX), 0);
+	json_decref(claims);
+	cfg_free(cfg);
+}
+
 /* Without rules (pol NULL): the agent's uid and root, 3600 s, no jku. */
 static void test_no_policy_defaults(void **state)
 {
@@ -853,6 +891,7 @@ int main(void)
 		cmocka_unit_test(test_header_policy),
 		cmocka_unit_test(test_peers),
 		cmocka_unit_test(test_kid_modes),
+		cmocka_unit_test(test_key_states),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -2633,6 +2633,51 @@ static void test_refresh_form(void **state)
 	xch_req_clear(&req);
 }
 
+
+/* --key @active / @next: exactly one key in that state, by the agent's list */
+static void test_key_role(void **state)
+{
+	json_t *keys = json_loads("[{\"name\":\"old\",\"state\":\"retiring\"},"
+				  "{\"name\":\"new\",\"state\":\"active\"},"
+				  "{\"name\":\"next1\",\"state\":\"next\"},"
+				  "{\"name\":\"next2\",\"state\":\"next\"}]", 0, NULL);
+	json_t *legacy = json_loads("[{\"name\":\"a\"},{\"name\":\"b\",\"state\":\"next\"}]", 0,
+				    NULL);
+	json_t *none = json_loads("[{\"name\":\"x\",\"state\":\"retiring\"}]", 0, NULL);
+	char *name = NULL;
+
+	(void)state;
+	assert_non_null(keys);
+	assert_int_equal(xch_key_role(keys, "@active", &name), 0);
+	assert_string_equal(name, "new");
+	free(name);
+	/* two next keys: refused, naming both */
+	assert_int_equal(xch_key_role(keys, "@next", &name), P11J_E_BAD_REQUEST);
+	assert_null(name);
+	assert_non_null(strstr(err_msg(), "2 keys are next (next1, next2): @next needs exactly one"));
+	/* keys without a state (an older agent) are active */
+	assert_int_equal(xch_key_role(legacy, "@active", &name), 0);
+	assert_string_equal(name, "a");
+	free(name);
+	assert_int_equal(xch_key_role(legacy, "@next", &name), 0);
+	assert_string_equal(name, "b");
+	free(name);
+	/* none in the state */
+	assert_int_equal(xch_key_role(none, "@active", &name), P11J_E_NOT_FOUND);
+	assert_non_null(strstr(err_msg(), "no key of the agent is active"));
+	/* roles that do not exist; a retiring key is never a role */
+	assert_int_equal(xch_key_role(keys, "@retiring", &name), P11J_E_BAD_REQUEST);
+	assert_non_null(strstr(err_msg(), "unknown key role '@retiring' (@active, @next"));
+	assert_int_equal(xch_key_role(keys, "@", &name), P11J_E_BAD_REQUEST);
+	assert_int_equal(xch_key_role(keys, "@ACTIVE", &name), P11J_E_BAD_REQUEST);
+	/* not an array: no key */
+	assert_int_equal(xch_key_role(NULL, "@active", &name), P11J_E_NOT_FOUND);
+	assert_true(xch_is_role("@active") && !xch_is_role("active") && !xch_is_role(NULL));
+	json_decref(keys);
+	json_decref(legacy);
+	json_decref(none);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2688,6 +2733,7 @@ int main(void)
 		cmocka_unit_test(test_http_url_parts),
 		cmocka_unit_test(test_http_retry),
 		cmocka_unit_test(test_refresh_form),
+		cmocka_unit_test(test_key_role),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
