@@ -574,6 +574,23 @@ def test_states_and_oauth(e):
         t.ok(r.returncode == 0, 'a cached token of the retired key is still served (the key '
              'is listed)', r.stderr)
 
+        # a reload with a bad file keeps what runs, and says why
+        good = open(cfgpath).read()
+        write(cfgpath, good + '\n[key typo]\nobject = oa-new\nstate = nxet\n')
+        r = e.cli('reload')
+        t.ok(r.returncode == 4 and 'bad_request' in r.stderr and 'has errors; keeping the '
+             'current configuration' in r.stderr and "unknown state 'nxet'" in r.stderr,
+             'p11jwt reload with a bad file: exit 4, the file and its first error', r.stderr)
+        write(cfgpath, good + '\n[key ghost]\nobject = no-such-label\n')
+        r = e.cli('reload')
+        t.ok(r.returncode == 4 and 'not_found' in r.stderr and '[key ghost]: no signing key '
+             "matching object 'no-such-label'" in r.stderr,
+             'p11jwt reload naming a key the token lacks: exit 4, not_found', r.stderr)
+        r = e.cli('keys', '--json')
+        t.ok(r.returncode == 0 and sorted(k['name'] for k in json.loads(r.stdout)) ==
+             ['oa-new', 'oa-old'], 'and the agent serves what it served before', r.stdout)
+        write(cfgpath, good)
+
         # 4. the old key removed: config, token, JWKS
         write(cfgpath, conf(e, [('oa-new', ['state = active'])]))
         t.ok(e.delete('oa-old'), 'pkcs11-tool deletes oa-old from the token')
