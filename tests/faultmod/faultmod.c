@@ -25,6 +25,21 @@
  *                                      CKA_ALWAYS_AUTHENTICATE: C_Sign after
  *                                      C_SignInit needs C_Login(CKU_CONTEXT_
  *                                      SPECIFIC), else CKR_USER_NOT_LOGGED_IN
+ *   latency 5 | latency 2-8 [serial]   an HSM's signing time: every C_Sign
+ *                                      that signs (not a length query)
+ *                                      sleeps 5 ms, or uniformly 2 to 8 ms,
+ *                                      holding no lock, so sessions sign in
+ *                                      parallel; "serial": one C_Sign at a
+ *                                      time per session
+ *   max_sessions 16 [hidden]           C_OpenSession beyond 16 open sessions
+ *                                      answers CKR_SESSION_COUNT (a
+ *                                      smartcard's 1, a network HSM's 16);
+ *                                      C_GetTokenInfo reports the limit in
+ *                                      ulMaxSessionCount and the open ones
+ *                                      in ulSessionCount, unless "hidden"
+ *                                      (a token that does not say, or whose
+ *                                      other sessions another application
+ *                                      holds)
  *
  * Counters start again when the file changes. Each wrapped call appends a
  * line to $P11JWT_FAULT_LOG ("C_Login 1 rv=0x0"), which tests count.
@@ -38,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +95,12 @@ static pthread_rwlock_t calls = PTHREAD_RWLOCK_INITIALIZER;
 	})
 static char always_label[128];
 static char pinpad_pin[128]; /* "": no PIN pad */
+/* latency mode (lat_*, under mu): C_Sign sleeps lat_lo..lat_hi ms */
+static long lat_lo, lat_hi;
+static int lat_serial;
+static unsigned long max_sess; /* 0: no limit */
+static int max_sess_hidden;    /* not in C_GetTokenInfo */
+static unsigned long nsess;    /* sessions open through us */
 static struct timespec ctl_mtime;
 static off_t ctl_size = -1;
 /* sessions where a C_SignInit on an always_auth key awaits a context login:
@@ -121,6 +143,115 @@ static void flog(const char *fn, unsigned long arg, CK_RV rv)
 	close(fd);
 }
 
+/* ---- latency mode: "latency LO[-HI] [serial]", "max_sessions N" ---- */
+
+/* per-session C_Sign locks for "serial", by handle (SoftHSM's handles are
+ * small and sequential, so two live sessions rarely share one) */
+static pthread_mutex_t lat_mu[MAX_SESSIONS];
+static pthread_once_t lat_once = PTHREAD_ONCE_INIT;
+
+static void lat_init(void)
+{
+	size_t i;
+
+	for (i = 0; i < MAX_SESSIONS; i++)
+		pthread_mutex_init(&lat_mu[i], NULL);
+}
+
+/* mu held */
+static void lat_parse(const char *ms, int serial)
+{
+	char *end = NULL;
+
+	lat_lo = strtol(ms, &end, 10);
+	lat_hi = end != NULL && *end == '-' ? strtol(end + 1, NULL, 10) : lat_lo;
+	if (lat_lo < 0 || lat_hi < lat_lo)
+		lat_lo = lat_hi = 0;
+	lat_serial = serial;
+}
+
+/* This C_Sign's delay in microseconds, uniform in [lo, hi] ms; 0: none.
+ * *serial: hold the session's lock across the delay and the call. */
+static long lat_pick(int *serial)
+{
+	static __thread unsigned int seed;
+	long lo, hi;
+
+	pthread_mutex_lock(&mu); /* pre() has read the control file */
+	lo = lat_lo;
+	hi = lat_hi;
+	*serial = lat_serial;
+	pthread_mutex_unlock(&mu);
+	if (hi <= 0)
+		return 0;
+	if (seed == 0)
+		seed = (unsigned int)time(NULL) ^ (unsigned int)(uintptr_t)&seed;
+	if (hi == lo)
+		return lo * 1000;
+	return lo * 1000 + (long)(rand_r(&seed) % ((hi - lo) * 1000 + 1));
+}
+
+static void lat_sleep(long us)
+{
+	struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* the real C_Sign after the latency; nothing global is held meanwhile */
+static CK_RV lat_sign(CK_SESSION_HANDLE s, CK_BYTE *d, CK_ULONG dl, CK_BYTE *sig, CK_ULONG *sl)
+{
+	int serial = 0;
+	long us = sig != NULL ? lat_pick(&serial) : 0;
+	pthread_mutex_t *m = NULL;
+	CK_RV rv;
+
+	if (serial) {
+		pthread_once(&lat_once, lat_init);
+		m = &lat_mu[s % MAX_SESSIONS];
+		pthread_mutex_lock(m);
+	}
+	if (us > 0)
+		lat_sleep(us);
+	rv = REAL(real->C_Sign(s, d, dl, sig, sl));
+	if (m != NULL)
+		pthread_mutex_unlock(m);
+	return rv;
+}
+
+/* CKR_OK and counted, or CKR_SESSION_COUNT past max_sessions; the count is
+ * taken back by lat_session_closed or when the open fails. */
+static CK_RV lat_session_take(void)
+{
+	CK_RV rv = CKR_OK;
+
+	pthread_mutex_lock(&mu);
+	if (max_sess > 0 && nsess >= max_sess)
+		rv = CKR_SESSION_COUNT;
+	else
+		nsess++;
+	pthread_mutex_unlock(&mu);
+	return rv;
+}
+
+/* one session closed, or (all) every one */
+static void lat_session_closed(int all)
+{
+	pthread_mutex_lock(&mu);
+	nsess = all || nsess == 0 ? 0 : nsess - 1;
+	pthread_mutex_unlock(&mu);
+}
+
+/* mu held */
+static void lat_token_info(CK_TOKEN_INFO *ti)
+{
+	if (max_sess == 0 || max_sess_hidden)
+		return;
+	ti->ulMaxSessionCount = max_sess;
+	ti->ulSessionCount = nsess;
+}
+
 static void close_all_real(void)
 {
 	CK_SLOT_ID slots[64];
@@ -130,6 +261,7 @@ static void close_all_real(void)
 		return;
 	for (i = 0; i < n; i++)
 		real->C_CloseAllSessions(slots[i]);
+	lat_session_closed(1);
 }
 
 /* mu held */
@@ -146,6 +278,10 @@ static void ctl_reload(void)
 			nrules = 0;
 			removed = 0;
 			always_label[0] = '\0';
+			lat_lo = lat_hi = 0;
+			lat_serial = 0;
+			max_sess = 0;
+			max_sess_hidden = 0;
 			ctl_size = -1;
 		}
 		return;
@@ -162,6 +298,10 @@ static void ctl_reload(void)
 	removed = 0;
 	always_label[0] = '\0';
 	pinpad_pin[0] = '\0';
+	lat_lo = lat_hi = 0;
+	lat_serial = 0;
+	max_sess = 0;
+	max_sess_hidden = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char a[64] = "", b[128] = "", c[64] = "";
 		long d = 0;
@@ -171,6 +311,11 @@ static void ctl_reload(void)
 			removed = strcmp(b, "on") == 0;
 		} else if (k >= 2 && strcmp(a, "pinpad") == 0) {
 			snprintf(pinpad_pin, sizeof(pinpad_pin), "%s", b);
+		} else if (k >= 2 && strcmp(a, "latency") == 0) {
+			lat_parse(b, strcmp(c, "serial") == 0);
+		} else if (k >= 2 && strcmp(a, "max_sessions") == 0) {
+			max_sess = strtoul(b, NULL, 10);
+			max_sess_hidden = strcmp(c, "hidden") == 0;
 		} else if (k >= 2 && strcmp(a, "always_auth") == 0) {
 			snprintf(always_label, sizeof(always_label), "%s", b);
 		} else if (k >= 3 && strcmp(a, "fail") == 0 && nrules < MAX_RULES) {
@@ -368,6 +513,8 @@ static CK_RV w_Finalize(void *res)
 {
 	CK_RV rv = REAL(real->C_Finalize(res));
 
+	if (rv == CKR_OK)
+		lat_session_closed(1);
 	flog("C_Finalize", 0, rv);
 	return rv;
 }
@@ -397,6 +544,11 @@ static CK_RV w_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *ti)
 		rv = REAL(real->C_GetTokenInfo(slot, ti));
 	if (rv == CKR_OK && pinpad_pin[0])
 		ti->flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+	if (rv == CKR_OK) {
+		pthread_mutex_lock(&mu);
+		lat_token_info(ti);
+		pthread_mutex_unlock(&mu);
+	}
 	return rv;
 }
 
@@ -405,8 +557,11 @@ static CK_RV w_OpenSession(CK_SLOT_ID slot, CK_FLAGS fl, void *app, CK_NOTIFY no
 {
 	CK_RV rv = pre("C_OpenSession", 1);
 
-	if (rv == CKR_OK)
+	if (rv == CKR_OK && (rv = lat_session_take()) == CKR_OK) {
 		rv = REAL(real->C_OpenSession(slot, fl, app, notify, s));
+		if (rv != CKR_OK)
+			lat_session_closed(0);
+	}
 	flog("C_OpenSession", 0, rv);
 	return rv;
 }
@@ -418,6 +573,8 @@ static CK_RV w_CloseSession(CK_SESSION_HANDLE s)
 
 	if (rv == CKR_OK)
 		rv = REAL(real->C_CloseSession(s));
+	if (rv == CKR_OK)
+		lat_session_closed(0);
 	pthread_mutex_lock(&mu);
 	if ((i = aa_find(s, 0)) >= 0)
 		aa[i].st = 0;
@@ -454,6 +611,17 @@ static CK_RV w_Login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR *pin, C
 	if (rv == CKR_OK)
 		rv = REAL(real->C_Login(s, user, pin, len));
 	flog("C_Login", (unsigned long)user, rv);
+	return rv;
+}
+
+static CK_RV w_CloseAllSessions(CK_SLOT_ID slot)
+{
+	CK_RV rv = pre("C_CloseAllSessions", 1);
+
+	if (rv == CKR_OK)
+		rv = REAL(real->C_CloseAllSessions(slot));
+	if (rv == CKR_OK)
+		lat_session_closed(1);
 	return rv;
 }
 
@@ -546,7 +714,7 @@ static CK_RV w_Sign(CK_SESSION_HANDLE s, CK_BYTE *d, CK_ULONG dl, CK_BYTE *sig, 
 		}
 	}
 	if (rv == CKR_OK)
-		rv = REAL(real->C_Sign(s, d, dl, sig, sl));
+		rv = lat_sign(s, d, dl, sig, sl);
 	flog("C_Sign", 0, rv);
 	return rv;
 }
@@ -579,6 +747,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST **ret)
 		ours.C_GetTokenInfo = w_GetTokenInfo;
 		ours.C_OpenSession = w_OpenSession;
 		ours.C_CloseSession = w_CloseSession;
+		ours.C_CloseAllSessions = w_CloseAllSessions;
 		ours.C_Login = w_Login;
 		ours.C_Logout = w_Logout;
 		ours.C_GetAttributeValue = w_GetAttributeValue;
