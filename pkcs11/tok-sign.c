@@ -110,6 +110,17 @@ static int sign_check(const tok_ctx *ctx, const tok_key *k, jwa_alg alg, const u
 	return 0;
 }
 
+/* A key handle refused on a session that still works, on the token it was
+ * opened on: the key itself was deleted (by keygen's or an administrator's
+ * tool), not the token swapped. Then only that key fails (unknown_key);
+ * recovering the whole token would fail everyone else's requests. */
+static bool key_deleted(tok_ctx *ctx, CK_SESSION_HANDLE s)
+{
+	CK_SESSION_INFO info;
+
+	return ctx->f->C_GetSessionInfo(s, &info) == CKR_OK && info.slotID == ctx->slot;
+}
+
 /* One C_SignInit (+ context login) + C_Sign on a pooled session; op_lock
  * held shared. *ret_fault: the device or our sessions are gone, or the
  * key's handle is stale: the token must be recovered. */
@@ -146,6 +157,14 @@ static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t
 	}
 	r = tok_ck(ctx, fn, rv);
 	*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE;
+	if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
+	    key_deleted(ctx, s)) {
+		tok_pool_put(ctx, s);
+		return err_set(P11J_E_UNKNOWN_KEY,
+		               "key '%s' is no longer on token '%s' (%s: deleted?); 'p11jwt "
+		               "reload' lists the token's keys again",
+		               k->name, ctx->label, tok_ckr_name(rv));
+	}
 	/* A key handle that stopped working: the token was swapped or
 	 * re-inserted under our sessions; its objects must be found again. */
 	if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {

@@ -283,6 +283,36 @@ static void test_rescan_while_signing(void **state)
 	tok_close(l.ctx);
 }
 
+/* A key deleted from the token before any rescan: its signature fails with
+ * unknown_key and the token stays ready, so other keys' requests are not
+ * failed by a recovery; the rescan then drops the key. */
+static void test_deleted_key_before_rescan(void **state)
+{
+	tok_config c = base_cfg(NULL);
+	tok_ctx *ctx = testtoken_open_ok(&c);
+	const tok_key *ec = tok_key_find(ctx, "ec-p256"), *del;
+	uint8_t sig[132];
+	size_t siglen = sizeof(sig), added = 9, removed = 9;
+	int r;
+
+	(void)state;
+	keygen("rot-deleted", ADM_KT_P256);
+	assert_int_equal(tok_rescan(ctx, &added, &removed), 0);
+	del = tok_key_find(ctx, "rot-deleted");
+	assert_non_null(del);
+	assert_true(sign_es256(ctx, del, "before"));
+	destroy_label(ctx, "rot-deleted");
+	r = tok_sign(ctx, del, JWA_ES256, (const uint8_t *)"after", 5, sig, &siglen);
+	assert_int_equal(r, P11J_E_UNKNOWN_KEY);
+	assert_non_null(strstr(err_msg(), "key 'rot-deleted' is no longer on token"));
+	assert_int_equal(tok_get_state(ctx), TOK_READY);
+	assert_true(sign_es256(ctx, ec, "another key, undisturbed"));
+	assert_int_equal(tok_rescan(ctx, &added, &removed), 0);
+	assert_int_equal(removed, 1);
+	assert_null(tok_key_find(ctx, "rot-deleted"));
+	tok_close(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -290,6 +320,7 @@ int main(void)
 	    cmocka_unit_test(test_rescan_keeps_uri_filter),
 	    cmocka_unit_test(test_rescan_locked),
 	    cmocka_unit_test(test_rescan_while_signing),
+	    cmocka_unit_test(test_deleted_key_before_rescan),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, NULL);
