@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The session pool: one session per concurrent operation, up to
- * TOK_POOL_MAX, closed rather than reused when its state is unknown. */
+ * TOK_POOL_MAX or the token's own limit, closed rather than reused when its
+ * state is unknown. */
 #include "pkcs11/tok.h"
 #include "pkcs11/tok-internal.h"
 #include "pkcs11/tok-test.h"
@@ -9,6 +10,18 @@
 
 #include <p11-kit/pkcs11.h>
 
+/* How many sessions the pool may open; ctx->mu held. A smartcard allows 1,
+ * a network HSM a few: ulMaxSessionCount, when the token gives one, else
+ * TOK_POOL_MAX (CK_EFFECTIVELY_INFINITE, CK_UNAVAILABLE_INFORMATION). */
+static size_t pool_cap(const tok_ctx *ctx)
+{
+	CK_ULONG m = ctx->ti.ulMaxSessionCount;
+
+	if (m == CK_EFFECTIVELY_INFINITE || m == CK_UNAVAILABLE_INFORMATION || m >= TOK_POOL_MAX)
+		return TOK_POOL_MAX;
+	return (size_t)m;
+}
+
 int tok_pool_get(tok_ctx *ctx, CK_SESSION_HANDLE *ret)
 {
 	CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
@@ -16,29 +29,44 @@ int tok_pool_get(tok_ctx *ctx, CK_SESSION_HANDLE *ret)
 
 	pthread_mutex_lock(&ctx->mu);
 	for (;;) {
-		if (ctx->nfree > 0) {
-			*ret = ctx->free_s[--ctx->nfree];
-			pthread_mutex_unlock(&ctx->mu);
+		for (;;) {
+			if (ctx->nfree > 0) {
+				*ret = ctx->free_s[--ctx->nfree];
+				pthread_mutex_unlock(&ctx->mu);
+				return 0;
+			}
+			if (ctx->nopen < pool_cap(ctx))
+				break;
+			pthread_cond_wait(&ctx->cv, &ctx->mu);
+		}
+		ctx->nopen++;
+		pthread_mutex_unlock(&ctx->mu);
+
+		/* Login state is per token, so this session is logged in
+		 * already. */
+		rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &h);
+		if (rv == CKR_OK) {
+			*ret = h;
 			return 0;
 		}
-		if (ctx->nopen < TOK_POOL_MAX)
-			break;
-		pthread_cond_wait(&ctx->cv, &ctx->mu);
-	}
-	ctx->nopen++;
-	pthread_mutex_unlock(&ctx->mu);
-
-	/* Login state is per token, so this session is logged in already. */
-	rv = ctx->f->C_OpenSession(ctx->slot, CKF_SERIAL_SESSION, NULL, NULL, &h);
-	if (rv != CKR_OK) {
 		pthread_mutex_lock(&ctx->mu);
 		ctx->nopen--;
 		pthread_cond_signal(&ctx->cv);
+		if (rv != CKR_SESSION_COUNT || ctx->nopen == 0)
+			break;
+		/* The token has no more sessions for us (it did not say, or
+		 * another application holds the rest): the ones open are all
+		 * we get, so from now on wait for one of them. */
+		ctx->ti.ulMaxSessionCount = ctx->nopen;
+		h = ctx->nopen;
 		pthread_mutex_unlock(&ctx->mu);
-		return tok_ck(ctx, "C_OpenSession", rv);
+		tok_log(ctx, TOK_LOG_WARNING,
+		        "token '%s' refused session %lu (CKR_SESSION_COUNT); signing with %lu",
+		        ctx->label, (unsigned long)h + 1, (unsigned long)h);
+		pthread_mutex_lock(&ctx->mu);
 	}
-	*ret = h;
-	return 0;
+	pthread_mutex_unlock(&ctx->mu);
+	return tok_ck(ctx, "C_OpenSession", rv);
 }
 
 void tok_pool_put(tok_ctx *ctx, CK_SESSION_HANDLE h)

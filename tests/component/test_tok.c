@@ -878,6 +878,52 @@ static void test_pss_raw_fallback(void **state)
 	unsetenv("P11JWT_FAULT_HIDE_MECHS");
 }
 
+/* A token that allows few sessions (a smartcard's 1, a network HSM's 16;
+ * tests/faultmod "max_sessions"): 8 threads signing at once queue for the
+ * pool's sessions, none fails with CKR_SESSION_COUNT, and the pool opens no
+ * more than the token allows, whether the token says so in
+ * ulMaxSessionCount or only answers CKR_SESSION_COUNT ("hidden"). */
+static void pool_limit_case(const char *ctl_text, size_t want_max)
+{
+	const char *allow[2];
+	tok_config c = fault_cfg(allow);
+	char ctl[1200];
+	pthread_t th[8];
+	struct thr t[8];
+	int i, good = 0, bad = 0;
+	tok_ctx *ctx;
+
+	snprintf(ctl, sizeof(ctl), "%s/pool-limit.ctl", tmpdir);
+	write_file(ctl, ctl_text, 0600);
+	setenv("P11JWT_FAULT_CTL", ctl, 1);
+	ctx = open_ok(&c);
+	for (i = 0; i < 8; i++) {
+		t[i] = (struct thr){ctx, i, 0, 0};
+		assert_int_equal(pthread_create(&th[i], NULL, thr_main, &t[i]), 0);
+	}
+	for (i = 0; i < 8; i++) {
+		pthread_join(th[i], NULL);
+		good += t[i].good;
+		bad += t[i].bad;
+	}
+	assert_int_equal(bad, 0);
+	assert_int_equal(good, 400);
+	assert_true(tok_test_open_sessions(ctx) >= 1);
+	assert_true(tok_test_open_sessions(ctx) <= want_max);
+	tok_close(ctx);
+	unsetenv("P11JWT_FAULT_CTL");
+	unlink(ctl);
+}
+
+static void test_pool_session_limit(void **state)
+{
+	(void)state;
+	pool_limit_case("max_sessions 1\nlatency 1\n", 1);
+	pool_limit_case("max_sessions 3\nlatency 0-2\n", 3);
+	pool_limit_case("max_sessions 1 hidden\nlatency 1\n", 1);
+	pool_limit_case("max_sessions 2 hidden\nlatency 1 serial\n", 2);
+}
+
 /* Forcing the raw mechanisms on SoftHSM (which has both) gives PS*
  * signatures that verify too. */
 static void test_pss_forced_raw(void **state)
@@ -1024,6 +1070,7 @@ int main(void)
 	    cmocka_unit_test(test_rsa_raw_fallback),
 	    cmocka_unit_test(test_pss_raw_fallback),
 	    cmocka_unit_test(test_pss_forced_raw),
+	    cmocka_unit_test(test_pool_session_limit),
 	    cmocka_unit_test(test_no_mechanism),
 	    cmocka_unit_test(test_module_init_args),
 	    cmocka_unit_test(test_wrong_alg),
