@@ -40,6 +40,11 @@
  *                                      (a token that does not say, or whose
  *                                      other sessions another application
  *                                      holds)
+ *   session_stats PATH                 rewrite PATH at each C_OpenSession and
+ *                                      close: "open 3 peak 16 refused 0"
+ *                                      (sessions open through this module
+ *                                      now, at most so far, and opens
+ *                                      refused by max_sessions)
  *
  * Counters start again when the file changes. Each wrapped call appends a
  * line to $P11JWT_FAULT_LOG ("C_Login 1 rv=0x0"), which tests count.
@@ -101,6 +106,8 @@ static int lat_serial;
 static unsigned long max_sess; /* 0: no limit */
 static int max_sess_hidden;    /* not in C_GetTokenInfo */
 static unsigned long nsess;    /* sessions open through us */
+static unsigned long nsess_peak, nsess_refused;
+static char stats_path[256];   /* "": no session_stats */
 static struct timespec ctl_mtime;
 static off_t ctl_size = -1;
 /* sessions where a C_SignInit on an always_auth key awaits a context login:
@@ -220,6 +227,23 @@ static CK_RV lat_sign(CK_SESSION_HANDLE s, CK_BYTE *d, CK_ULONG dl, CK_BYTE *sig
 	return rv;
 }
 
+/* mu held; opens and closes only, so rare enough to write each time */
+static void lat_stats_write(void)
+{
+	char line[128];
+	int fd, n;
+
+	if (stats_path[0] == '\0')
+		return;
+	n = snprintf(line, sizeof(line), "open %lu peak %lu refused %lu\n", nsess, nsess_peak,
+	             nsess_refused);
+	fd = open(stats_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	(void)!write(fd, line, (size_t)n);
+	close(fd);
+}
+
 /* CKR_OK and counted, or CKR_SESSION_COUNT past max_sessions; the count is
  * taken back by lat_session_closed or when the open fails. */
 static CK_RV lat_session_take(void)
@@ -227,10 +251,13 @@ static CK_RV lat_session_take(void)
 	CK_RV rv = CKR_OK;
 
 	pthread_mutex_lock(&mu);
-	if (max_sess > 0 && nsess >= max_sess)
+	if (max_sess > 0 && nsess >= max_sess) {
 		rv = CKR_SESSION_COUNT;
-	else
-		nsess++;
+		nsess_refused++;
+	} else if (++nsess > nsess_peak) {
+		nsess_peak = nsess;
+	}
+	lat_stats_write();
 	pthread_mutex_unlock(&mu);
 	return rv;
 }
@@ -240,6 +267,7 @@ static void lat_session_closed(int all)
 {
 	pthread_mutex_lock(&mu);
 	nsess = all || nsess == 0 ? 0 : nsess - 1;
+	lat_stats_write();
 	pthread_mutex_unlock(&mu);
 }
 
@@ -282,6 +310,7 @@ static void ctl_reload(void)
 			lat_serial = 0;
 			max_sess = 0;
 			max_sess_hidden = 0;
+			stats_path[0] = '\0';
 			ctl_size = -1;
 		}
 		return;
@@ -302,6 +331,7 @@ static void ctl_reload(void)
 	lat_serial = 0;
 	max_sess = 0;
 	max_sess_hidden = 0;
+	stats_path[0] = '\0';
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char a[64] = "", b[128] = "", c[64] = "";
 		long d = 0;
@@ -313,6 +343,8 @@ static void ctl_reload(void)
 			snprintf(pinpad_pin, sizeof(pinpad_pin), "%s", b);
 		} else if (k >= 2 && strcmp(a, "latency") == 0) {
 			lat_parse(b, strcmp(c, "serial") == 0);
+		} else if (k >= 2 && strcmp(a, "session_stats") == 0) {
+			snprintf(stats_path, sizeof(stats_path), "%s", b);
 		} else if (k >= 2 && strcmp(a, "max_sessions") == 0) {
 			max_sess = strtoul(b, NULL, 10);
 			max_sess_hidden = strcmp(c, "hidden") == 0;
