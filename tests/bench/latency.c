@@ -520,8 +520,8 @@ static bool pass_rate(const cfg_t *c, const res_t *r)
 
 static bool pass_tail(const cfg_t *c, const res_t *r)
 {
-	return c->max_tail <= 0 ||
-	       (r->failed_total == 0 && r->med.p50_ms > 0 && r->med.p99_ms / r->med.p50_ms <= c->max_tail);
+	return c->max_tail <= 0 || (r->failed_total == 0 && r->med.p50_ms > 0 &&
+	                            r->med.p99_ms / r->med.p50_ms <= c->max_tail);
 }
 
 static void report_md(FILE *f, const res_t *res)
@@ -546,12 +546,14 @@ static void report_md(FILE *f, const res_t *res)
 		else if (c->max_tail > 0)
 			snprintf(target, sizeof(target), "none failed, p99/p50 ≤ %.0f: %s",
 			         c->max_tail, pass_tail(c, r) ? "PASS" : "FAIL");
-		fprintf(f, "| %s | %.0f | %.3f | %.1f | %.1f | %.2f | %.1f | %ld | %ld-%ld | %ld (%ld) | "
-		           "%d | %s |\n",
-		        c->name, r->med.rate, r->med.rate / ideal, r->med.p50_ms, r->med.p99_ms,
-		        r->med.p50_ms > 0 ? r->med.p99_ms / r->med.p50_ms : 0, r->med.max_ms,
-		        r->failed_total, r->med.share_min, r->med.share_max, r->peak_sessions,
-		        r->refused, r->workers, target);
+		fprintf(
+		    f,
+		    "| %s | %.0f | %.3f | %.1f | %.1f | %.2f | %.1f | %ld | %ld-%ld | %ld (%ld) | "
+		    "%d | %s |\n",
+		    c->name, r->med.rate, r->med.rate / ideal, r->med.p50_ms, r->med.p99_ms,
+		    r->med.p50_ms > 0 ? r->med.p99_ms / r->med.p50_ms : 0, r->med.max_ms,
+		    r->failed_total, r->med.share_min, r->med.share_max, r->peak_sessions,
+		    r->refused, r->workers, target);
 	}
 	for (i = 0; i < NCFGS; i++)
 		if (res[i].started && res[i].first_error[0] != '\0')
@@ -574,20 +576,21 @@ static void report_json(const char *path, const res_t *res)
 			continue;
 		for (k = 0; k < O.reps; k++)
 			json_array_append_new(
-			    reps, json_pack("{s:f,s:f,s:f,s:f,s:I,s:I}", "per_s", r->reps[k].rate,
-			                    "p50_ms", r->reps[k].p50_ms, "p99_ms", r->reps[k].p99_ms,
-			                    "max_ms", r->reps[k].max_ms, "ok", (json_int_t)r->reps[k].ok,
-			                    "failed", (json_int_t)r->reps[k].failed));
-		o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:I,s:I,s:I,s:I,s:I,s:i,s:o}",
-		              "name", c->name, "latency_ms", c->latency, "max_sessions",
-		              c->max_sessions, "clients", c->clients, "workers_option", c->workers,
-		              "per_s", r->med.rate, "ratio_to_ideal",
-		              r->med.rate / (1000.0 * c->max_sessions / 5.0), "p50_ms", r->med.p50_ms,
-		              "p99_ms", r->med.p99_ms, "max_ms", r->med.max_ms, "failed",
-		              (json_int_t)r->failed_total, "share_min", (json_int_t)r->med.share_min,
-		              "share_max", (json_int_t)r->med.share_max, "sessions_peak",
-		              (json_int_t)r->peak_sessions, "sessions_refused", (json_int_t)r->refused,
-		              "agent_threads", r->workers, "reps", reps);
+			    reps,
+			    json_pack("{s:f,s:f,s:f,s:f,s:I,s:I}", "per_s", r->reps[k].rate,
+			              "p50_ms", r->reps[k].p50_ms, "p99_ms", r->reps[k].p99_ms,
+			              "max_ms", r->reps[k].max_ms, "ok", (json_int_t)r->reps[k].ok,
+			              "failed", (json_int_t)r->reps[k].failed));
+		o = json_pack(
+		    "{s:s,s:s,s:i,s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:I,s:I,s:I,s:I,s:I,s:i,s:o}", "name",
+		    c->name, "latency_ms", c->latency, "max_sessions", c->max_sessions, "clients",
+		    c->clients, "workers_option", c->workers, "per_s", r->med.rate,
+		    "ratio_to_ideal", r->med.rate / (1000.0 * c->max_sessions / 5.0), "p50_ms",
+		    r->med.p50_ms, "p99_ms", r->med.p99_ms, "max_ms", r->med.max_ms, "failed",
+		    (json_int_t)r->failed_total, "share_min", (json_int_t)r->med.share_min,
+		    "share_max", (json_int_t)r->med.share_max, "sessions_peak",
+		    (json_int_t)r->peak_sessions, "sessions_refused", (json_int_t)r->refused,
+		    "agent_threads", r->workers, "reps", reps);
 		if (c->min_rate > 0)
 			json_object_set_new(o, "target_pass", json_boolean(pass_rate(c, r)));
 		if (c->max_tail > 0)
@@ -642,11 +645,17 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-	static const struct option lo[] = {
-	    {"agent", 1, 0, 'a'},    {"faultmod", 1, 0, 'f'}, {"mktoken", 1, 0, 'k'},
-	    {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},   {"reps", 1, 0, 'r'},
-	    {"json", 1, 0, 'j'},     {"markdown", 1, 0, 'm'}, {"only", 1, 0, 'o'},
-	    {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+	static const struct option lo[] = {{"agent", 1, 0, 'a'},
+	                                   {"faultmod", 1, 0, 'f'},
+	                                   {"mktoken", 1, 0, 'k'},
+	                                   {"duration", 1, 0, 'd'},
+	                                   {"warmup", 1, 0, 'w'},
+	                                   {"reps", 1, 0, 'r'},
+	                                   {"json", 1, 0, 'j'},
+	                                   {"markdown", 1, 0, 'm'},
+	                                   {"only", 1, 0, 'o'},
+	                                   {"help", 0, 0, 'h'},
+	                                   {0, 0, 0, 0}};
 	res_t res[NCFGS];
 	char conf[PATH_MAX + 32], log[PATH_MAX + 32];
 	const char *tbase;
@@ -655,17 +664,39 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case 'a': O.agent = optarg; break;
-		case 'f': O.faultmod = optarg; break;
-		case 'k': O.mktoken = optarg; break;
-		case 'd': O.duration = atof(optarg); break;
-		case 'w': O.warmup = atof(optarg); break;
-		case 'r': O.reps = atoi(optarg); break;
-		case 'j': O.json_path = optarg; break;
-		case 'm': O.md_path = optarg; break;
-		case 'o': only = (size_t)atoi(optarg); break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'a':
+			O.agent = optarg;
+			break;
+		case 'f':
+			O.faultmod = optarg;
+			break;
+		case 'k':
+			O.mktoken = optarg;
+			break;
+		case 'd':
+			O.duration = atof(optarg);
+			break;
+		case 'w':
+			O.warmup = atof(optarg);
+			break;
+		case 'r':
+			O.reps = atoi(optarg);
+			break;
+		case 'j':
+			O.json_path = optarg;
+			break;
+		case 'm':
+			O.md_path = optarg;
+			break;
+		case 'o':
+			only = (size_t)atoi(optarg);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (O.reps < 1 || O.reps > MAX_REPS || O.duration <= 0 || O.warmup < 0 || only > NCFGS)

@@ -107,7 +107,7 @@ static unsigned long max_sess; /* 0: no limit */
 static int max_sess_hidden;    /* not in C_GetTokenInfo */
 static unsigned long nsess;    /* sessions open through us */
 static unsigned long nsess_peak, nsess_refused;
-static char stats_path[256];   /* "": no session_stats */
+static char stats_path[256]; /* "": no session_stats */
 static struct timespec ctl_mtime;
 static off_t ctl_size = -1;
 /* sessions where a C_SignInit on an always_auth key awaits a context login:
