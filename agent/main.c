@@ -417,6 +417,30 @@ static void on_stopping(void *ud)
 	svc_notify("STOPPING=1");
 }
 
+/* Without --workers (or workers =): two per CPU, or, when the tokens name
+ * a session limit (a network HSM's 16, say), as many as they take together,
+ * up to 64: each worker waits in C_Sign for the token, so fewer workers
+ * than sessions leave a slow HSM's sessions idle (docs/performance.md, "HSM
+ * latency"). A token that names no limit (SoftHSM) is CPU-bound here. */
+static unsigned default_workers(void)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t base = ncpu > 1 ? 2 * (size_t)ncpu : 2, sessions = 0;
+	void *ref = NULL;
+
+	reload_acquire(the_rl, &ref);
+	for (size_t i = 0; i < reload_token_count(ref); i++)
+		sessions += tok_session_limit(reload_token_at(ref, i));
+	if (sessions > 64)
+		sessions = 64;
+	if (sessions > base)
+		logmsg(LOG_INFO, "%zu signing workers: the token%s take%s %zu sessions at once "
+		       "(--workers to choose)", sessions, reload_token_count(ref) == 1 ? "" : "s",
+		       reload_token_count(ref) == 1 ? "s" : "", sessions);
+	reload_release(ref);
+	return (unsigned)(sessions > base ? sessions : base);
+}
+
 static int serve(const struct opts *o, int lfd)
 {
 	proto_env env = { .owner_uid = geteuid(), .version = P11JWT_VERSION,
@@ -437,6 +461,8 @@ static int serve(const struct opts *o, int lfd)
 	struct sigaction sa = { .sa_handler = on_signal };
 	int r;
 
+	if (sc.workers == 0)
+		sc.workers = default_workers();
 	env.status = status_fill;
 	if ((r = srv_new(&sc, lfd, &the_srv)) < 0)
 		return r;

@@ -22,6 +22,18 @@ static size_t pool_cap(const tok_ctx *ctx)
 	return (size_t)m;
 }
 
+size_t tok_session_limit(tok_ctx *ctx)
+{
+	CK_ULONG m;
+
+	pthread_mutex_lock(&ctx->mu);
+	m = ctx->ti.ulMaxSessionCount;
+	pthread_mutex_unlock(&ctx->mu);
+	if (m == CK_EFFECTIVELY_INFINITE || m == CK_UNAVAILABLE_INFORMATION)
+		return 0;
+	return m >= TOK_POOL_MAX ? TOK_POOL_MAX : (size_t)m;
+}
+
 int tok_pool_get(tok_ctx *ctx, CK_SESSION_HANDLE *ret)
 {
 	CK_SESSION_HANDLE h = CK_INVALID_HANDLE;

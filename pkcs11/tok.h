@@ -122,6 +122,12 @@ int tok_signer_fn(void *signer, jwa_alg alg, const uint8_t *in, size_t inlen,
  * the keys' objects again. */
 typedef enum { TOK_READY = 0, TOK_LOCKED = 1, TOK_UNAVAILABLE = 2 } tok_state;
 #define TOK_RECOVER_MS 500
+/* How many sessions the token says it takes at once (CK_TOKEN_INFO's
+ * ulMaxSessionCount, or the limit learnt from CKR_SESSION_COUNT), capped at
+ * the pool's 64; 0 when it names none. A network HSM's limit is how many
+ * signatures it works on at once: the agent sizes its workers by it. */
+size_t tok_session_limit(tok_ctx *ctx);
+
 tok_state tok_get_state(tok_ctx *ctx);
 const char *tok_state_name(tok_state st); /* "ready", "locked", "unavailable" */
 

@@ -115,6 +115,7 @@ def main():
         test_fault_module(work, tokdir, sockdir, pin)
         test_credentials(work, tokdir, sockdir, pin)
         test_pinpad(work, tokdir, sockdir, pin)
+        test_session_limit_workers(work, tokdir, sockdir, pin)
         test_p11kit_server(work, tokdir, sockdir, pin)
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
@@ -394,6 +395,40 @@ def test_pinpad(work, tokdir, sockdir, pin):
     t.ok(logins and all('pinpad' in line for line in logins),
          'every login went through the PIN pad path (no PIN sent)', logins)
     a.stop()
+
+
+def test_session_limit_workers(work, tokdir, sockdir, pin):
+    """Without --workers, a token that names a session limit (a network
+    HSM's 16) gets as many signing workers, so a slow HSM's sessions all
+    work at once; a token naming none, or one session, keeps two per CPU;
+    --workers wins. (The throughput it buys is a benchmark row,
+    docs/performance.md "HSM latency".)"""
+    ncpu = os.cpu_count() or 1
+    base = 2 * ncpu if ncpu > 1 else 2
+    pinfile = os.path.join(work, 'pin-workers')
+    with open(os.open(pinfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
+        f.write(pin + '\n')
+    for ctl, extra, want in ((f'max_sessions {base + 14}', [], base + 14),
+                             ('max_sessions 1', [], None),
+                             ('', [], None),
+                             (f'max_sessions {base + 14}', ['--workers', '3'], None)):
+        fault = Fault(os.path.join(work))
+        fault.set(ctl)
+        sock = os.path.join(sockdir, 'w', 'agent.sock')
+        a = start_faulty(tokdir, sock, fault, extra=['--pin-file', pinfile, *extra])
+        ok = a.ready
+        r = cli('sign', '--key', 'ec-p256', sock=sock) if ok else None
+        a.stop()
+        err = a.stderr()
+        said = [line for line in err.splitlines() if 'signing workers' in line]
+        what = f'{ctl or "no session limit"}{" " + " ".join(extra) if extra else ""}'
+        if want is None:
+            t.ok(ok and r.returncode == 0 and not said,
+                 f'{what}: the default workers (no session-sized line), signs', err)
+        else:
+            t.ok(ok and r.returncode == 0 and len(said) == 1 and
+                 said[0].split('info: ', 1)[-1].startswith(f'{want} signing workers'),
+                 f'{what}: {want} signing workers, said once; signs', err)
 
 
 def test_p11kit_server(work, tokdir, sockdir, pin):
