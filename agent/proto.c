@@ -548,6 +548,16 @@ out:
 	return r;
 }
 
+/* The agent's own uid and root only: P11J_E_FORBIDDEN "only uid U and root
+ * may WHAT" for anyone else. */
+static int owner_only(const proto_env *env, const proto_peer *peer, const char *what)
+{
+	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
+		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may %s",
+			       (unsigned)env->owner_uid, what);
+	return 0;
+}
+
 /* login / lock: even if other uids may sign some day (per-key policy), only
  * the agent's own uid and root may change its login state. The PIN is in a
  * JSON string, which the agent's Jansson allocator wipes when freed. */
@@ -559,9 +569,8 @@ static int pin_op_prepare(const proto_env *env, const proto_peer *peer, const js
 
 	if ((r = check_fields(req, allowed)) < 0)
 		return r;
-	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
-		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may log the agent in or out",
-			       (unsigned)env->owner_uid);
+	if ((r = owner_only(env, peer, "log the agent in or out")) < 0)
+		return r;
 	if (tv != NULL && !json_is_string(tv))
 		return err_set(P11J_E_BAD_REQUEST, "field 'token' must be a PKCS#11 URI string");
 	*ret_token = tv ? json_string_value(tv) : NULL;
@@ -609,9 +618,8 @@ static int op_status(const proto_env *env, const proto_peer *peer, const json_t 
 
 	if ((r = check_fields(req, allowed)) < 0)
 		return r;
-	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
-		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may ask for the status",
-			       (unsigned)env->owner_uid);
+	if ((r = owner_only(env, peer, "ask for the status")) < 0)
+		return r;
 	if ((r = set(resp, "version", json_string(env->version ? env->version : ""))) < 0 ||
 	    (r = set(resp, "protocol", json_integer(PROTO_VERSION))) < 0 ||
 	    (r = set(resp, "keys", json_integer((json_int_t)(env->kr ? env->kr->n : 0)))) < 0)
@@ -629,9 +637,8 @@ static int op_reload(const proto_env *env, const proto_peer *peer, const json_t 
 
 	if ((r = check_fields(req, allowed)) < 0)
 		return r;
-	if (peer != NULL && peer->uid != env->owner_uid && peer->uid != 0)
-		return err_set(P11J_E_FORBIDDEN, "only uid %u and root may reload the agent",
-			       (unsigned)env->owner_uid);
+	if ((r = owner_only(env, peer, "reload the agent")) < 0)
+		return r;
 	if (env->reload == NULL)
 		return err_set(P11J_E_UNKNOWN_OP, "this agent cannot reload");
 	return env->reload(env->kr_ud, resp);
