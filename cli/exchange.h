@@ -54,6 +54,8 @@ typedef struct {
 	char *client_id, *token_url, *iss, *sub, *aud, *scope;
 	char *cacert, *socket;
 	const char *agent_uid; /* --agent-uid, not owned; never from a profile */
+	json_t *agent_keys;    /* the agent's "keys" list, asked once per run
+				* (tkn_agent_keys()); freed by xch_req_clear */
 	long long lifetime;
 	long timeout;
 	json_t *header, *claims, *include; /* for the agent's sign request */

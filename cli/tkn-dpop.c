@@ -19,38 +19,29 @@
 
 int tkn_dpop_bind(xch_req *req)
 {
-	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
-	json_t *resp = NULL, *k;
-	const char *jkt = NULL;
-	size_t i;
+	json_t *keys;
+	const char *jkt;
 	int st;
 
 	if (!req->dpop || req->dpop_jkt)
 		return 0;
-	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+	if ((keys = tkn_agent_keys(req, false, &st)) == NULL)
 		return st;
-	json_array_foreach(json_object_get(resp, "keys"), i, k)
-		if (json_is_string(json_object_get(k, "name")) &&
-		    strcmp(json_string_value(json_object_get(k, "name")), req->dpop_key) == 0) {
-			jkt = json_string_value(json_object_get(k, "jkt"));
-			if (jkt == NULL) {
-				json_decref(resp);
-				return cli_fail(err_set(P11J_E_PROTOCOL,
-							"the agent's key list gives no jkt for "
-							"'%s': update p11jwt-agent for DPoP",
-							req->dpop_key));
-			}
-			break;
-		}
-	if (jkt == NULL) {
-		json_decref(resp);
-		return cli_fail(err_set(P11J_E_NOT_FOUND,
-					"--dpop-key: the agent has no key '%s' that you may use "
-					"('p11jwt keys' lists them)",
-					req->dpop_key));
+	jkt = tkn_listed_jkt(keys, req->dpop_key);
+	if (jkt == NULL || jkt[0] == '\0') {
+		json_decref(keys);
+		return cli_fail(jkt == NULL
+					? err_set(P11J_E_NOT_FOUND,
+						  "--dpop-key: the agent has no key '%s' that you "
+						  "may use ('p11jwt keys' lists them)",
+						  req->dpop_key)
+					: err_set(P11J_E_PROTOCOL,
+						  "the agent's key list gives no jkt for '%s': "
+						  "update p11jwt-agent for DPoP",
+						  req->dpop_key));
 	}
 	req->dpop_jkt = strdup(jkt);
-	json_decref(resp);
+	json_decref(keys);
 	return req->dpop_jkt ? 0 : cli_fail(err_nomem());
 }
 

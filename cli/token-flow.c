@@ -69,16 +69,15 @@ static int read_secret(const topts *o, char **ret)
 	return 0;
 }
 
-/* The agent's key list (op "keys"), or NULL with *ret_st (an exit status,
- * printed) when it cannot be had; quiet: print nothing and leave *ret_st 0
- * (the cache check does without). */
-static json_t *agent_keys(const xch_req *req, bool quiet, int *ret_st)
+json_t *tkn_agent_keys(xch_req *req, bool quiet, int *ret_st)
 {
 	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
 	json_t *resp = NULL, *keys;
 	int st;
 
 	*ret_st = 0;
+	if (req->agent_keys)
+		return json_incref(req->agent_keys);
 	if (quiet) {
 		/* cli_call prints; a cache check must not fail a run that the
 		 * cache can serve without the agent */
@@ -107,6 +106,7 @@ static json_t *agent_keys(const xch_req *req, bool quiet, int *ret_st)
 			*ret_st = cli_fail(err_set(P11J_E_PROTOCOL, "the agent's answer has no key list"));
 		return NULL;
 	}
+	req->agent_keys = json_incref(keys);
 	return keys;
 }
 
@@ -122,7 +122,7 @@ static int resolve_roles(xch_req *req)
 
 		if (!xch_is_role(*names[i]))
 			continue;
-		if (keys == NULL && (keys = agent_keys(req, false, &st)) == NULL)
+		if (keys == NULL && (keys = tkn_agent_keys(req, false, &st)) == NULL)
 			break;
 		if ((r = xch_key_role(keys, *names[i], &name)) < 0) {
 			st = cli_fail(r);
@@ -136,8 +136,7 @@ static int resolve_roles(xch_req *req)
 	return st;
 }
 
-/* The thumbprint of key name in keys, or NULL when it is not listed. */
-static const char *listed_jkt(const json_t *keys, const char *name)
+const char *tkn_listed_jkt(const json_t *keys, const char *name)
 {
 	size_t i;
 	json_t *k;
@@ -153,7 +152,7 @@ static const char *listed_jkt(const json_t *keys, const char *name)
  * provider will not take an assertion of that key again, and a refresh
  * would carry on a credential the operator meant to retire. When the agent
  * cannot be asked, the entry stands. */
-static bool entry_key_gone(const xch_req *req, const json_t *e)
+static bool entry_key_gone(xch_req *req, const json_t *e)
 {
 	const char *had = json_string_value(json_object_get(e, "key_jkt"));
 	const char *name = json_string_value(json_object_get(e, "key"));
@@ -162,9 +161,9 @@ static bool entry_key_gone(const xch_req *req, const json_t *e)
 	bool gone;
 	int st;
 
-	if ((keys = agent_keys(req, true, &st)) == NULL)
+	if ((keys = tkn_agent_keys(req, true, &st)) == NULL)
 		return false;
-	now = listed_jkt(keys, name);
+	now = tkn_listed_jkt(keys, name);
 	gone = now == NULL || (had != NULL && strcmp(had, now) != 0);
 	if (gone)
 		tkn_note("note: the cached token was obtained with key '%s', which the agent %s; "
@@ -190,16 +189,15 @@ static void print_warnings(const xch_req *req)
  * for, not the one chosen). Returns 0 or an exit status. */
 static int choose_alg(xch_req *req)
 {
-	cli_ctx actx = { .socket = req->socket, .agent_uid = req->agent_uid };
-	json_t *resp = NULL;
+	json_t *keys;
 	int r, st;
 
 	if (!xch_alg_needs_key(req))
 		return 0;
-	if ((st = cli_call(&actx, json_pack("{s:s}", "op", "keys"), &resp)) != 0)
+	if ((keys = tkn_agent_keys(req, false, &st)) == NULL)
 		return st;
-	r = xch_choose_alg(req, json_object_get(resp, "keys"));
-	json_decref(resp);
+	r = xch_choose_alg(req, keys);
+	json_decref(keys);
 	if (r < 0) {
 		st = cli_fail(r);
 		/* the options do not fit the key: a usage error, not a refusal */
@@ -608,8 +606,8 @@ store:
 
 		/* the signing key's thumbprint: a rotation under the same name
 		 * drops the entry (entry_key_gone) */
-		if (ne != NULL && (keys = agent_keys(req, true, &kst)) != NULL) {
-			const char *jkt = listed_jkt(keys, req->key);
+		if (ne != NULL && (keys = tkn_agent_keys(req, true, &kst)) != NULL) {
+			const char *jkt = tkn_listed_jkt(keys, req->key);
 
 			if (jkt != NULL && jkt[0] != '\0')
 				json_object_set_new(ne, "key_jkt", json_string(jkt));

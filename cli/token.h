@@ -57,6 +57,15 @@ int tkn_print_token_json(const got_token *g);
 int tkn_dry_run(xch_req *req);
 void tkn_sleep_ms(long ms);
 
+/* The agent's key list (op "keys"), asked once per run and kept in
+ * req->agent_keys; a new reference, or NULL with *ret_st (an exit status,
+ * printed) when it cannot be had; quiet: print nothing and leave *ret_st 0
+ * (the cache check does without). */
+json_t *tkn_agent_keys(xch_req *req, bool quiet, int *ret_st);
+/* The thumbprint ("jkt") of key name in keys; "" when the key is listed
+ * without one (an older agent); NULL when it is not listed. */
+const char *tkn_listed_jkt(const json_t *keys, const char *name);
+
 /* tkn-dpop.c: DPoP (RFC 9449). Functions returning int return 0 or an
  * exit status, as above. */
 /* req->dpop_jkt: the thumbprint of req->dpop_key, from the agent's key

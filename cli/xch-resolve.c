@@ -758,6 +758,7 @@ void xch_req_clear(xch_req *req)
 	freezero_str(req->client_secret);
 	free(req->dpop_key);
 	free(req->dpop_jkt);
+	json_decref(req->agent_keys);
 	memset(req, 0, sizeof(*req));
 }
 
