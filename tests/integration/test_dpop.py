@@ -839,6 +839,15 @@ def test_cli_token(ctx, srv):
          s['dpop']['last_token_proof']['header']['alg'] == 'ES384',
          '--dpop-key ec-p384 (implies --dpop): PS256 assertion, ES384 proof, bound to ec-p384',
          (r.stderr, out.get('p11jwt'), s['dpop']['last_token_proof']))
+    # --dpop-key naming no key of the agent: exit 2 before anything is sent
+    srv.post('/test/reset')
+    rn = ctx.p11jwt('token', *cc(srv, 'rsa-2048', 'PS256', 'cc-dpop-ps256', '--dpop-key',
+                                 'no-such-key', '--no-cache'))
+    t.ok(rn.returncode == 2 and 'not_found' in rn.stderr and
+         "the agent has no key 'no-such-key'" in rn.stderr and
+         srv.stats()['token_requests'] == 0,
+         '--dpop-key no-such-key: exit 2, not_found naming it, no token request sent',
+         rn.stderr)
     if r.returncode == 0:
         ctx.tokens.append(out['access_token'])
         st, body, _ = echo(ctx, srv, out['access_token'], 'ec-p384')
