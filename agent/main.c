@@ -342,10 +342,19 @@ static int status_fill(void *ud, json_t *resp)
 		for (size_t i = 0; i < reload_token_count(ref); i++) {
 			tok_ctx *status_tok = reload_token_at(ref, i);
 
+			uint64_t nsig, nsamp, sns;
+
 			ts = tok_get_state(status_tok);
-			t = json_pack("{s:s,s:s,s:b,s:b}", "label", tok_label(status_tok), "state",
-				      tok_state_name(ts), "present", ts != TOK_UNAVAILABLE,
-				      "logged_in", ts == TOK_READY);
+			tok_sign_stats(status_tok, &nsig, &nsamp, &sns);
+			/* module_cpu_us: the mean thread CPU of one C_SignInit +
+			 * C_Sign, over the sampled signatures (tok_sign_stats) */
+			t = json_pack("{s:s,s:s,s:b,s:b,s:I,s:f,s:I,s:I}", "label",
+				      tok_label(status_tok), "state", tok_state_name(ts), "present",
+				      ts != TOK_UNAVAILABLE, "logged_in", ts == TOK_READY,
+				      "signatures", (json_int_t)nsig, "module_cpu_us",
+				      nsamp > 0 ? (double)sns / (double)nsamp / 1000.0 : 0.0,
+				      "module_cpu_samples", (json_int_t)nsamp, "module_cpu_sampled_ns",
+				      (json_int_t)sns);
 			if (t == NULL || json_array_append_new(toks, t) < 0) {
 				json_decref(t);
 				reload_release(ref);

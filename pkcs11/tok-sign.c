@@ -8,8 +8,10 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -121,14 +123,34 @@ static bool key_deleted(tok_ctx *ctx, CK_SESSION_HANDLE s)
 	return ctx->f->C_GetSessionInfo(s, &info) == CKR_OK && info.slotID == ctx->slot;
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void tok_sign_stats(tok_ctx *ctx, uint64_t *ret_signatures, uint64_t *ret_samples,
+                    uint64_t *ret_sampled_ns)
+{
+	*ret_samples = atomic_load_explicit(&ctx->cpu_samples, memory_order_relaxed);
+	*ret_sampled_ns = atomic_load_explicit(&ctx->cpu_sampled_ns, memory_order_relaxed);
+	*ret_signatures = atomic_load_explicit(&ctx->signatures, memory_order_relaxed);
+}
+
 /* One C_SignInit (+ context login) + C_Sign on a pooled session; op_lock
  * held shared. *ret_fault: the device or our sessions are gone, or the
  * key's handle is stale: the token must be recovered. */
 static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t *out,
                      CK_ULONG *outlen, bool *ret_fault)
 {
+	static _Thread_local unsigned nth;
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
 	const char *fn = "C_SignInit";
+	uint64_t cpu0 = 0, clock_cost = 0;
+	bool sample;
 	CK_RV rv;
 	int r;
 
@@ -137,6 +159,12 @@ static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t
 	if (r < 0) {
 		*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE;
 		return r;
+	}
+	if ((sample = ++nth % TOK_CPU_SAMPLE == 0)) {
+		/* what one clock read adds to the interval, taken off below */
+		clock_cost = thread_cpu_ns();
+		cpu0 = thread_cpu_ns();
+		clock_cost = cpu0 - clock_cost;
 	}
 	rv = ctx->f->C_SignInit(s, &si->mech, k->priv);
 	if (rv == CKR_OK && k->always_auth) {
@@ -152,6 +180,15 @@ static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t
 		rv = ctx->f->C_Sign(s, (CK_BYTE *)si->data, si->len, out, outlen);
 	}
 	if (rv == CKR_OK) {
+		if (sample) {
+			uint64_t d = thread_cpu_ns() - cpu0;
+
+			d = d > clock_cost ? d - clock_cost : 0;
+
+			atomic_fetch_add_explicit(&ctx->cpu_sampled_ns, d, memory_order_relaxed);
+			atomic_fetch_add_explicit(&ctx->cpu_samples, 1, memory_order_relaxed);
+		}
+		atomic_fetch_add_explicit(&ctx->signatures, 1, memory_order_relaxed);
 		tok_pool_put(ctx, s);
 		return 0;
 	}

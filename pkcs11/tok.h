@@ -128,6 +128,14 @@ typedef enum { TOK_READY = 0, TOK_LOCKED = 1, TOK_UNAVAILABLE = 2 } tok_state;
  * signatures it works on at once: the agent sizes its workers by it. */
 size_t tok_session_limit(tok_ctx *ctx);
 
+/* Signatures made on this context, and the thread CPU time spent inside
+ * the module (C_SignInit + C_Sign) by every 16th signature of each
+ * signing thread: *ret_sampled_ns over *ret_samples signatures, whose mean
+ * estimates one signature's module CPU. For the "status" op and the
+ * benchmark's "agent's own CPU" (agent CPU minus the module's). */
+void tok_sign_stats(tok_ctx *ctx, uint64_t *ret_signatures, uint64_t *ret_samples,
+		    uint64_t *ret_sampled_ns);
+
 tok_state tok_get_state(tok_ctx *ctx);
 const char *tok_state_name(tok_state st); /* "ready", "locked", "unavailable" */
 
