@@ -205,6 +205,22 @@ def test_audit_and_status(tokdir, sockdir, work):
              [('no-such-key', None, 'unknown_key'), ('ec-p256', 'RS256', 'unsupported_alg'),
               ('no-such-key', None, 'unknown_key')], 'audit: refused requests with their codes')
         t.eq(lines[2].get('kid'), ok['kid'], 'audit: a refused request on a known key has its kid')
+        tk0, tk1 = st0['tokens'][0], st1['tokens'][0]
+        t.eq(tk1.get('signatures', 0) - tk0.get('signatures', 0), 1,
+             'status: the token counts the one signature made')
+        c = Conn(sock)
+        for _ in range(99):
+            c.req({'op': 'sign', 'key': 'ec-p256', 'claims': {'iss': 'client-1'}})
+        c.close()
+        st2, _ = settled_status(sock, 1)
+        tk2 = st2['tokens'][0]
+        t.eq(tk2.get('signatures', 0) - tk0.get('signatures', 0), 100,
+             'status: 100 signatures counted')
+        t.ok(tk2.get('module_cpu_samples', 0) >= 2 and tk2.get('module_cpu_sampled_ns', 0) > 0 and
+             abs(tk2['module_cpu_us'] - tk2['module_cpu_sampled_ns'] /
+                 tk2['module_cpu_samples'] / 1000) < 0.01 and 1 < tk2['module_cpu_us'] < 100000,
+             'status: the module CPU of a signature, sampled every 16th (100 on up to 4 '
+             'threads: at least 2 samples) and their mean', tk2)
 
         # forbidden: another uid (needs root and setpriv)
         if os.geteuid() == 0 and shutil.which('setpriv'):
