@@ -117,6 +117,9 @@ struct tok_ctx {
 	 * cost ~0.4 µs each on a VM, too much for every signature). */
 	_Atomic uint64_t cpu_sampled_ns, cpu_samples, signatures;
 
+	/* signing processes (tok-proc.c), or NULL: sign in this process */
+	struct tok_procs *procs;
+
 	p11j_log_fn log;
 	void *log_ud;
 };
@@ -268,6 +271,20 @@ void tok_mark_unavailable(tok_ctx *ctx, const char *why);
  * asks, back-off ignored). Returns 0 when the state changed from
  * UNAVAILABLE (to READY or LOCKED), else P11J_E_TOKEN_UNAVAILABLE at once. */
 int tok_recover(tok_ctx *ctx, bool force, bool have_wrlock);
+
+/* ---- tok-proc.c: signing processes ------------------------------------ */
+
+/* The signature of tok_sign() made by a signing process; op_lock held
+ * shared. *ret_fault: the process's token failed (not the process). */
+int tok_proc_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
+                  uint8_t *sig, size_t *siglen, bool *ret_fault);
+/* op_lock held exclusively (no process is signing): the context was
+ * recovered, logged in, or locked; each process follows. */
+void tok_proc_recovered(tok_ctx *ctx);
+void tok_proc_login(tok_ctx *ctx);
+void tok_proc_lock(tok_ctx *ctx);
+/* Stop the processes (tok_close). */
+void tok_proc_stop(tok_ctx *ctx);
 
 /* ---- for pkcs11/admin.c ------------------------------------------------ */
 

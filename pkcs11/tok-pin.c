@@ -56,6 +56,8 @@ static int pin_get(const tok_config *cfg, P11KitUri *uri, const char *uri_pin, c
 	char *pin = NULL;
 
 	*ret = NULL;
+	if (cfg->no_pin_sources)
+		return 0; /* a signing process: the PIN comes over its socket */
 	if (cfg->pin_file != NULL)
 		return pin_from_file(cfg->pin_file, ret);
 	/* LoadCredential=pin:... or SetCredentialEncrypted=pin:...; another
@@ -312,6 +314,7 @@ int tok_login(tok_ctx *ctx, const char *pin, size_t len)
 		tok_pool_put(ctx, s);
 		tok_state_set(ctx, TOK_READY);
 		tok_log(ctx, TOK_LOG_INFO, "logged in to token '%s'", ctx->label);
+		tok_proc_login(ctx); /* signing processes, if any */
 		goto out;
 	}
 	if (r == P11J_E_TOKEN_UNAVAILABLE) {
@@ -355,6 +358,7 @@ int tok_lock(tok_ctx *ctx)
 	ctx->logged_in = false;
 	if (tok_get_state(ctx) != TOK_UNAVAILABLE)
 		tok_state_set(ctx, TOK_LOCKED);
+	tok_proc_lock(ctx); /* signing processes, if any */
 	tok_log(ctx, TOK_LOG_INFO, "token '%s' locked: PIN wiped", ctx->label);
 	pthread_rwlock_unlock(&ctx->op_lock);
 	return r;

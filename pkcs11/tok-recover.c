@@ -177,6 +177,8 @@ int tok_recover(tok_ctx *ctx, bool force, bool have_wrlock)
 	if (!have_wrlock)
 		pthread_rwlock_wrlock(&ctx->op_lock);
 	r = reopen(ctx);
+	if (r >= 0)
+		tok_proc_recovered(ctx); /* signing processes, if any */
 	if (!have_wrlock)
 		pthread_rwlock_unlock(&ctx->op_lock);
 

@@ -240,6 +240,25 @@ static int sign_output(const tok_ctx *ctx, const tok_key *k, jwa_alg alg, const 
 	return 0;
 }
 
+/* With signing processes (tok-proc.c): the same checks and states here,
+ * the mechanism, C_SignInit and C_Sign there. A fault of their token makes
+ * this context UNAVAILABLE too, so that it recovers as above, and they
+ * with it (tok_proc_recovered). */
+static int sign_routed(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in,
+                       size_t inlen, uint8_t *sig, size_t *siglen)
+{
+	bool fault = false;
+	int r;
+
+	if ((r = sign_begin(ctx, k)) < 0)
+		return r;
+	r = tok_proc_sign(ctx, k, alg, in, inlen, sig, siglen, &fault);
+	if (fault)
+		tok_mark_unavailable(ctx, err_msg());
+	pthread_rwlock_unlock(&ctx->op_lock);
+	return r;
+}
+
 int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
              uint8_t *sig, size_t *siglen)
 {
@@ -252,6 +271,8 @@ int tok_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, siz
 
 	if ((r = sign_check(ctx, k, alg, in, inlen, sig, siglen)) < 0)
 		return r;
+	if (ctx->procs != NULL)
+		return sign_routed(ctx, k, alg, in, inlen, sig, siglen);
 	if ((r = tok_mech_input(ctx, alg, in, inlen, &si)) < 0)
 		goto out;
 

@@ -184,6 +184,7 @@ void tok_close(tok_ctx *ctx)
 {
 	if (ctx == NULL)
 		return;
+	tok_proc_stop(ctx); /* signing processes, if any */
 	if (ctx->f != NULL)
 		tok_pool_flush(ctx);
 	tok_module_unload(ctx);

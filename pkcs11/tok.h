@@ -52,6 +52,10 @@ typedef struct {
 	 * P11J_E_PIN_REQUIRED: keys are listed from public objects and signing
 	 * answers P11J_E_PIN_REQUIRED until tok_login(). */
 	bool allow_locked;
+	/* Look for no PIN anywhere (file, credential, URI, environment): a
+	 * signing process (tok_proc_serve) opens locked and gets the PIN from
+	 * the agent. */
+	bool no_pin_sources;
 	p11j_log_fn log;
 	void *log_ud;
 } tok_config;
@@ -150,6 +154,34 @@ int tok_login(tok_ctx *ctx, const char *pin, size_t len);
 int tok_lock(tok_ctx *ctx);
 /* Whether uri (NULL or "": any) selects this context's token. */
 bool tok_matches(const tok_ctx *ctx, const char *uri);
+
+/* Signing processes (docs/design.md, "Signing processes"): n processes,
+ * each running exe with argv[1] = arg, which calls tok_proc_serve(); each
+ * does its own C_Initialize and C_Login (the PIN over its socket) and
+ * signs what tok_sign() routes to it, while this context keeps listing,
+ * login, lock and state. A process that dies fails only its request
+ * (token_unavailable, naming its pid and signal) and is started again
+ * with a back-off. Call once, right after tok_open(); tok_close() stops
+ * them. */
+#define TOK_PROC_MAX 64
+typedef struct {
+	unsigned n;      /* 1..TOK_PROC_MAX */
+	const char *exe; /* "/proc/self/exe" */
+	const char *arg; /* the hidden mode argument */
+} tok_proc_config;
+int tok_proc_start(tok_ctx *ctx, const tok_config *cfg, const tok_proc_config *pc);
+typedef struct {
+	unsigned n, running; /* configured, serving now */
+	uint64_t restarts;   /* processes started after the first n */
+	uint64_t crashes;    /* died while the agent needed them */
+	int pid[TOK_PROC_MAX]; /* 0: not running */
+} tok_proc_stats;
+/* false when ctx signs in process. */
+bool tok_proc_stats_get(tok_ctx *ctx, tok_proc_stats *ret);
+/* The signing process's main: serves the agent on fd until it closes
+ * it; returns the exit status. log: where the process's own lines go
+ * before the agent is reached (stderr). */
+int tok_proc_serve(int fd);
 
 /* Name of a CK_RV ("CKR_PIN_INCORRECT") and its mapping to P11J_E_*. */
 const char *tok_ckr_name(unsigned long rv);
