@@ -17,7 +17,7 @@
 
 /* Where a scalar setting was first seen, to report a second one. */
 enum {
-	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO, S_IDLETO, S_MAXUID,   /* [agent] */
+	S_SOCKET, S_MAXCONN, S_WORKERS, S_LINETO, S_IDLETO, S_MAXUID, S_SIGNPROC,   /* [agent] */
 	S_MODULE, S_TURI, S_PINFILE, S_UNSAFE, S_INITARGS,              /* [token] */
 	S_KURI, S_TOKEN, S_OBJECT, S_ALG, S_KID, S_MAXLIFE, S_DENY, S_INC, S_INCAUTO, S_DPOP, /* [key] */
 	S__COUNT
@@ -531,6 +531,9 @@ static void agent_setting(cfg_parser *p, const char *name, const char *v)
 	} else if (strcmp(name, "workers") == 0) {
 		if (once(p, S_WORKERS, name))
 			parse_ulong(p, name, v, 1, 64, &c->workers);
+	} else if (strcmp(name, "sign_processes") == 0) {
+		if (once(p, S_SIGNPROC, name))
+			parse_ulong(p, name, v, 1, 64, &c->sign_processes);
 	} else if (strcmp(name, "line_timeout") == 0) {
 		if (once(p, S_LINETO, name))
 			parse_ulong(p, name, v, 1, 3600, &c->line_timeout);
@@ -542,7 +545,8 @@ static void agent_setting(cfg_parser *p, const char *name, const char *v)
 			parse_ulong(p, name, v, 1, 65536, &c->max_connections_per_uid);
 	} else {
 		perr(p, p->line, "unknown setting '%.64s' in [agent] (socket, max_connections, "
-		     "max_connections_per_uid, workers, line_timeout, idle_timeout)", name);
+		     "max_connections_per_uid, workers, sign_processes, line_timeout, idle_timeout)",
+		     name);
 	}
 }
 

@@ -51,6 +51,7 @@ typedef struct {
 	char *socket;             /* NULL: not set */
 	unsigned long max_connections, workers, line_timeout; /* 0: not set */
 	unsigned long idle_timeout, max_connections_per_uid;  /* 0: not set */
+	unsigned long sign_processes; /* 0: not set (sign in the agent) */
 	cfg_token *tokens;
 	size_t ntokens;
 	cfg_key *keys;

@@ -35,6 +35,9 @@
 #include <openssl/crypto.h>
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+/* argv[1] of a signing process (--sign-processes): the agent's own binary
+ * again, serving its parent on fd 3 (pkcs11/tok-proc.c) */
+#define SIGN_PROCESS_ARG "--internal-sign-process"
 #define MAX_ALLOW 16
 
 static bool use_syslog;
@@ -121,6 +124,9 @@ static void usage(FILE *f)
 	      "                        concurrent clients of one uid other than the agent's\n"
 	      "                        and root (default: a quarter of --max-connections)\n"
 	      "  --workers N           signing threads, 1 to 64 (default: 2 per CPU)\n"
+	      "  --sign-processes N    sign in N processes of the agent's own, 1 to 64, each\n"
+	      "                        with its own C_Initialize and login; a module crash\n"
+	      "                        fails one request (default 0: sign in the agent)\n"
 	      "  --line-timeout SEC    drop a client that leaves half a request line\n"
 	      "                        this long (default 10)\n"
 	      "  --idle-timeout SEC    close a connection that has nothing to read, sign or\n"
@@ -217,6 +223,7 @@ struct opts {
 	size_t max_conns;
 	size_t max_conns_per_uid; /* 0: the server's default */
 	unsigned workers;
+	unsigned sign_processes; /* 0: sign in this process */
 	unsigned line_timeout_ms;
 	unsigned idle_timeout_ms; /* 0: the server's default */
 	const char *audit;
@@ -251,6 +258,8 @@ static int agent_start(struct opts *o, int *ret_fd)
 			 .module_init_args = o->module_init_args,
 			 .module_allow = o->nallow ? o->allow : NULL, .uri = o->token,
 			 .pin_file = o->pin_file, .allow_unsafe_keys = o->allow_unsafe,
+			 .sign_processes = o->sign_processes, .sign_exe = "/proc/self/exe",
+			 .sign_arg = SIGN_PROCESS_ARG,
 			 .log = srv_logger, .tok_log = tok_logger };
 	int r;
 
@@ -313,6 +322,29 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* --sign-processes: the token's signing processes in its "status" entry */
+static int status_procs(tok_ctx *tok, json_t *t)
+{
+	tok_proc_stats ps;
+	json_t *pids, *o;
+
+	if (!tok_proc_stats_get(tok, &ps))
+		return 0;
+	if ((pids = json_array()) == NULL)
+		return err_nomem();
+	for (unsigned i = 0; i < ps.n; i++)
+		if (ps.pid[i] > 0 && json_array_append_new(pids, json_integer(ps.pid[i])) < 0) {
+			json_decref(pids);
+			return err_nomem();
+		}
+	o = json_pack("{s:I,s:I,s:I,s:I,s:o}", "count", (json_int_t)ps.n, "running",
+		      (json_int_t)ps.running, "restarts", (json_int_t)ps.restarts, "crashes",
+		      (json_int_t)ps.crashes, "pids", pids);
+	if (o == NULL || json_object_set_new(t, "sign_processes", o) < 0)
+		return err_nomem();
+	return 0;
+}
+
 /* The "status" op's numbers from the server and the token. */
 static int status_fill(void *ud, json_t *resp)
 {
@@ -355,7 +387,8 @@ static int status_fill(void *ud, json_t *resp)
 				      nsamp > 0 ? (double)sns / (double)nsamp / 1000.0 : 0.0,
 				      "module_cpu_samples", (json_int_t)nsamp, "module_cpu_sampled_ns",
 				      (json_int_t)sns);
-			if (t == NULL || json_array_append_new(toks, t) < 0) {
+			if (t == NULL || status_procs(status_tok, t) < 0 ||
+			    json_array_append_new(toks, t) < 0) {
 				json_decref(t);
 				reload_release(ref);
 				goto nomem;
@@ -555,6 +588,8 @@ static int apply_config(struct opts *o)
 		o->max_conns = o->cfg->max_connections;
 	if (o->workers == 0)
 		o->workers = (unsigned)o->cfg->workers;
+	if (o->sign_processes == 0)
+		o->sign_processes = (unsigned)o->cfg->sign_processes;
 	if (o->line_timeout_ms == 0)
 		o->line_timeout_ms = (unsigned)o->cfg->line_timeout * 1000;
 	if (o->idle_timeout_ms == 0)
@@ -579,6 +614,7 @@ int main(int argc, char **argv)
 		{ "allow-dpop", no_argument, NULL, 'D' },
 		{ "max-connections", required_argument, NULL, 'c' },
 		{ "workers", required_argument, NULL, 'w' },
+		{ "sign-processes", required_argument, NULL, 'S' },
 		{ "line-timeout", required_argument, NULL, 'L' },
 		{ "idle-timeout", required_argument, NULL, 'I' },
 		{ "max-connections-per-uid", required_argument, NULL, 'u' },
@@ -599,6 +635,8 @@ int main(int argc, char **argv)
 	int c, r, lfd = -1, pipefd[2] = { -1, -1 };
 	bool kill_mode = false;
 
+	if (argc == 2 && strcmp(argv[1], SIGN_PROCESS_ARG) == 0)
+		return tok_proc_serve(3);
 	harden();
 	unsigned long v;
 
@@ -636,6 +674,11 @@ int main(int argc, char **argv)
 			if (!parse_count("workers", optarg, 1, 64, &v))
 				return EXIT_USAGE;
 			o.workers = (unsigned)v;
+			break;
+		case 'S':
+			if (!parse_count("sign-processes", optarg, 1, 64, &v))
+				return EXIT_USAGE;
+			o.sign_processes = (unsigned)v;
 			break;
 		case 'L':
 			if (!parse_count("line-timeout", optarg, 1, 3600, &v))

@@ -159,6 +159,18 @@ static const tok_key *find_tok_key(tok_ctx *ctx, const cfg_key *k)
 	return NULL;
 }
 
+/* --sign-processes: the token's signatures are made by processes of its
+ * own (pkcs11/tok-proc.c) */
+static int start_procs(reload_ctx *r, const tok_config *tc, tok_ctx *ctx)
+{
+	tok_proc_config pc = { .n = r->c.sign_processes, .exe = r->c.sign_exe,
+			       .arg = r->c.sign_arg };
+
+	if (r->c.sign_processes == 0)
+		return 0;
+	return tok_proc_start(ctx, tc, &pc);
+}
+
 static int open_token(reload_ctx *r, const cfg_token *t, reload_tok **ret)
 {
 	const char *allow[33];
@@ -186,7 +198,8 @@ static int open_token(reload_ctx *r, const cfg_token *t, reload_tok **ret)
 	tc.allow_unsafe_keys = t->allow_unsafe_keys;
 	tc.allow_locked = true; /* no PIN: start locked, `p11jwt login` later */
 	tc.log = r->c.tok_log;
-	if ((e = tok_open(&tc, &rt->ctx)) < 0) {
+	if ((e = tok_open(&tc, &rt->ctx)) < 0 || (e = start_procs(r, &tc, rt->ctx)) < 0) {
+		tok_close(rt->ctx);
 		free(rt);
 		if (t != &r->cmdline)
 			return err_set(e, "[token %s]: %s", t->name, err_msg());
@@ -412,7 +425,8 @@ static bool settings_differ(const cfg_config *a, const cfg_config *b)
 	       (a->socket && strcmp(a->socket, b->socket) != 0) ||
 	       a->max_connections != b->max_connections || a->workers != b->workers ||
 	       a->line_timeout != b->line_timeout || a->idle_timeout != b->idle_timeout ||
-	       a->max_connections_per_uid != b->max_connections_per_uid;
+	       a->max_connections_per_uid != b->max_connections_per_uid ||
+	       a->sign_processes != b->sign_processes;
 }
 
 /* The names in a that b lacks (as a JSON array), for the answer and the

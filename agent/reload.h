@@ -31,6 +31,10 @@ typedef struct {
 	const char *uri;
 	const char *pin_file;
 	bool allow_unsafe_keys;
+	/* > 0: every token signs in this many processes of its own
+	 * (tok_proc_start), running sign_exe with argv[1] sign_arg */
+	unsigned sign_processes;
+	const char *sign_exe, *sign_arg;
 	p11j_log_fn log;     /* reload's own lines (ud NULL) */
 	p11j_log_fn tok_log; /* the token layer's (ud NULL) */
 } reload_config;
