@@ -45,6 +45,16 @@
  *                                      (sessions open through this module
  *                                      now, at most so far, and opens
  *                                      refused by max_sessions)
+ *   crash C_Sign [N] [segv|abort|kill] the next N calls (default 1; 0: every
+ *                                      call) crash the calling process: a
+ *                                      write through NULL (segv, the
+ *                                      default), abort() or SIGKILL. N
+ *                                      counts across every process that
+ *                                      loads the module, in the file
+ *                                      $P11JWT_FAULT_CTL.crashes (under
+ *                                      flock), so that "crash C_Sign 1"
+ *                                      takes exactly one of the agent's
+ *                                      signing processes down
  *
  * Counters start again when the file changes. Each wrapped call appends a
  * line to $P11JWT_FAULT_LOG ("C_Login 1 rv=0x0"), which tests count.
@@ -58,10 +68,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -108,6 +120,10 @@ static int max_sess_hidden;    /* not in C_GetTokenInfo */
 static unsigned long nsess;    /* sessions open through us */
 static unsigned long nsess_peak, nsess_refused;
 static char stats_path[256]; /* "": no session_stats */
+/* "crash FN [N] [MODE]" (under mu): crash_n 0 every call */
+static char crash_fn[40];
+static long crash_n;
+static char crash_mode[16];
 static struct timespec ctl_mtime;
 static off_t ctl_size = -1;
 /* sessions where a C_SignInit on an always_auth key awaits a context login:
@@ -332,12 +348,30 @@ static void ctl_reload(void)
 	max_sess = 0;
 	max_sess_hidden = 0;
 	stats_path[0] = '\0';
+	crash_fn[0] = '\0';
 	while (fgets(line, sizeof(line), f) != NULL) {
 		char a[64] = "", b[128] = "", c[64] = "";
 		long d = 0;
 		int k = sscanf(line, "%63s %127s %63s %ld", a, b, c, &d);
 
-		if (k >= 2 && strcmp(a, "removed") == 0) {
+		if (k >= 2 && strcmp(a, "crash") == 0) {
+			char n[32] = "", m[16] = "";
+			char *end = NULL;
+
+			snprintf(crash_fn, sizeof(crash_fn), "%s", b);
+			crash_n = 1;
+			snprintf(crash_mode, sizeof(crash_mode), "segv");
+			if (sscanf(line, "%*s %*s %31s %15s", n, m) >= 1) {
+				long v = strtol(n, &end, 10);
+
+				if (end != n && *end == '\0')
+					crash_n = v;
+				else
+					snprintf(m, sizeof(m), "%s", n);
+				if (m[0] != '\0')
+					snprintf(crash_mode, sizeof(crash_mode), "%s", m);
+			}
+		} else if (k >= 2 && strcmp(a, "removed") == 0) {
 			removed = strcmp(b, "on") == 0;
 		} else if (k >= 2 && strcmp(a, "pinpad") == 0) {
 			snprintf(pinpad_pin, sizeof(pinpad_pin), "%s", b);
@@ -377,6 +411,57 @@ static void ctl_reload(void)
 		pending_close = 1;
 }
 
+/* "crash": whether this call is one of the N, counted across processes in
+ * CTL.crashes ("SEC NSEC SIZE COUNT" of the control file's version, under
+ * flock); mu held. */
+static int crash_due(const char *fn)
+{
+	const char *path = getenv("P11JWT_FAULT_CTL");
+	char cpath[512], buf[128];
+	long long sec = -1, nsec = -1, size = -1, count = 0;
+	int fd, n, due;
+
+	if (crash_fn[0] == '\0' || strcmp(crash_fn, fn) != 0 || path == NULL)
+		return 0;
+	if (crash_n <= 0)
+		return 1;
+	snprintf(cpath, sizeof(cpath), "%s.crashes", path);
+	fd = open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return 0;
+	flock(fd, LOCK_EX);
+	n = (int)pread(fd, buf, sizeof(buf) - 1, 0);
+	buf[n > 0 ? n : 0] = '\0';
+	if (sscanf(buf, "%lld %lld %lld %lld", &sec, &nsec, &size, &count) != 4 ||
+	    sec != (long long)ctl_mtime.tv_sec || nsec != (long long)ctl_mtime.tv_nsec ||
+	    size != (long long)ctl_size)
+		count = 0;
+	due = count < crash_n;
+	if (due) {
+		n = snprintf(buf, sizeof(buf), "%lld %lld %lld %lld\n", (long long)ctl_mtime.tv_sec,
+		             (long long)ctl_mtime.tv_nsec, (long long)ctl_size, count + 1);
+		if (ftruncate(fd, 0) == 0)
+			(void)!pwrite(fd, buf, (size_t)n, 0);
+	}
+	close(fd); /* and the lock */
+	return due;
+}
+
+static void crash_now(const char *fn)
+{
+	char mode[16];
+
+	snprintf(mode, sizeof(mode), "%s", crash_mode);
+	flog("crash", (unsigned long)getpid(), 0);
+	(void)fn;
+	if (strcmp(mode, "abort") == 0)
+		abort();
+	if (strcmp(mode, "kill") == 0)
+		kill(getpid(), SIGKILL);
+	*(volatile int *)(uintptr_t)0 = 1; /* segv */
+	abort();
+}
+
 /* CKR_OK: go on to the real module. kind: 0 module-level (never "removed"),
  * 1 slot/token-level, 2 session-level. */
 static CK_RV pre(const char *fn, int kind)
@@ -387,6 +472,8 @@ static CK_RV pre(const char *fn, int kind)
 
 	pthread_mutex_lock(&mu);
 	ctl_reload();
+	if (crash_due(fn))
+		crash_now(fn);
 	if (removed && kind == 1)
 		rv = CKR_TOKEN_NOT_PRESENT;
 	else if (removed && kind == 2)
