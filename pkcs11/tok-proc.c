@@ -538,10 +538,13 @@ static int read_result(struct tok_procs *p, sp_slot *s, int timeout_ms, int64_t 
 /* One request and its answer on slot s (the caller owns it: BUSY, or
  * STARTING for the supervisor). On an I/O failure the slot is marked lost
  * and P11J_E_TOKEN_UNAVAILABLE returned with the process's end in the
- * message once it is known (when wait_reap). */
+ * message once it is known (when wait_reap). *ret_unsent (may be NULL):
+ * the request could not be sent, the process was gone before it. */
 static int exchange(struct tok_procs *p, sp_slot *s, fbuf *req, int timeout_ms, bool wait_reap,
-                    const char *doing, uint8_t *out, size_t *outlen, uint64_t *ret_state)
+                    const char *doing, uint8_t *out, size_t *outlen, uint64_t *ret_state,
+                    bool *ret_unsent)
 {
+	bool sent = false;
 	const uint8_t *data = NULL;
 	size_t len = 0;
 	int64_t code = 0;
@@ -551,7 +554,9 @@ static int exchange(struct tok_procs *p, sp_slot *s, fbuf *req, int timeout_ms, 
 
 	if (fb_end(req) < 0)
 		return P11J_E_REQUEST_TOO_LARGE;
-	if (send_all(s->fd, req->p, req->len) == 0 &&
+	if (ret_unsent != NULL)
+		*ret_unsent = false;
+	if ((sent = send_all(s->fd, req->p, req->len) == 0) &&
 	    read_result(p, s, timeout_ms, &code, &state, &data, &len) == 0) {
 		if (ret_state != NULL)
 			*ret_state = state;
@@ -575,6 +580,11 @@ static int exchange(struct tok_procs *p, sp_slot *s, fbuf *req, int timeout_ms, 
 	s->lost = true;
 	s->lost_ms = now_ms();
 	wake(p);
+	if (!sent && ret_unsent != NULL) {
+		*ret_unsent = true;
+		pthread_mutex_unlock(&p->mu);
+		return P11J_E_TOKEN_UNAVAILABLE;
+	}
 	if (wait_reap) {
 		struct timespec ts;
 
@@ -610,7 +620,7 @@ static int send_login(struct tok_procs *p, sp_slot *s, bool wait_reap)
 	fb_start(&b, FR_LOGIN);
 	fb_u64(&b, ctx->pinpad);
 	fb_bytes(&b, ctx->pinpad ? NULL : ctx->pin, ctx->pinpad ? 0 : ctx->pin_len);
-	r = exchange(p, s, &b, SP_START_MS, wait_reap, "logging in", NULL, NULL, NULL);
+	r = exchange(p, s, &b, SP_START_MS, wait_reap, "logging in", NULL, NULL, NULL, NULL);
 	fb_free(&b); /* wipes the PIN */
 	return r;
 }
@@ -810,30 +820,32 @@ static void give_slot(struct tok_procs *p, sp_slot *s)
 		wake(p);
 }
 
+static int sign_on(struct tok_procs *p, sp_slot *s, const tok_key *k, jwa_alg alg,
+                   const uint8_t *in, size_t inlen, uint8_t *sig, size_t *siglen,
+                   uint64_t *ret_state, bool *ret_unsent);
+
 int tok_proc_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in, size_t inlen,
                   uint8_t *sig, size_t *siglen, bool *ret_fault)
 {
 	struct tok_procs *p = ctx->procs;
 	sp_slot *s = NULL;
-	fbuf b = {0};
 	uint64_t state = 0;
-	char doing[200];
+	size_t cap = *siglen;
+	bool unsent = false;
 	int r;
 
 	*ret_fault = false;
-	if ((r = take_slot(p, &s)) < 0)
-		return r;
-	fb_start(&b, FR_SIGN);
-	fb_u64(&b, (uint64_t)alg);
-	fb_u64(&b, (uint64_t)k->kind);
-	fb_str(&b, k->name);
-	fb_bytes(&b, k->id != NULL ? k->id : (const uint8_t *)"", k->id_len);
-	fb_bytes(&b, in != NULL ? in : (const uint8_t *)"", inlen);
-	snprintf(doing, sizeof(doing), "signing %s with key '%s'", jwa_name(alg), k->name);
-	r = exchange(p, s, &b, -1, true, doing, sig, siglen, &state);
-	fb_free(&b);
-	if (r == 0)
-		s->signed_once = true;
+	/* a process found gone before it got the request (it died while
+	 * idle) costs the request nothing: the next one takes it */
+	for (unsigned tries = 0;; tries++) {
+		if ((r = take_slot(p, &s)) < 0)
+			return r;
+		r = sign_on(p, s, k, alg, in, inlen, sig, siglen, &state, &unsent);
+		if (r == 0 || !unsent || tries >= p->n)
+			break;
+		give_slot(p, s);
+		*siglen = cap;
+	}
 	/* the process answered that its token failed: this context's token
 	 * is the same one */
 	*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE && state == TOK_UNAVAILABLE && !s->lost;
@@ -841,6 +853,28 @@ int tok_proc_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in
 	if (r == 0 && *siglen != k->sig_len)
 		return err_set(P11J_E_PKCS11, "signing process answered %zu bytes for %s, expected %zu",
 		               *siglen, jwa_name(alg), k->sig_len);
+	return r;
+}
+
+static int sign_on(struct tok_procs *p, sp_slot *s, const tok_key *k, jwa_alg alg,
+                   const uint8_t *in, size_t inlen, uint8_t *sig, size_t *siglen,
+                   uint64_t *ret_state, bool *ret_unsent)
+{
+	fbuf b = {0};
+	char doing[200];
+	int r;
+
+	fb_start(&b, FR_SIGN);
+	fb_u64(&b, (uint64_t)alg);
+	fb_u64(&b, (uint64_t)k->kind);
+	fb_str(&b, k->name);
+	fb_bytes(&b, k->id != NULL ? k->id : (const uint8_t *)"", k->id_len);
+	fb_bytes(&b, in != NULL ? in : (const uint8_t *)"", inlen);
+	snprintf(doing, sizeof(doing), "signing %s with key '%s'", jwa_name(alg), k->name);
+	r = exchange(p, s, &b, -1, true, doing, sig, siglen, ret_state, ret_unsent);
+	fb_free(&b);
+	if (r == 0)
+		s->signed_once = true;
 	return r;
 }
 
@@ -867,7 +901,7 @@ static void each_idle(tok_ctx *ctx, uint32_t type, const char *doing)
 			r = send_login(p, s, false);
 		} else {
 			fb_start(&b, type);
-			r = exchange(p, s, &b, SP_START_MS, false, doing, NULL, NULL, NULL);
+			r = exchange(p, s, &b, SP_START_MS, false, doing, NULL, NULL, NULL, NULL);
 			fb_free(&b);
 		}
 		if (r < 0 && !s->lost) {

@@ -66,6 +66,13 @@ void tok_mark_unavailable(tok_ctx *ctx, const char *why)
 		        why, TOK_RECOVER_MS);
 }
 
+void tok_recover_later(tok_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->state_mu);
+	ctx->next_try_ms = now_ms() + TOK_RECOVER_MS;
+	pthread_mutex_unlock(&ctx->state_mu);
+}
+
 /* One attempt to get back to a logged-in token with usable handles; the
  * caller holds op_lock exclusively. Sets the state. */
 static int reopen_once(tok_ctx *ctx, bool *ret_absent)

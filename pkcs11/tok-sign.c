@@ -253,8 +253,12 @@ static int sign_routed(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_
 	if ((r = sign_begin(ctx, k)) < 0)
 		return r;
 	r = tok_proc_sign(ctx, k, alg, in, inlen, sig, siglen, &fault);
-	if (fault)
+	if (fault) {
+		/* the process has just tried a recovery of its own: the
+		 * back-off starts now here too */
 		tok_mark_unavailable(ctx, err_msg());
+		tok_recover_later(ctx);
+	}
 	pthread_rwlock_unlock(&ctx->op_lock);
 	return r;
 }
