@@ -48,7 +48,10 @@ int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, cha
 	     (r = jsonf_str(&b, ",\"gid\":")) < 0 || (r = jsonf_int(&b, peer->gid)) < 0 ||
 	     (r = jsonf_str(&b, ",\"pid\":")) < 0 || (r = jsonf_int(&b, peer->pid)) < 0))
 		goto out;
-	for (const char *const *m = audit_members; a->fields != NULL && *m != NULL; m++) {
+	if (a->text != NULL && (r = jsonf_raw(&b, a->text, a->text_len)) < 0)
+		goto out;
+	for (const char *const *m = audit_members; a->text == NULL && a->fields != NULL && *m != NULL;
+	     m++) {
 		json_t *v = json_object_get(a->fields, *m);
 		size_t mark = b.len;
 

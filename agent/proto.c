@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "agent/proto.h"
+#include "agent/proto-fast.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "jose/dpop.h"
@@ -650,6 +651,9 @@ void proto_audit_clear(proto_audit *a)
 		return;
 	json_decref(a->fields);
 	a->fields = NULL;
+	freezero_buf(a->text, a->text_len);
+	a->text = NULL;
+	a->text_len = 0;
 	a->result = 0;
 }
 
@@ -848,6 +852,14 @@ int proto_handle_ex(const proto_env *env, const proto_peer *peer, const char *li
 	if (len > PROTO_MAX_LINE) {
 		r = err_set(P11J_E_REQUEST_TOO_LARGE, "request line over %d bytes", PROTO_MAX_LINE);
 		goto error;
+	}
+	if (!forbidden) {
+		r = proto_fast_handle(env, peer, line, len, audit, ret_resp, ret_len);
+		if (r != PROTO_FAST_DECLINED) {
+			if (ref != NULL)
+				env->release(ref);
+			return r;
+		}
 	}
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (json_is_object(req))

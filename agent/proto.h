@@ -58,6 +58,9 @@ typedef struct {
 	/* "dpop" for keys without a policy of their own (kr_key.pol NULL):
 	 * the agent's --allow-dpop. Keys with a policy follow its dpop rule. */
 	bool dpop_default;
+	/* Every request on the Jansson path (agent/proto-fast.h), for tests
+	 * that compare the two. */
+	bool no_fast;
 } proto_env;
 
 /* What proto_handle_ex() tells the server about the request it answered:
@@ -70,10 +73,19 @@ typedef struct {
 			    iss, sub, aud, jti, exp (sign) or alg, jkt, htm,
 			    htu, jti, iat (dpop) as far as known; owned */
 	bool no_fields;  /* in: only the result is wanted (no audit trail) */
+	char *text;      /* instead of fields (the fast path, agent/proto-fast.h):
+			    the record's members as JSON text, ",\"op\":..."
+			    in audit_line()'s order; owned */
+	size_t text_len;
 } proto_audit;
 
 /* Drop a proto_audit's record (fine on a zeroed one). */
 void proto_audit_clear(proto_audit *a);
+/* Whether a holds a record for audit_line() (fields or text). */
+static inline bool proto_audit_has_record(const proto_audit *a)
+{
+	return a->fields != NULL || a->text != NULL;
+}
 
 /* Handle one request (line without its newline). *ret_resp is a malloc'ed
  * JSON line ending in "\n" (*ret_len bytes). Fails only when out of memory;

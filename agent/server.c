@@ -570,7 +570,7 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 			break;
 		}
 		pend[np] = (struct pend){ .resp = resp, .len = rlen, .result = aud.result };
-		if (aud.fields != NULL && s->cfg.audit != NULL) {
+		if (proto_audit_has_record(&aud) && s->cfg.audit != NULL) {
 			if (s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud, &al, &alen) == 0 &&
 			    util_secret_reserve(&w->abuf, &w->acap, w->alen, alen) == 0) {
 				memcpy(w->abuf + w->alen, al, alen);

@@ -46,6 +46,10 @@ int util_uuid4(char out[37]);
  * Not for keys. 0 or P11J_E_CRYPTO. */
 #define UTIL_RANDOM_MAX 64
 int util_random(uint8_t *out, size_t n);
+/* Tests that compare two runs byte for byte (tests/support/fastdiff.c) may
+ * replace the bytes util_random() and util_uuid4() give with fn's (NULL
+ * restores RAND_bytes), as util_set_clock() does the time. */
+void util_set_random(int (*fn)(uint8_t *out, size_t n));
 
 /* Hex of bytes into a fresh string (lowercase). */
 int util_hex(const uint8_t *in, size_t len, char **ret);

@@ -21,6 +21,12 @@ static _Thread_local struct {
 	unsigned gen;
 } uuid_pool = { .off = UUID_POOL };
 static _Atomic unsigned uuid_fork_gen;
+static int (*random_override)(uint8_t *out, size_t n);
+
+void util_set_random(int (*fn)(uint8_t *out, size_t n))
+{
+	random_override = fn;
+}
 static pthread_once_t uuid_once = PTHREAD_ONCE_INIT;
 
 static void uuid_on_fork(void)
@@ -40,6 +46,8 @@ int util_random(uint8_t *out, size_t n)
 	if (n > UTIL_RANDOM_MAX)
 		return err_set(P11J_E_INTERNAL, "util_random: %zu bytes asked, at most %d", n,
 			       UTIL_RANDOM_MAX);
+	if (random_override != NULL)
+		return random_override(out, n);
 	pthread_once(&uuid_once, uuid_register);
 	gen = uuid_fork_gen;
 	if (uuid_pool.gen != gen || uuid_pool.off + n > UUID_POOL) {

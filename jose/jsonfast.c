@@ -325,6 +325,25 @@ int jsonf_quote(jsonf_buf *b, const char *s, size_t n)
 	return r;
 }
 
+bool jsonf_utf8_valid(const char *s, size_t n)
+{
+	const uint8_t *u = (const uint8_t *)s;
+
+	for (size_t i = 0; i < n;) {
+		uint8_t c = jf_class[u[i]];
+		size_t k;
+
+		if (c == J_PLAIN || c == J_ESC) {
+			i++;
+			continue;
+		}
+		if ((k = jf_utf8_len(u + i, n - i)) == 0)
+			return false;
+		i += k;
+	}
+	return true;
+}
+
 void jsonf_free(jsonf_buf *b)
 {
 	freezero_buf(b->p, b->cap);

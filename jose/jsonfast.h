@@ -16,6 +16,7 @@
 #ifndef P11J_JSONFAST_H
 #define P11J_JSONFAST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <jansson.h>
@@ -57,6 +58,10 @@ int jsonf_int(jsonf_buf *b, int64_t v);
  * if s is not valid UTF-8 (Jansson refuses to print it too); b->len is
  * unchanged on failure. */
 int jsonf_quote(jsonf_buf *b, const char *s, size_t n);
+
+/* Whether n bytes of s are valid UTF-8 as Jansson takes it: what
+ * jsonf_quote() prints and json_string() accepts. */
+bool jsonf_utf8_valid(const char *s, size_t n);
 
 /* Wipe (OPENSSL_cleanse over cap) and free the buffer; the struct is zeroed. */
 void jsonf_free(jsonf_buf *b);

@@ -79,7 +79,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (rlen == 0 || resp[rlen - 1] != '\n' || memchr(resp, '\n', rlen - 1) != NULL)
 			abort();
 		/* and so is every audit line, which never holds a JWT */
-		if (aud.fields != NULL && audit_line(&aud, &peer, 1700000000000LL, &al, &alen) == 0 &&
+		if (proto_audit_has_record(&aud) &&
+		    audit_line(&aud, &peer, 1700000000000LL, &al, &alen) == 0 &&
 		    (alen == 0 || al[alen - 1] != '\n' || memchr(al, '\n', alen - 1) != NULL ||
 		     (strstr(resp, "\"jwt\":\"eyJ") != NULL && memmem(al, alen, "eyJ", 3) != NULL &&
 		      memmem(data, size, "eyJ", 3) == NULL)))

@@ -68,7 +68,7 @@ static char *handle(const proto_peer *peer, const char *line, json_t **ret_resp,
 	}
 	if (ret_result != NULL)
 		*ret_result = a.result;
-	if (a.fields != NULL) {
+	if (proto_audit_has_record(&a)) {
 		assert_int_equal(audit_line(&a, peer, NOW_MS, &al, &alen), 0);
 		assert_int_equal(strlen(al), alen);
 		assert_true(alen > 0 && al[alen - 1] == '\n');
