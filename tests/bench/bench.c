@@ -83,6 +83,7 @@ static struct {
 	double load;
 	int load_clients;
 	bool keep;
+	int sign_procs; /* --sign-processes N for the agent of every section */
 } O = {
     .agent = BENCH_BUILDDIR "/agent/p11jwt-agent",
     .cli = BENCH_BUILDDIR "/cli/p11jwt",
@@ -249,6 +250,33 @@ static uint64_t proc_cpu_ns(pid_t pid)
 		if (fscanf(fp, "%llu", &ns) == 1)
 			sum += ns;
 		fclose(fp);
+	}
+	closedir(d);
+	return sum;
+}
+
+/* CPU time of process pid and of its children (an agent's signing
+ * processes, --sign-processes), ns */
+static uint64_t proc_tree_cpu_ns(pid_t pid)
+{
+	uint64_t sum = proc_cpu_ns(pid);
+	DIR *d = opendir("/proc");
+	if (d == NULL)
+		return sum;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[300], buf[512], *p;
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+		FILE *fp = fopen(path, "r");
+		if (fp == NULL)
+			continue;
+		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+		fclose(fp);
+		buf[n] = 0;
+		/* pid (comm) state ppid ...: comm may hold spaces */
+		if ((p = strrchr(buf, ')')) != NULL && atoi(p + 4) == (int)pid)
+			sum += proc_cpu_ns((pid_t)atoi(e->d_name));
 	}
 	closedir(d);
 	return sum;
@@ -671,6 +699,7 @@ static proc_res time_proc(char *const argv[], const char *const *over)
 
 static pid_t agent_pid = -1;
 static char audit_dest[PATH_MAX + 16], audit_path[PATH_MAX];
+static int agent_sign_procs; /* agent_start(): --sign-processes, 0 none */
 
 static void agent_start(void)
 {
@@ -682,7 +711,14 @@ static void agent_start(void)
 	char *argv[] = {(char *)O.agent, "--foreground", "--print-env", "--module", (char *)O.module,
 	                "--token", "pkcs11:token=" TOKEN_LABEL, "--socket", sockpath, "--pin-file",
 	                pinfile, "--max-connections", "2048", "--audit", audit_dest, "--allow-dpop",
-	                NULL};
+	                NULL, NULL, NULL};
+	char nproc[16];
+	if (agent_sign_procs > 0) {
+		/* the agent's signatures made by its signing processes */
+		snprintf(nproc, sizeof(nproc), "%d", agent_sign_procs);
+		argv[sizeof(argv) / sizeof(argv[0]) - 3] = "--sign-processes";
+		argv[sizeof(argv) / sizeof(argv[0]) - 2] = nproc;
+	}
 	if (pipe(pfd) < 0)
 		die("pipe: %s", strerror(errno));
 	posix_spawn_file_actions_init(&fa);
@@ -1205,7 +1241,7 @@ static void clients_rep(const size_t *a, op_t op, const char *key, const char *a
 		uint64_t mns0 = 0, msamp0 = 0, mns1 = 0, msamp1 = 0;
 		if (a == NULL)
 			agent_module_cpu(&mns0, &msamp0);
-		uint64_t start = now_ns(), acpu0 = a != NULL ? 0 : proc_cpu_ns(agent_pid);
+		uint64_t start = now_ns(), acpu0 = a != NULL ? 0 : proc_tree_cpu_ns(agent_pid);
 		sleep_s(O.duration);
 		atomic_store(&stop_flag, true);
 		uint64_t stop = now_ns();
@@ -1222,7 +1258,7 @@ static void clients_rep(const size_t *a, op_t op, const char *key, const char *a
 		pthread_barrier_destroy(&barrier);
 		/* the agent's CPU over the run and its draining: the clients
 		 * have all their answers once joined */
-		double acpu = a != NULL ? 0 : (double)(proc_cpu_ns(agent_pid) - acpu0);
+		double acpu = a != NULL ? 0 : (double)(proc_tree_cpu_ns(agent_pid) - acpu0);
 		if (a == NULL)
 			agent_module_cpu(&mns1, &msamp1);
 		for (int i = 0; a != NULL && i < clients; i++) {
@@ -1258,6 +1294,198 @@ static res_t bench_agent(op_t op, const char *key, const char *alg, int clients,
 	for (int rep = 0; rep < O.reps; rep++)
 		bench_agent_rep(op, key, alg, clients, depth, &r);
 	return reps_result(&r);
+}
+
+/* ---- signing processes (issue 20) -------------------------------------- */
+
+/* p11jwt-bench --raw-child MODULE ALG_INDEX SECONDS: a process of its own
+ * (spawned, so nothing was initialised before), C_Initialize and C_Login,
+ * "R" on stdout when ready, signs from a byte on stdin for SECONDS with
+ * the raw loop, then "ops cpu_ns elapsed_ns". */
+static int raw_child(const char *module, size_t a, double secs)
+{
+	const char *p = getenv("P11JWT_BENCH_PIN");
+	uint8_t sig[512];
+	char go;
+	long ops = 0;
+
+	if (p == NULL || a >= NALGS)
+		return 2;
+	O.module = module;
+	snprintf(pin, sizeof(pin), "%s", p);
+	for (size_t i = 0; i < sizeof(input); i++) /* as main() */
+		input[i] = (uint8_t)("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		                     [(i * 7 + i / 13) % 64]);
+	input[110] = '.';
+	p11_open();
+	if (write(1, "R", 1) != 1 || read(0, &go, 1) != 1)
+		return 1;
+	uint64_t c0 = thread_cpu_ns(), t0 = now_ns(), end = t0 + (uint64_t)(secs * 1e9), t1;
+	while ((t1 = now_ns()) < end) {
+		CK_ULONG sl = sizeof(sig);
+		if (raw_sign(sess[0], a, sig, &sl) == CKR_OK)
+			ops++;
+	}
+	printf("%ld %llu %llu\n", ops, (unsigned long long)(thread_cpu_ns() - c0),
+	       (unsigned long long)(t1 - t0));
+	fflush(stdout);
+	p11_close();
+	return 0;
+}
+
+/* Raw C_SignInit + C_Sign in nproc processes of their own at once: the
+ * bound for any number of signing processes. */
+static void bench_raw_procs(size_t a, int nproc, reps_t *r)
+{
+	pid_t pid[8];
+	int in[8], out[8];
+	char ai[16], secs[32], buf[128];
+	long ops = 0;
+	double cpu = 0, el = 0;
+	lat_t none = {0};
+
+	snprintf(ai, sizeof(ai), "%zu", a);
+	snprintf(secs, sizeof(secs), "%.3f", O.duration);
+	char *argv[] = {"/proc/self/exe", "--raw-child", (char *)O.module, ai, secs, NULL};
+	for (int i = 0; i < nproc; i++) {
+		int pi[2], po[2];
+		posix_spawn_file_actions_t fa;
+		if (pipe(pi) < 0 || pipe(po) < 0)
+			die("pipe: %s", strerror(errno));
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_adddup2(&fa, pi[0], 0);
+		posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+		posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+		if (posix_spawn(&pid[i], argv[0], &fa, NULL, argv, environ) != 0)
+			die("cannot start a raw signing process");
+		posix_spawn_file_actions_destroy(&fa);
+		close(pi[0]);
+		close(po[1]);
+		in[i] = pi[1];
+		out[i] = po[0];
+		/* one after the other: SoftHSM processes that read the token's
+		 * files at the same moment have shown no token here */
+		if (read(out[i], buf, 1) != 1 || buf[0] != 'R')
+			die("a raw signing process did not start");
+	}
+	for (int i = 0; i < nproc; i++)
+		if (write(in[i], "g", 1) != 1)
+			die("a raw signing process went away");
+	for (int i = 0; i < nproc; i++) {
+		ssize_t n = read(out[i], buf, sizeof(buf) - 1);
+		long o = 0;
+		unsigned long long c = 0, e = 0;
+		buf[n > 0 ? n : 0] = 0;
+		if (sscanf(buf, "%ld %llu %llu", &o, &c, &e) != 3)
+			die("a raw signing process gave no result");
+		ops += o;
+		cpu += (double)c;
+		el = (double)e > el ? (double)e : el;
+		close(in[i]);
+		close(out[i]);
+		waitpid(pid[i], NULL, 0);
+	}
+	reps_add(r, (double)ops, el / 1e9, &none, cpu, 0);
+}
+
+/* A second agent, with --sign-processes 2, on its own socket; sp_swap()
+ * makes it the one the clients talk to (and back). */
+static char sp_sock[sizeof(sockpath)];
+static pid_t sp_pid = -1;
+
+static void sp_swap(void)
+{
+	char s[sizeof(sockpath)];
+	pid_t p = agent_pid;
+	memcpy(s, sockpath, sizeof(s));
+	memcpy(sockpath, sp_sock, sizeof(s));
+	memcpy(sp_sock, s, sizeof(s));
+	agent_pid = sp_pid;
+	sp_pid = p;
+}
+
+typedef struct {
+	res_t raw2, rawp2, inproc2, sp2, sp2_1, sp1_1, inproc1_1;
+	double ratio_sp, ratio_sp1, ratio_bound, ratio_inproc;
+	bool done;
+} sp_res;
+
+/* In the same repetitions, alternating: raw in 2 threads of one process,
+ * raw in 2 processes, the agent at 2 clients signing in process and with
+ * 2 signing processes (pipelined, and one at a time); and at 1 client one
+ * at a time, in process and through a signing process (the hop's cost). */
+static void bench_sign_procs(size_t a, sp_res *x)
+{
+	reps_t rr = {0}, rp = {0}, ri = {0}, rs = {0}, rs1 = {0}, rs11 = {0}, ri11 = {0};
+	double q[16], q1[16], qb[16], qi[16];
+	for (int rep = 0; rep < O.reps; rep++) {
+		bench_raw(a, 2, &rr);
+		bench_raw_procs(a, 2, &rp);
+		bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, 2, O.depth, &ri);
+		bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, 1, 1, &ri11);
+		sp_swap();
+		bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, 2, O.depth, &rs);
+		bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, 2, 1, &rs1);
+		bench_agent_rep(OP_SIGN, ALGS[a].key, ALGS[a].alg, 1, 1, &rs11);
+		sp_swap();
+		q[rep] = rr.rate[rep] > 0 ? rs.rate[rep] / rr.rate[rep] : 0;
+		q1[rep] = rr.rate[rep] > 0 ? rs1.rate[rep] / rr.rate[rep] : 0;
+		qb[rep] = rr.rate[rep] > 0 ? rp.rate[rep] / rr.rate[rep] : 0;
+		qi[rep] = rr.rate[rep] > 0 ? ri.rate[rep] / rr.rate[rep] : 0;
+	}
+	x->raw2 = reps_result(&rr);
+	x->rawp2 = reps_result(&rp);
+	x->inproc2 = reps_result(&ri);
+	x->sp2 = reps_result(&rs);
+	x->sp2_1 = reps_result(&rs1);
+	x->sp1_1 = reps_result(&rs11);
+	x->inproc1_1 = reps_result(&ri11);
+	x->ratio_sp = median(q, O.reps);
+	x->ratio_sp1 = median(q1, O.reps);
+	x->ratio_bound = median(qb, O.reps);
+	x->ratio_inproc = median(qi, O.reps);
+	x->done = true;
+	note("%s signing processes, 2 clients: raw 2 threads %.0f/s, raw 2 processes %.0f/s "
+	     "(%.3f of 2 threads: the bound); agent in process %.0f/s (%.3f), agent with 2 "
+	     "signing processes %.0f/s pipelined (%.3f of raw 2 threads), %.0f/s one at a time "
+	     "(%.3f); errors %ld",
+	     ALGS[a].alg, x->raw2.rate, x->rawp2.rate, x->ratio_bound, x->inproc2.rate,
+	     x->ratio_inproc, x->sp2.rate, x->ratio_sp, x->sp2_1.rate, x->ratio_sp1,
+	     x->sp2.errors + x->sp2_1.errors + x->sp1_1.errors);
+	note("%s signing processes: CPU us per signature (agent and its processes, pipelined "
+	     "2 clients) %.1f vs %.1f in process, raw 2 processes %.1f, raw 2 threads %.1f; "
+	     "1 client one at a time p50 %.1f us through a process vs %.1f in process (the hop "
+	     "%+.1f us), CPU %.1f vs %.1f us",
+	     ALGS[a].alg, x->sp2.cpu, x->inproc2.cpu, x->rawp2.cpu, x->raw2.cpu, x->sp1_1.p50,
+	     x->inproc1_1.p50, x->sp1_1.p50 - x->inproc1_1.p50, x->sp1_1.cpu, x->inproc1_1.cpu);
+}
+
+static void sp_agent_start(void)
+{
+	char main_sock[sizeof(sockpath)];
+	pid_t main_pid = agent_pid;
+	int was = agent_sign_procs;
+	memcpy(main_sock, sockpath, sizeof(main_sock));
+	if (snprintf(sockpath, sizeof(sockpath), "%s/agent-sp.sock", tmpdir) >= (int)sizeof(sockpath))
+		die("socket path too long");
+	agent_sign_procs = 2;
+	agent_start();
+	agent_sign_procs = was;
+	sp_pid = agent_pid;
+	memcpy(sp_sock, sockpath, sizeof(sp_sock));
+	memcpy(sockpath, main_sock, sizeof(main_sock));
+	agent_pid = main_pid;
+	note("agent with --sign-processes 2: pid %d, socket %s", (int)sp_pid, sp_sock);
+}
+
+static void sp_agent_stop(void)
+{
+	if (sp_pid <= 0)
+		return;
+	sp_swap();
+	agent_stop();
+	sp_swap();
+	sp_pid = -1;
 }
 
 typedef struct {
@@ -1412,6 +1640,7 @@ static bool make_rsa_only(char *conf, size_t conflen)
 
 static void cleanup(void)
 {
+	sp_agent_stop();
 	agent_stop();
 	if (tmpdir[0] && !O.keep)
 		rm_rf(tmpdir);
@@ -1449,7 +1678,10 @@ static void usage(int code)
 	        "  --load-clients N  with --load: N pipelined clients instead of 1\n"
 	        "  --load-op OP      with --load: sign (default) or dpop requests (ES256, EdDSA)\n"
 	        "  --audit DEST      the agent's --audit (default: file:TMPDIR/audit.log,\n"
-	        "                    one record per signature and proof, counted at the end)\n",
+	        "                    one record per signature and proof, counted at the end)\n"
+	        "  --sign-processes N  the agent of every section signs in N processes\n"
+	        "                    (p11jwt-agent --sign-processes; default: in the agent);\n"
+	        "                    the signing-processes section runs either way\n",
 	        O.agent, O.cli, O.module, O.mktoken);
 	exit(code);
 }
@@ -1465,6 +1697,7 @@ static target_t targets[80];
 #define AF_MIN_PIPELINED 0.97
 #define AF_MIN_ONE 0.95
 #define AGENT_OWN_CPU_MAX_US 3.0
+#define SP_MIN_RATIO 1.3 /* agent with signing processes / raw in process */
 static int ntargets;
 
 __attribute__((format(printf, 4, 5))) static void add_target(const char *name, bool pass,
@@ -1587,8 +1820,10 @@ int main(int argc, char **argv)
 	    {"json", 1, 0, 'j'},     {"markdown", 1, 0, 'M'}, {"keep", 0, 0, 'K'},
 	    {"quick", 1, 0, 'q'},    {"load", 1, 0, 'L'},     {"load-clients", 1, 0, 'N'},
 	    {"load-op", 1, 0, 'O'},  {"audit", 1, 0, 'A'},    {"help", 0, 0, 'h'},
-	    {0, 0, 0, 0}};
+	    {"sign-processes", 1, 0, 'S'}, {0, 0, 0, 0}};
 	int c;
+	if (argc == 5 && strcmp(argv[1], "--raw-child") == 0)
+		return raw_child(argv[2], (size_t)atoi(argv[3]), atof(argv[4]));
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'a': O.agent = optarg; break;
@@ -1608,13 +1843,14 @@ int main(int argc, char **argv)
 		case 'N': O.load_clients = atoi(optarg); break;
 		case 'O': O.load_op = optarg; break;
 		case 'A': O.audit = optarg; break;
+		case 'S': O.sign_procs = atoi(optarg); break;
 		case 'h': usage(0); break;
 		default: usage(2);
 		}
 	}
 	if (optind != argc || O.duration <= 0 || O.reps < 1 || O.reps > 16 || O.proc_runs < 1 ||
 	    O.depth < 1 || O.depth > 64 || O.idle_conns < 0 || O.load_clients < 1 ||
-	    O.load_clients > MAX_CLIENTS)
+	    O.load_clients > MAX_CLIENTS || O.sign_procs < 0 || O.sign_procs > 64)
 		usage(2);
 	if (O.quick != NULL) {
 		size_t a = 0;
@@ -1693,6 +1929,7 @@ int main(int argc, char **argv)
 	 * application would; it does nothing meanwhile */
 
 	/* 2. agent */
+	agent_sign_procs = O.sign_procs;
 	agent_start();
 	note("agent pid %d, socket %s", (int)agent_pid, sockpath);
 	mem_res mem = {0};
@@ -1818,6 +2055,14 @@ int main(int argc, char **argv)
 				     dpp[a][t - 1].errors, dcost_p[a][t - 1], dp1[a][t - 1].cpu,
 				     dpp[a][t - 1].cpu);
 		}
+	/* signing processes (issue 20): a second agent with --sign-processes 2
+	 * against raw in 2 threads and in 2 processes, same repetitions */
+	static sp_res spr[NALGS];
+	sp_agent_start();
+	for (size_t a = 0; a < NALGS; a++)
+		if (O.quick == NULL || strcmp(O.quick, ALGS[a].alg) == 0)
+			bench_sign_procs(a, &spr[a]);
+	sp_agent_stop();
 	if (O.quick != NULL) {
 		for (size_t a = 0; a < NALGS; a++) {
 			if (strcmp(O.quick, ALGS[a].alg) != 0)
@@ -1971,6 +2216,11 @@ int main(int argc, char **argv)
 				           sg->rate);
 			}
 	}
+	add_target("agent with 2 signing processes / raw in process (2 threads), ES256, 2 clients, "
+	           "pipelined",
+	           spr[2].ratio_sp >= SP_MIN_RATIO && spr[2].sp2.errors == 0, ">= 1.3",
+	           "%.3f (bound: raw 2 processes / 2 threads %.3f)", spr[2].ratio_sp,
+	           spr[2].ratio_bound);
 	add_target("agent p50 - raw p50, ES256, 1 client", ag[2][0].p50 <= raw[2][0].p50 + 30,
 	           "<= 30 us", "%.1f us (%.1f - %.1f; smallest socket signer %.1f us)",
 	           ag[2][0].p50 - raw[2][0].p50, ag[2][0].p50, raw[2][0].p50,
@@ -2088,6 +2338,29 @@ int main(int argc, char **argv)
 			        ALGS[a].alg, t + 1, raw[a][t].cpu, ag[a][t].cpu, agp[a][t].cpu,
 			        agp[a][t].module_cpu, agp[a][t].cpu - agp[a][t].module_cpu,
 			        agp[a][t].cpu - raw[a][t].cpu, agp[a][t].client_cpu, flp[a][t].cpu);
+	fprintf(m, "\n### Signing processes (`--sign-processes 2`), 2 clients\n\n"
+	           "A second agent whose signatures are made by 2 signing processes, in the "
+	           "same repetitions as raw C_SignInit + C_Sign in 2 threads of one process "
+	           "and in 2 processes of their own (spawned, each with its own C_Initialize "
+	           "and login: what any number of signing processes can reach), and the "
+	           "agent signing in process. Ratios are to raw in 2 threads (medians of the "
+	           "per-repetition ratios). CPU per signature counts the agent and its "
+	           "signing processes. The last columns are one client one at a time: p50 "
+	           "through a signing process and in process (the hop's cost).\n\n"
+	           "| alg | raw 2 threads /s | raw 2 processes /s (÷ 2 threads) | agent in "
+	           "process, pipelined /s (÷ raw) | agent, 2 signing processes, pipelined /s "
+	           "(÷ raw) | one at a time /s (÷ raw) | CPU µs per signature, processes / in "
+	           "process / raw 2 processes | 1 client p50 µs, processes / in process |\n"
+	           "|---|---:|---:|---:|---:|---:|---:|---:|\n");
+	for (size_t a = 0; a < NALGS; a++)
+		if (spr[a].done)
+			fprintf(m,
+			        "| %s | %.0f | %.0f (%.3f) | %.0f (%.3f) | %.0f (%.3f) | %.0f (%.3f) "
+			        "| %.1f / %.1f / %.1f | %.1f / %.1f |\n",
+			        ALGS[a].alg, spr[a].raw2.rate, spr[a].rawp2.rate, spr[a].ratio_bound,
+			        spr[a].inproc2.rate, spr[a].ratio_inproc, spr[a].sp2.rate, spr[a].ratio_sp,
+			        spr[a].sp2_1.rate, spr[a].ratio_sp1, spr[a].sp2.cpu, spr[a].inproc2.cpu,
+			        spr[a].rawp2.cpu, spr[a].sp1_1.p50, spr[a].inproc1_1.p50);
 	fprintf(m, "\n### Agent, ES256 (ec-p256), by concurrent clients\n\n");
 	fprintf(m, "| clients | mode | requests/s | p50 µs | p99 µs | errors |\n");
 	fprintf(m, "|---:|---|---:|---:|---:|---:|\n");
@@ -2221,6 +2494,24 @@ int main(int argc, char **argv)
 		              "p11jwt_token_cache_hit", proc_json(p_token), "token_cache_confirmed",
 		              token_cached));
 		json_object_set_new(j, "targets", jt);
+		json_t *jsp = json_array();
+		for (size_t a = 0; a < NALGS; a++)
+			if (spr[a].done)
+				json_array_append_new(
+				    jsp, json_pack("{s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:f,s:f,s:f,s:f}",
+				                   "alg", ALGS[a].alg, "processes", 2, "raw_2_threads",
+				                   res_json(spr[a].raw2), "raw_2_processes",
+				                   res_json(spr[a].rawp2), "agent_in_process_pipelined",
+				                   res_json(spr[a].inproc2), "agent_pipelined",
+				                   res_json(spr[a].sp2), "agent_one_at_a_time",
+				                   res_json(spr[a].sp2_1), "agent_1_client_one_at_a_time",
+				                   res_json(spr[a].sp1_1),
+				                   "agent_in_process_1_client_one_at_a_time",
+				                   res_json(spr[a].inproc1_1), "ratio_pipelined",
+				                   spr[a].ratio_sp, "ratio_one_at_a_time", spr[a].ratio_sp1,
+				                   "ratio_raw_processes", spr[a].ratio_bound,
+				                   "ratio_agent_in_process", spr[a].ratio_inproc));
+		json_object_set_new(j, "sign_processes", jsp);
 		json_object_set_new(j, "socket_round_trip_us", json_real(ipc_us));
 		json_object_set_new(j, "socket_round_trip_server_polling_us", json_real(ipc_poll_us));
 		json_object_set_new(j, "targets_passed", json_integer(npass));
