@@ -371,15 +371,25 @@ static bool fs_value(fscan *s, int depth, fval *ret, felems *el, fclaims *cl)
 	return ok;
 }
 
-static const struct {
-	const char *name;
-	unsigned bit;
-} fast_members[] = {
-    {"id", M_ID},   {"op", M_OP},         {"key", M_KEY},
-    {"alg", M_ALG}, {"claims", M_CLAIMS}, {"lifetime", M_LIFETIME},
-    {"htm", M_HTM}, {"htu", M_HTU},       {"nonce", M_NONCE},
-    {"ath", M_ATH},
-};
+/* The M_* bit of a request member's name, 0 for one the fast path does
+ * not take. */
+static unsigned fast_member(const fspan *k)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} members[] = {
+	    {"id", M_ID},   {"op", M_OP},         {"key", M_KEY},
+	    {"alg", M_ALG}, {"claims", M_CLAIMS}, {"lifetime", M_LIFETIME},
+	    {"htm", M_HTM}, {"htu", M_HTU},       {"nonce", M_NONCE},
+	    {"ath", M_ATH},
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(members); i++)
+		if (k->p[0] == members[i].name[0] && strcmp(k->p, members[i].name) == 0)
+			return members[i].bit;
+	return 0;
+}
 
 /* The request object. The id's compact text goes to idbuf, the claims'
  * to cbuf (ccap bytes: at least the line's length, which compact text
@@ -393,16 +403,12 @@ static bool fs_request(fscan *s, freq *q, char *idbuf, char *cbuf, size_t ccap)
 	fs_ws(s);
 	for (;;) {
 		fspan k;
-		unsigned bit = 0;
+		unsigned bit;
 		fval v;
 
 		if (s->p >= s->end || *s->p != '"' || !fs_string(s, &k))
 			return false;
-		for (size_t i = 0; i < ARRAY_SIZE(fast_members); i++)
-			if (strcmp(k.p, fast_members[i].name) == 0) {
-				bit = fast_members[i].bit;
-				break;
-			}
+		bit = fast_member(&k);
 		if (bit == 0 || (q->seen & bit))
 			return false; /* not ours, or twice */
 		q->seen |= bit;
@@ -1050,6 +1056,8 @@ int proto_fast_handle(const proto_env *env, const proto_peer *peer, const char *
 	}
 	memcpy(copy, line, len);
 	copy[len] = '\0';
+	if (ccap > len + FAST_CLAIMS_EXTRA)
+		ccap = len + FAST_CLAIMS_EXTRA; /* all that is ever written, and wiped */
 	memset(&q, 0, offsetof(freq, c.aud_el.e));
 	s = (fscan){.p = copy, .end = copy + len};
 	if (fs_request(&s, &q, idbuf, cbuf, ccap) && (q.seen & M_OP)) {
@@ -1062,7 +1070,8 @@ int proto_fast_handle(const proto_env *env, const proto_peer *peer, const char *
 	 * extra bytes */
 	util_wipe(copy, len);
 	util_wipe(cbuf, ccap);
-	util_wipe(idbuf, sizeof(idbuf));
+	if (q.seen & M_ID)
+		util_wipe(idbuf, sizeof(idbuf));
 	if (copy != lstack) {
 		free(copy);
 		free(cbuf);
