@@ -23,20 +23,54 @@
 static const char *const audit_members[] = {"op",  "key", "alg", "kid", "jkt", "htm", "htu",
                                             "iss", "sub", "aud", "jti", "iat", "exp", NULL};
 
+/* The record's time, "2026-11-23T10:11:12.345Z": the part up to the
+ * seconds is made once per second and thread (gmtime_r and snprintf cost
+ * more than the rest of a record). */
+static int audit_stamp(int64_t now_ms, char *stamp, size_t len)
+{
+	static _Thread_local time_t last = (time_t)-1;
+	static _Thread_local char head[48];
+	static _Thread_local bool have;
+	time_t secs = (time_t)(now_ms / 1000);
+	int ms = (int)(now_ms % 1000);
+
+	if (!have || secs != last) {
+		struct tm tm;
+
+		have = false;
+		if (gmtime_r(&secs, &tm) == NULL)
+			return err_set(P11J_E_INTERNAL, "time out of range");
+		snprintf(head, sizeof(head), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+		         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		last = secs;
+		have = true;
+	}
+	if (ms >= 0 && strlen(head) + 6 < len) {
+		size_t n = strlen(head);
+
+		memcpy(stamp, head, n);
+		stamp[n] = '.';
+		stamp[n + 1] = (char)('0' + ms / 100);
+		stamp[n + 2] = (char)('0' + ms / 10 % 10);
+		stamp[n + 3] = (char)('0' + ms % 10);
+		stamp[n + 4] = 'Z';
+		stamp[n + 5] = '\0';
+	} else {
+		snprintf(stamp, len, "%s.%03dZ", head, ms);
+	}
+	return 0;
+}
+
 int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
                size_t *ret_len)
 {
-	time_t secs = (time_t)(now_ms / 1000);
 	char stamp[64];
-	struct tm tm;
 	jsonf_buf b = { 0 };
 	char *line;
 	int r;
 
-	if (gmtime_r(&secs, &tm) == NULL)
-		return err_set(P11J_E_INTERNAL, "time out of range");
-	snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now_ms % 1000));
+	if ((r = audit_stamp(now_ms, stamp, sizeof(stamp))) < 0)
+		return r;
 	/* written straight out (one JSON object per line): time, the peer,
 	 * only the listed members, whatever else a record might carry (and
 	 * never a JWT or a PIN) stays out of the trail, then the result */
