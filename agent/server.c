@@ -269,12 +269,6 @@ static bool loglimit_pass(struct loglimit *l, uint64_t now, uint64_t *ret_missed
 
 /* A worker's own buffers: socket reads while draining, and the audit
  * records of the requests it is answering, written in one go (wbuf). */
-struct wctx {
-	char *scratch;
-	char *abuf;
-	size_t alen, acap;
-};
-
 /* Answers held until the audit records of their requests are written. */
 #define PEND_MAX 16
 struct pend {
@@ -282,6 +276,17 @@ struct pend {
 	size_t len;
 	int result;
 	bool audited_ok; /* a successful audited request: refused if its record is lost */
+};
+
+struct wctx {
+	char *scratch;
+	char *abuf;
+	size_t alen, acap;
+	/* the turn's answers not yet committed (conn_commit): held until
+	 * they are sent, so that the last answer of a batch and the next
+	 * batch's answers share one audit write */
+	struct pend pend[PEND_MAX];
+	int np;
 };
 
 enum { KICK_NONE, KICK_LINE, KICK_HARD };
@@ -538,8 +543,9 @@ static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, i
 static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now, int budget)
 {
 	size_t off = 0; /* served bytes at the front of c->in, already wiped */
-	int r = 0, served = 0, np = 0;
-	struct pend pend[PEND_MAX];
+	int r = 0, served = 0;
+	struct pend *pend = w->pend;
+	int np = w->np;
 
 	while (served < budget && c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
@@ -552,6 +558,11 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 			srv_log(s, LOG_WARNING, "uid %u pid %d: request line too large, closed",
 				(unsigned)c->peer.uid, (int)c->peer.pid);
 			count_error(s, P11J_E_REQUEST_TOO_LARGE);
+			/* the answers before it go first, with their records */
+			r = np > 0 ? conn_commit(s, c, w, pend, &np) : 0;
+			w->np = 0;
+			if (r < 0)
+				return r;
 			return conn_fatal(c, P11J_E_REQUEST_TOO_LARGE,
 					  "request line over 65536 bytes; closing");
 		}
@@ -600,8 +611,8 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 		if (np == PEND_MAX && (r = conn_commit(s, c, w, pend, &np)) < 0)
 			break;
 	}
-	if (np > 0 && conn_commit(s, c, w, pend, &np) < 0)
-		r = -1;
+	/* the rest is committed when it is sent (conn_turn) */
+	w->np = np;
 	c->in_len = srv_frame_compact(c->in, c->in_len, off); /* the rest, to the front once */
 	if (r < 0)
 		return r;
@@ -720,7 +731,7 @@ again:
 			break;
 		now = now_ms();
 	}
-	if (conn_flush(c, now) < 0)
+	if ((w->np > 0 && conn_commit(s, c, w, w->pend, &w->np) < 0) || conn_flush(c, now) < 0)
 		goto close;
 	if (c->state == C_DRAIN && c->out_len == 0 && !c->wr_shut) {
 		shutdown(c->fd, SHUT_WR);
@@ -748,6 +759,10 @@ again:
 	conn_rearm(s, c);
 	return;
 close:
+	/* answers signed in this turn: their records are written, though
+	 * nobody will read the answers */
+	if (w->np > 0)
+		conn_commit(s, c, w, w->pend, &w->np);
 	conn_close(s, c);
 }
 
