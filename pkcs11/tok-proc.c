@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
@@ -56,6 +57,8 @@ extern char **environ;
 #define SP_BACKOFF_MAX_MS 10000
 #define SP_STEADY_MS 10000      /* lived this long (or signed): the streak ends */
 #define SP_REAP_WAIT_MS 2000    /* a lost process not gone by then is killed */
+#define SP_SPIN_PARENT_US 0
+#define SP_SPIN_WORKER_US 0
 
 enum { FR_INIT = 1, FR_RESULT, FR_SIGN, FR_LOGIN, FR_LOCK, FR_RECOVER, FR_LOG };
 
@@ -255,11 +258,23 @@ static void rx_wipe_used(rx *x)
 	}
 }
 
-/* The next frame, waiting up to timeout_ms (-1: for ever). 0, or -1 with
+static uint64_t spin_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* The next frame, waiting up to timeout_ms (-1: for ever); for the first
+ * spin_us it looks at the socket without sleeping (yielding the CPU
+ * between looks), since being woken costs both sides here. 0, or -1 with
  * errno: 0 the peer closed, ETIMEDOUT, EPROTO a bad frame. The frame
  * points into x until the next call. */
-static int rx_frame(rx *x, int fd, int timeout_ms, frame *ret)
+static int rx_frame_spin(rx *x, int fd, int timeout_ms, unsigned spin_us, frame *ret)
 {
+	uint64_t spin_end = spin_us > 0 ? spin_now_us() + spin_us : 0;
+
 	rx_wipe_used(x);
 	for (;;) {
 		uint32_t h[2];
@@ -286,6 +301,23 @@ static int rx_frame(rx *x, int fd, int timeout_ms, frame *ret)
 			errno = ENOMEM;
 			return -1;
 		}
+		if (spin_end != 0) {
+			n = recv(fd, x->in.p + x->in.len, x->in.cap - x->in.len, MSG_DONTWAIT);
+			if (n > 0) {
+				x->in.len += (size_t)n;
+				continue;
+			}
+			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+				if (n == 0)
+					errno = 0;
+				return -1;
+			}
+			if (spin_now_us() < spin_end) {
+				sched_yield();
+				continue;
+			}
+			spin_end = 0;
+		}
 		if (timeout_ms >= 0) {
 			struct pollfd pf = {.fd = fd, .events = POLLIN};
 			int pr = poll(&pf, 1, timeout_ms);
@@ -307,6 +339,28 @@ static int rx_frame(rx *x, int fd, int timeout_ms, frame *ret)
 		x->in.len += (size_t)n;
 	}
 }
+
+static int rx_frame(rx *x, int fd, int timeout_ms, frame *ret)
+{
+	return rx_frame_spin(x, fd, timeout_ms, 0, ret);
+}
+
+/* How long the agent's signing thread looks for the answer, and a
+ * signing process for its next request, before sleeping (µs). */
+static unsigned sp_spin_parent = SP_SPIN_PARENT_US, sp_spin_worker = SP_SPIN_WORKER_US;
+#ifdef P11JWT_SP_SPIN_ENV
+static void spin_env(void)
+{
+	const char *e = getenv("P11JWT_SP_SPIN"); /* benchmark builds only */
+
+	if (e != NULL)
+		sscanf(e, "%u,%u", &sp_spin_parent, &sp_spin_worker);
+}
+#else
+static void spin_env(void)
+{
+}
+#endif
 
 static uint64_t now_ms(void)
 {
@@ -336,6 +390,7 @@ typedef struct {
 	uint64_t started_ms, lost_ms;
 	bool signed_once;
 	bool was_ready; /* it served: its death is a crash */
+	uint64_t st_sig, st_samp, st_ns; /* its tok_sign_stats() last seen */
 } sp_slot;
 
 struct tok_procs {
@@ -472,6 +527,7 @@ static int spawn_one(struct tok_procs *p, sp_slot *s)
 	s->pidfd = pidfd_open(pid, 0);
 	s->started_ms = now_ms();
 	s->signed_once = s->lost = s->reaped = s->was_ready = false;
+	s->st_sig = s->st_samp = s->st_ns = 0;
 	s->x.used = 0;
 	if (s->pidfd < 0) {
 		kill(pid, SIGKILL);
@@ -507,13 +563,36 @@ static void log_line(struct tok_procs *p, const sp_slot *s, frame *f)
 /* The answer to the request just sent: code and data (a signature, or the
  * error's message); log lines before it are logged. -1 with errno when
  * the connection failed. */
+/* A RESULT's optional tail: the process's tok_sign_stats() so far, added
+ * to the agent's context as they grow, so that "status" counts the
+ * signatures and the module's CPU made in the processes. */
+static void stats_add(struct tok_procs *p, sp_slot *s, frame *f)
+{
+	uint64_t v[3];
+
+	if (fr_u64(f, &v[0]) < 0 || fr_u64(f, &v[1]) < 0 || fr_u64(f, &v[2]) < 0)
+		return;
+	if (v[0] >= s->st_sig && v[1] >= s->st_samp && v[2] >= s->st_ns) {
+		atomic_fetch_add_explicit(&p->ctx->signatures, v[0] - s->st_sig,
+		                          memory_order_relaxed);
+		atomic_fetch_add_explicit(&p->ctx->cpu_samples, v[1] - s->st_samp,
+		                          memory_order_relaxed);
+		atomic_fetch_add_explicit(&p->ctx->cpu_sampled_ns, v[2] - s->st_ns,
+		                          memory_order_relaxed);
+	}
+	s->st_sig = v[0];
+	s->st_samp = v[1];
+	s->st_ns = v[2];
+}
+
 static int read_result(struct tok_procs *p, sp_slot *s, int timeout_ms, int64_t *ret_code,
                        uint64_t *ret_state, const uint8_t **ret_data, size_t *ret_len)
 {
 	frame f;
 
 	for (;;) {
-		if (rx_frame(&s->x, s->fd, timeout_ms, &f) < 0)
+		if (rx_frame_spin(&s->x, s->fd, timeout_ms, timeout_ms < 0 ? sp_spin_parent : 0, &f) <
+		    0)
 			return -1;
 		if (f.type == FR_LOG) {
 			log_line(p, s, &f);
@@ -531,6 +610,7 @@ static int read_result(struct tok_procs *p, sp_slot *s, int timeout_ms, int64_t 
 			return -1;
 		}
 		*ret_code = (int64_t)code;
+		stats_add(p, s, &f);
 		return 0;
 	}
 }
@@ -1000,6 +1080,7 @@ int tok_proc_start(tok_ctx *ctx, const tok_config *cfg, const tok_proc_config *p
 		return err_set(P11J_E_BAD_REQUEST, "tok_proc_start: bad arguments");
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return err_nomem();
+	spin_env();
 	p->ctx = ctx;
 	p->n = pc->n;
 	p->evfd = -1;
@@ -1184,6 +1265,14 @@ static int sv_result(sv_ctx *sv, tok_ctx *ctx, int code, const void *data, size_
 	fb_u64(b, (uint64_t)(int64_t)code);
 	fb_u64(b, ctx != NULL ? (uint64_t)tok_get_state(ctx) : TOK_UNAVAILABLE);
 	fb_bytes(b, data != NULL ? data : "", len);
+	if (ctx != NULL) {
+		uint64_t nsig, nsamp, ns;
+
+		tok_sign_stats(ctx, &nsig, &nsamp, &ns);
+		fb_u64(b, nsig);
+		fb_u64(b, nsamp);
+		fb_u64(b, ns);
+	}
 	r = fb_end(b);
 	if (r == 0)
 		r = send_all(sv->fd, b->p, b->len);
@@ -1287,6 +1376,7 @@ int tok_proc_serve(int fd)
 	frame f;
 	int r = 1;
 
+	spin_env();
 	/* like the agent: no core file, no ptrace by our uid (the PIN) */
 	prctl(PR_SET_DUMPABLE, 0);
 	setrlimit(RLIMIT_CORE, &rl);
@@ -1299,7 +1389,7 @@ int tok_proc_serve(int fd)
 		uint64_t pinpad;
 		int e;
 
-		if (rx_frame(&x, fd, -1, &f) < 0) {
+		if (rx_frame_spin(&x, fd, -1, sp_spin_worker, &f) < 0) {
 			r = errno == 0 ? 0 : 1; /* the agent closed: done */
 			break;
 		}

@@ -216,6 +216,9 @@ def basics(a, sock, fault, pin):
              fault.count('C_Sign ') == before + 1,
              f'{alg} with {key} through a signing process: PyJWT verifies it', r)
     c.close()
+    st = status(sock)['tokens'][0]
+    t.ok(st.get('signatures', 0) >= 6 and st.get('module_cpu_samples', -1) >= 0,
+         'status counts the signatures made in the processes', st)
     # the JWKS the agent publishes comes from its own context; the OpenSSL
     # command line checks signatures of the processes against it
     for key, alg in (('ec-p256', 'ES256'), ('rsa-2048', 'RS256'), ('rsa-2048', 'PS256')):
