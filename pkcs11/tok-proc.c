@@ -51,12 +51,12 @@ extern char **environ;
 
 #define SP_FRAME_MAX (256 * 1024) /* a signing input is under 64 KiB * 4/3 */
 #define SP_NULL UINT32_MAX
-#define SP_FD 3                 /* the socket's number in the process */
-#define SP_START_MS 30000       /* C_Initialize + C_Login + the key list */
-#define SP_BACKOFF_MIN_MS 100   /* after a process died: 100, 200, 400 ... */
+#define SP_FD 3               /* the socket's number in the process */
+#define SP_START_MS 30000     /* C_Initialize + C_Login + the key list */
+#define SP_BACKOFF_MIN_MS 100 /* after a process died: 100, 200, 400 ... */
 #define SP_BACKOFF_MAX_MS 10000
-#define SP_STEADY_MS 10000      /* lived this long (or signed): the streak ends */
-#define SP_REAP_WAIT_MS 2000    /* a lost process not gone by then is killed */
+#define SP_STEADY_MS 10000   /* lived this long (or signed): the streak ends */
+#define SP_REAP_WAIT_MS 2000 /* a lost process not gone by then is killed */
 #define SP_SPIN_PARENT_US 0
 #define SP_SPIN_WORKER_US 0
 
@@ -384,12 +384,12 @@ typedef struct {
 	pid_t pid;
 	int fd, pidfd;
 	rx x;
-	bool lost;        /* a signing thread saw the socket fail */
-	bool reaped;      /* the exit below is known */
+	bool lost;                /* a signing thread saw the socket fail */
+	bool reaped;              /* the exit below is known */
 	int end_code, end_status; /* waitid(): CLD_KILLED / CLD_DUMPED / CLD_EXITED */
 	uint64_t started_ms, lost_ms;
 	bool signed_once;
-	bool was_ready; /* it served: its death is a crash */
+	bool was_ready;                  /* it served: its death is a crash */
 	uint64_t st_sig, st_samp, st_ns; /* its tok_sign_stats() last seen */
 } sp_slot;
 
@@ -406,11 +406,12 @@ struct tok_procs {
 	pthread_mutex_t mu; /* everything below */
 	pthread_cond_t cv;  /* a slot became idle, or a lost one was reaped */
 	sp_slot sp[TOK_PROC_MAX];
-	bool stopping;
+	bool stopping;          /* no more starts; the processes are asked to end */
+	bool quit;              /* the supervisor returns */
 	unsigned streak;        /* processes that died young in a row */
 	uint64_t next_start_ms; /* no start before */
 	uint64_t restarts, crashes, starts;
-	char last_death[700];   /* for requests refused meanwhile */
+	char last_death[700]; /* for requests refused meanwhile */
 
 	int evfd; /* wakes the supervisor */
 	pthread_t thr;
@@ -434,7 +435,8 @@ static void death_text(const sp_slot *s, char *buf, size_t len)
 	else
 		snprintf(buf, len, "was killed by signal %d (SIG%s, %s)%s", s->end_status,
 		         sigabbrev_np(s->end_status) ? sigabbrev_np(s->end_status) : "?",
-		         strsignal(s->end_status), s->end_code == CLD_DUMPED ? ", core dumped" : "");
+		         strsignal(s->end_status),
+		         s->end_code == CLD_DUMPED ? ", core dumped" : "");
 }
 
 static unsigned backoff_ms(unsigned streak)
@@ -475,8 +477,8 @@ static void slot_dead(struct tok_procs *p, sp_slot *s)
 		snprintf(p->last_death, sizeof(p->last_death), "signing process %d %s", (int)s->pid,
 		         what);
 		tok_log(p->ctx, TOK_LOG_WARNING,
-		        "signing process %d for token '%s' %s%s; starting another in %u ms", (int)s->pid,
-		        p->ctx->label, what, s->lost ? " while signing" : "", ms);
+		        "signing process %d for token '%s' %s%s; starting another in %u ms",
+		        (int)s->pid, p->ctx->label, what, s->lost ? " while signing" : "", ms);
 	}
 	pthread_cond_broadcast(&p->cv);
 }
@@ -493,7 +495,8 @@ static int spawn_one(struct tok_procs *p, sp_slot *s)
 	fbuf b = {0};
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return err_set(P11J_E_SYSTEM, "socketpair for a signing process: %s", strerror(errno));
+		return err_set(P11J_E_SYSTEM, "socketpair for a signing process: %s",
+		               strerror(errno));
 	/* dup2() onto SP_FD in the child must change the descriptor, so that
 	 * its close-on-exec flag is cleared */
 	keep = fcntl(sv[1], F_DUPFD_CLOEXEC, SP_FD + 1);
@@ -591,8 +594,8 @@ static int read_result(struct tok_procs *p, sp_slot *s, int timeout_ms, int64_t 
 	frame f;
 
 	for (;;) {
-		if (rx_frame_spin(&s->x, s->fd, timeout_ms, timeout_ms < 0 ? sp_spin_parent : 0, &f) <
-		    0)
+		if (rx_frame_spin(&s->x, s->fd, timeout_ms, timeout_ms < 0 ? sp_spin_parent : 0,
+		                  &f) < 0)
 			return -1;
 		if (f.type == FR_LOG) {
 			log_line(p, s, &f);
@@ -644,8 +647,8 @@ static int exchange(struct tok_procs *p, sp_slot *s, fbuf *req, int timeout_ms, 
 			if (out != NULL) {
 				if (len > *outlen)
 					return err_set(P11J_E_PKCS11,
-					               "signing process %d answered %zu bytes", (int)s->pid,
-					               len);
+					               "signing process %d answered %zu bytes",
+					               (int)s->pid, len);
 				memcpy(out, data, len);
 				*outlen = len;
 			}
@@ -746,6 +749,8 @@ static void start_slot(struct tok_procs *p, unsigned i)
 	if (r == 0) {
 		s->st = SP_IDLE;
 		s->was_ready = true;
+		if (p->stopping) /* tok_proc_stop() came meanwhile */
+			shutdown(s->fd, SHUT_RDWR);
 		pthread_cond_broadcast(&p->cv);
 		pthread_mutex_unlock(&p->mu);
 		pthread_rwlock_unlock(&p->ctx->op_lock);
@@ -760,8 +765,8 @@ static void start_slot(struct tok_procs *p, unsigned i)
 		s->st = SP_LOST;
 		s->lost = true;
 		s->lost_ms = now_ms();
-		snprintf(p->last_death, sizeof(p->last_death), "signing process %d did not start: %s",
-		         (int)s->pid, msg);
+		snprintf(p->last_death, sizeof(p->last_death),
+		         "signing process %d did not start: %s", (int)s->pid, msg);
 	} else {
 		s->st = SP_DEAD;
 		p->streak++;
@@ -799,7 +804,7 @@ static void *supervisor(void *arg)
 	sp_slot *who[TOK_PROC_MAX + 1];
 
 	pthread_mutex_lock(&p->mu);
-	while (!p->stopping) {
+	while (!p->quit) {
 		uint64_t now = now_ms();
 		int timeout = -1, npf = 1;
 		unsigned i;
@@ -807,7 +812,7 @@ static void *supervisor(void *arg)
 		for (i = 0; i < p->n; i++) {
 			sp_slot *s = &p->sp[i];
 
-			if (s->st == SP_DEAD && now >= p->next_start_ms) {
+			if (s->st == SP_DEAD && now >= p->next_start_ms && !p->stopping) {
 				pthread_mutex_unlock(&p->mu);
 				start_slot(p, i);
 				pthread_mutex_lock(&p->mu);
@@ -872,11 +877,12 @@ static int take_slot(struct tok_procs *p, sp_slot **ret)
 		}
 		if (!alive || p->stopping) {
 			uint64_t now = now_ms(), at = p->next_start_ms;
-			int r = err_set(P11J_E_TOKEN_UNAVAILABLE,
-			                "no signing process for token '%s' is running (%s); the next "
-			                "starts in %llu ms",
-			                p->ctx->label, p->last_death[0] ? p->last_death : "starting",
-			                (unsigned long long)(at > now ? at - now : 0));
+			int r =
+			    err_set(P11J_E_TOKEN_UNAVAILABLE,
+			            "no signing process for token '%s' is running (%s); the next "
+			            "starts in %llu ms",
+			            p->ctx->label, p->last_death[0] ? p->last_death : "starting",
+			            (unsigned long long)(at > now ? at - now : 0));
 
 			pthread_mutex_unlock(&p->mu);
 			return r;
@@ -931,8 +937,9 @@ int tok_proc_sign(tok_ctx *ctx, const tok_key *k, jwa_alg alg, const uint8_t *in
 	*ret_fault = r == P11J_E_TOKEN_UNAVAILABLE && state == TOK_UNAVAILABLE && !s->lost;
 	give_slot(p, s);
 	if (r == 0 && *siglen != k->sig_len)
-		return err_set(P11J_E_PKCS11, "signing process answered %zu bytes for %s, expected %zu",
-		               *siglen, jwa_name(alg), k->sig_len);
+		return err_set(P11J_E_PKCS11,
+		               "signing process answered %zu bytes for %s, expected %zu", *siglen,
+		               jwa_name(alg), k->sig_len);
 	return r;
 }
 
@@ -985,9 +992,10 @@ static void each_idle(tok_ctx *ctx, uint32_t type, const char *doing)
 			fb_free(&b);
 		}
 		if (r < 0 && !s->lost) {
-			tok_log(ctx, TOK_LOG_WARNING,
-			        "signing process %d for token '%s' failed %s (%s); starting another",
-			        (int)s->pid, ctx->label, doing, err_msg());
+			tok_log(
+			    ctx, TOK_LOG_WARNING,
+			    "signing process %d for token '%s' failed %s (%s); starting another",
+			    (int)s->pid, ctx->label, doing, err_msg());
 			pthread_mutex_lock(&p->mu);
 			s->lost = true;
 			s->lost_ms = now_ms();
@@ -1058,8 +1066,9 @@ static void procs_free(struct tok_procs *p)
  * what the service manager meant for the agent alone. */
 static bool env_keep(const char *e)
 {
-	static const char *const drop[] = {"P11JWT_PIN=", "CREDENTIALS_DIRECTORY=", "NOTIFY_SOCKET=",
-	                                   "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES="};
+	static const char *const drop[] = {
+	    "P11JWT_PIN=", "CREDENTIALS_DIRECTORY=", "NOTIFY_SOCKET=", "LISTEN_FDS=",
+	    "LISTEN_PID=", "LISTEN_FDNAMES="};
 
 	for (size_t i = 0; i < ARRAY_SIZE(drop); i++)
 		if (strncmp(e, drop[i], strlen(drop[i])) == 0)
@@ -1138,8 +1147,8 @@ int tok_proc_start(tok_ctx *ctx, const tok_config *cfg, const tok_proc_config *p
 			break;
 		if (p->last_death[0] != '\0' || now_ms() > deadline) {
 			r = err_set(P11J_E_TOKEN_UNAVAILABLE,
-			            "the signing processes for token '%s' do not start: %s", ctx->label,
-			            p->last_death[0] ? p->last_death : "timed out");
+			            "the signing processes for token '%s' do not start: %s",
+			            ctx->label, p->last_death[0] ? p->last_death : "timed out");
 			break;
 		}
 		struct timespec ts;
@@ -1171,40 +1180,46 @@ void tok_proc_stop(tok_ctx *ctx)
 
 	if (p == NULL)
 		return;
+	/* No signature is in flight (tok_close). Closing a process's socket
+	 * ends it (C_Finalize, exit); the supervisor, still running, reaps
+	 * them and starts none; one still there after 2 s is killed. The
+	 * supervisor must outlive them: it is the thread their
+	 * PR_SET_PDEATHSIG watches. */
 	pthread_mutex_lock(&p->mu);
 	p->stopping = true;
+	for (unsigned i = 0; i < p->n; i++)
+		if (p->sp[i].st != SP_DEAD && p->sp[i].fd >= 0)
+			shutdown(p->sp[i].fd, SHUT_RDWR);
 	pthread_cond_broadcast(&p->cv);
+	wake(p);
+	deadline = now_ms() + 2000;
+	for (bool killed = false;;) {
+		unsigned alive = 0;
+		struct timespec ts;
+
+		for (unsigned i = 0; i < p->n; i++)
+			alive += p->sp[i].st != SP_DEAD;
+		if (alive == 0 || !p->thr_started)
+			break;
+		if (now_ms() >= deadline && !killed) {
+			for (unsigned i = 0; i < p->n; i++)
+				if (p->sp[i].st != SP_DEAD && !p->sp[i].reaped)
+					kill(p->sp[i].pid, SIGKILL);
+			killed = true;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	p->quit = true;
 	pthread_mutex_unlock(&p->mu);
 	wake(p);
 	if (p->thr_started)
 		pthread_join(p->thr, NULL);
-	/* closing the socket ends a process (it finishes its signature
-	 * first); one still there after 2 s is killed */
-	for (unsigned i = 0; i < p->n; i++)
-		if (p->sp[i].fd >= 0) {
-			shutdown(p->sp[i].fd, SHUT_RDWR);
-		}
-	deadline = now_ms() + 2000;
-	for (unsigned i = 0; i < p->n; i++) {
-		sp_slot *s = &p->sp[i];
-
-		if (s->pidfd < 0)
-			continue;
-		for (;;) {
-			struct pollfd pf = {.fd = s->pidfd, .events = POLLIN};
-			uint64_t now = now_ms();
-
-			if (poll(&pf, 1, now < deadline ? (int)(deadline - now) : 0) <= 0)
-				kill(s->pid, SIGKILL);
-			else
-				break;
-		}
-		waitid(P_PIDFD, (id_t)s->pidfd, &(siginfo_t){0}, WEXITED);
-		close(s->pidfd);
-		if (s->fd >= 0)
-			close(s->fd);
-		fb_free(&s->x.in);
-	}
 	ctx->procs = NULL;
 	procs_free(p);
 }
@@ -1291,7 +1306,8 @@ static const tok_key *sv_key(tok_ctx *ctx, const char *name, const uint8_t *id, 
 			const tok_key *k = tok_key_at(ctx, i);
 
 			if (strcmp(k->name, name) == 0 && k->id_len == idlen &&
-			    (idlen == 0 || memcmp(k->id, id, idlen) == 0) && (uint64_t)k->kind == kind)
+			    (idlen == 0 || memcmp(k->id, id, idlen) == 0) &&
+			    (uint64_t)k->kind == kind)
 				return k;
 		}
 		if (pass == 0 && tok_rescan(ctx, NULL, NULL) < 0)
@@ -1319,8 +1335,9 @@ static int sv_sign(sv_ctx *sv, tok_ctx *ctx, frame *f)
 	}
 	k = sv_key(ctx, name, id, idlen, kind);
 	if (k == NULL)
-		r = err_set(P11J_E_UNKNOWN_KEY, "key '%s' is not on token '%s' for the signing process",
-		            name, ctx->label);
+		r = err_set(P11J_E_UNKNOWN_KEY,
+		            "key '%s' is not on token '%s' for the signing process", name,
+		            ctx->label);
 	else
 		r = tok_sign(ctx, k, (jwa_alg)alg, in, inlen, sig, &siglen);
 	free(name);

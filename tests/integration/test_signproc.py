@@ -483,6 +483,11 @@ def restart_failure(a, sock, fault):
     p0 = procs(sock)
     fault.set('crash C_Login 0')
     os.kill(p0['pids'][0], 9)
+    # once the agent has seen it go (a request sent to it before that
+    # would fail with it, as one in flight)
+    deadline = time.time() + 5
+    while time.time() < deadline and p0['pids'][0] in (procs(sock) or {}).get('pids', []):
+        time.sleep(0.01)
     c = Conn(sock)
     res = [sign(c) for _ in range(100)]
     p1 = procs(sock)
