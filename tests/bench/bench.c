@@ -1446,18 +1446,21 @@ static void bench_sign_procs(size_t a, sp_res *x)
 	x->ratio_inproc = median(qi, O.reps);
 	x->done = true;
 	note("%s signing processes, 2 clients: raw 2 threads %.0f/s, raw 2 processes %.0f/s "
-	     "(%.3f of 2 threads: the bound); agent in process %.0f/s (%.3f), agent with 2 "
+	     "(%.3f of 2 threads: the bound); agent %s %.0f/s (%.3f), agent with 2 "
 	     "signing processes %.0f/s pipelined (%.3f of raw 2 threads), %.0f/s one at a time "
 	     "(%.3f); errors %ld",
-	     ALGS[a].alg, x->raw2.rate, x->rawp2.rate, x->ratio_bound, x->inproc2.rate,
+	     ALGS[a].alg, x->raw2.rate, x->rawp2.rate, x->ratio_bound,
+	     O.sign_procs ? "of the run (--sign-processes)" : "in process", x->inproc2.rate,
 	     x->ratio_inproc, x->sp2.rate, x->ratio_sp, x->sp2_1.rate, x->ratio_sp1,
 	     x->sp2.errors + x->sp2_1.errors + x->sp1_1.errors);
 	note("%s signing processes: CPU us per signature (agent and its processes, pipelined "
 	     "2 clients) %.1f vs %.1f in process, raw 2 processes %.1f, raw 2 threads %.1f; "
 	     "1 client one at a time p50 %.1f us through a process vs %.1f in process (the hop "
-	     "%+.1f us), CPU %.1f vs %.1f us",
+	     "%+.1f us), CPU %.1f vs %.1f us%s",
 	     ALGS[a].alg, x->sp2.cpu, x->inproc2.cpu, x->rawp2.cpu, x->raw2.cpu, x->sp1_1.p50,
-	     x->inproc1_1.p50, x->sp1_1.p50 - x->inproc1_1.p50, x->sp1_1.cpu, x->inproc1_1.cpu);
+	     x->inproc1_1.p50, x->sp1_1.p50 - x->inproc1_1.p50, x->sp1_1.cpu, x->inproc1_1.cpu,
+	     O.sign_procs ? " (\"in process\": the run's agent, which has --sign-processes too)"
+	                  : "");
 }
 
 static void sp_agent_start(void)
