@@ -127,17 +127,10 @@ static bool fs_emit(fscan *s, const char *b, size_t n)
 
 static bool fs_emit_int(fscan *s, int64_t v)
 {
-	char tmp[21];
-	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	size_t o = sizeof(tmp);
+	char tmp[JSONF_INT_MAX];
+	const char *p = jsonf_itoa(v, tmp);
 
-	do {
-		tmp[--o] = (char)('0' + u % 10);
-		u /= 10;
-	} while (u != 0);
-	if (v < 0)
-		tmp[--o] = '-';
-	return fs_emit(s, tmp + o, sizeof(tmp) - o);
+	return fs_emit(s, p, (size_t)(tmp + JSONF_INT_MAX - p));
 }
 
 /* A string at s->p (a '"'): printable ASCII or 0x7F up to the closing
@@ -532,18 +525,11 @@ static bool utf8_ok(const char *s)
 /* v in decimal at o (room for 20 bytes); returns the length. */
 static size_t fast_itoa(char *o, int64_t v)
 {
-	char tmp[20];
-	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	size_t n = sizeof(tmp), len;
+	char tmp[JSONF_INT_MAX];
+	const char *p = jsonf_itoa(v, tmp);
+	size_t len = (size_t)(tmp + JSONF_INT_MAX - p);
 
-	do {
-		tmp[--n] = (char)('0' + u % 10);
-		u /= 10;
-	} while (u != 0);
-	if (v < 0)
-		tmp[--n] = '-';
-	len = sizeof(tmp) - n;
-	memcpy(o, tmp + n, len);
+	memcpy(o, p, len);
 	return len;
 }
 

@@ -297,11 +297,10 @@ int jsonf_str(jsonf_buf *b, const char *s)
 	return jsonf_raw(b, s, strlen(s));
 }
 
-int jsonf_int(jsonf_buf *b, int64_t v)
+const char *jsonf_itoa(int64_t v, char tmp[JSONF_INT_MAX])
 {
-	char tmp[20]; /* "-9223372036854775808" */
 	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	size_t o = sizeof(tmp);
+	size_t o = JSONF_INT_MAX;
 
 	do {
 		tmp[--o] = (char)('0' + u % 10);
@@ -309,7 +308,15 @@ int jsonf_int(jsonf_buf *b, int64_t v)
 	} while (u != 0);
 	if (v < 0)
 		tmp[--o] = '-';
-	return jsonf_raw(b, tmp + o, sizeof(tmp) - o);
+	return tmp + o;
+}
+
+int jsonf_int(jsonf_buf *b, int64_t v)
+{
+	char tmp[JSONF_INT_MAX];
+	const char *p = jsonf_itoa(v, tmp);
+
+	return jsonf_raw(b, p, (size_t)(tmp + JSONF_INT_MAX - p));
 }
 
 int jsonf_quote(jsonf_buf *b, const char *s, size_t n)

@@ -52,6 +52,10 @@ int jsonf_append_any(jsonf_buf *b, const json_t *v);
 int jsonf_raw(jsonf_buf *b, const void *s, size_t n);
 int jsonf_str(jsonf_buf *b, const char *s);
 int jsonf_int(jsonf_buf *b, int64_t v);
+/* v in decimal, written at the end of tmp: returns where it starts; its
+ * length is tmp + JSONF_INT_MAX - the result. */
+#define JSONF_INT_MAX 20 /* "-9223372036854775808" */
+const char *jsonf_itoa(int64_t v, char tmp[JSONF_INT_MAX]);
 
 /* Append n bytes of s as a JSON string literal, quoted and escaped as
  * Jansson does (NUL bytes allowed). 0, P11J_E_NOMEM, or P11J_E_BAD_REQUEST
