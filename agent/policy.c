@@ -65,7 +65,7 @@ bool pol_may_use(const pol_key *p, uid_t owner, uid_t uid, gid_t gid)
 	return false;
 }
 
-static bool list_match(const pol_list *l, const char *s)
+bool pol_list_match(const pol_list *l, const char *s)
 {
 	for (size_t i = 0; i < l->n; i++) {
 		if (strcmp(l->v[i], s) == 0)
@@ -90,7 +90,7 @@ static int check_claim(const pol_list *l, const char *keyname, const char *claim
 		return err_set(P11J_E_POLICY, "key %s: claim %s is required (policy %s)", keyname,
 			       claim, claim);
 	if (json_is_string(v)) {
-		if (!list_match(l, json_string_value(v)))
+		if (!pol_list_match(l, json_string_value(v)))
 			return err_set(P11J_E_POLICY,
 				       "key %s: claim %s '%.256s' does not match any allowed value "
 				       "(policy %s)", keyname, claim, json_string_value(v), claim);
@@ -107,7 +107,7 @@ static int check_claim(const pol_list *l, const char *keyname, const char *claim
 			return err_set(P11J_E_POLICY,
 				       "key %s: claim %s[%zu] is not a string (policy %s)", keyname,
 				       claim, i, claim);
-		if (!list_match(l, json_string_value(e)))
+		if (!pol_list_match(l, json_string_value(e)))
 			return err_set(P11J_E_POLICY,
 				       "key %s: claim %s '%.256s' does not match any allowed value "
 				       "(policy %s)", keyname, claim, json_string_value(e), claim);

@@ -91,5 +91,8 @@ int pol_check_dpop(const pol_key *p, bool dflt, const char *keyname, unsigned ke
 
 /* Whether s looks like a glob (has *, ? or [). */
 bool pol_is_glob(const char *s);
+/* Whether s is one of l's values or matches one of its globs (fnmatch
+ * without FNM_PATHNAME: '*' spans '/' in URLs). */
+bool pol_list_match(const pol_list *l, const char *s);
 
 #endif

@@ -34,7 +34,6 @@
 #include "jose/dpop.h"
 #include "jose/jsonfast.h"
 
-#include <fnmatch.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -464,29 +463,17 @@ static bool fs_request(fscan *s, freq *q, char *idbuf, char *cbuf, size_t ccap)
 	return s->p == s->end;
 }
 
-/* policy.c's list_match */
-static bool fast_list_match(const pol_list *l, const char *s)
-{
-	for (size_t i = 0; i < l->n; i++) {
-		if (strcmp(l->v[i], s) == 0)
-			return true;
-		if (pol_is_glob(l->v[i]) && fnmatch(l->v[i], s, 0) == 0)
-			return true;
-	}
-	return false;
-}
-
 /* Whether policy.c's check_claim lets the claim through. */
 static bool fast_claim_ok(const pol_list *l, const fval *v, const felems *el, bool array_ok)
 {
 	if (l->n == 0)
 		return true;
 	if (v->kind == V_STR)
-		return fast_list_match(l, v->str.p);
+		return pol_list_match(l, v->str.p);
 	if (!array_ok || v->kind != V_ARRAY || el == NULL || el->n == 0 || el->n > FAST_MAX_AUD)
 		return false;
 	for (size_t i = 0; i < el->n; i++)
-		if (el->e[i].kind != V_STR || !fast_list_match(l, el->e[i].str.p))
+		if (el->e[i].kind != V_STR || !pol_list_match(l, el->e[i].str.p))
 			return false;
 	return true;
 }
