@@ -88,7 +88,10 @@ def wait_running(sock, n, limit=15.0):
 def agent_env(fault, extra_env=None):
     env = fault.env()
     # a crash must reach the agent as the signal, not as ASan's report
-    env['ASAN_OPTIONS'] = (env.get('ASAN_OPTIONS', '') + ':handle_segv=0:handle_abort=0').lstrip(':')
+    # (UBSan parses UBSAN_OPTIONS for the same common flags after ASan,
+    # with handle_segv=1 by default: both must say it)
+    for var in ('ASAN_OPTIONS', 'UBSAN_OPTIONS'):
+        env[var] = (env.get(var, '') + ':handle_segv=0:handle_abort=0').lstrip(':')
     env.update(extra_env or {})
     return env
 
