@@ -267,6 +267,8 @@ void tok_pool_flush(tok_ctx *ctx);
 void tok_state_set(tok_ctx *ctx, tok_state st);
 /* UNAVAILABLE from now until a recovery succeeds; why is logged once. */
 void tok_mark_unavailable(tok_ctx *ctx, const char *why);
+/* CLOCK_MONOTONIC in milliseconds (recovery back-offs, signing processes). */
+uint64_t tok_now_ms(void);
 /* No recovery attempt before TOK_RECOVER_MS from now. */
 void tok_recover_later(tok_ctx *ctx);
 /* Try to recover if nobody else is and the back-off allows (force: login

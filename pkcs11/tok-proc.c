@@ -368,14 +368,6 @@ static void spin_env(void)
 }
 #endif
 
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- the agent's side ------------------------------------------------------ */
 
 /* DEAD: no process; STARTING: the supervisor starts it; IDLE; BUSY: a
@@ -461,7 +453,7 @@ static unsigned backoff_ms(unsigned streak)
 static void slot_dead(struct tok_procs *p, sp_slot *s)
 {
 	char what[160];
-	bool young = !s->signed_once && now_ms() - s->started_ms < SP_STEADY_MS;
+	bool young = !s->signed_once && tok_now_ms() - s->started_ms < SP_STEADY_MS;
 	bool crashed = s->was_ready && !p->stopping;
 	unsigned ms;
 
@@ -478,7 +470,7 @@ static void slot_dead(struct tok_procs *p, sp_slot *s)
 		/* processes that die young in a row wait longer and longer */
 		p->streak = young ? p->streak + 1 : 1;
 		ms = backoff_ms(p->streak);
-		p->next_start_ms = now_ms() + ms;
+		p->next_start_ms = tok_now_ms() + ms;
 		p->crashes += crashed;
 		snprintf(p->last_death, sizeof(p->last_death), "signing process %d %s", (int)s->pid,
 		         what);
@@ -534,7 +526,7 @@ static int spawn_one(struct tok_procs *p, sp_slot *s)
 	s->pid = pid;
 	s->fd = sv[0];
 	s->pidfd = pidfd_open(pid, 0);
-	s->started_ms = now_ms();
+	s->started_ms = tok_now_ms();
 	s->signed_once = s->lost = s->reaped = s->was_ready = false;
 	s->st_sig = s->st_samp = s->st_ns = 0;
 	s->x.used = 0;
@@ -667,7 +659,7 @@ static int exchange(struct tok_procs *p, sp_slot *s, fbuf *req, int timeout_ms, 
 	e = errno;
 	pthread_mutex_lock(&p->mu);
 	s->lost = true;
-	s->lost_ms = now_ms();
+	s->lost_ms = tok_now_ms();
 	wake(p);
 	if (!sent && ret_unsent != NULL) {
 		*ret_unsent = true;
@@ -770,13 +762,13 @@ static void start_slot(struct tok_procs *p, unsigned i)
 		kill(s->pid, SIGKILL);
 		s->st = SP_LOST;
 		s->lost = true;
-		s->lost_ms = now_ms();
+		s->lost_ms = tok_now_ms();
 		snprintf(p->last_death, sizeof(p->last_death),
 		         "signing process %d did not start: %s", (int)s->pid, msg);
 	} else {
 		s->st = SP_DEAD;
 		p->streak++;
-		p->next_start_ms = now_ms() + backoff_ms(p->streak);
+		p->next_start_ms = tok_now_ms() + backoff_ms(p->streak);
 		snprintf(p->last_death, sizeof(p->last_death), "%s", msg);
 	}
 	pthread_cond_broadcast(&p->cv);
@@ -811,7 +803,7 @@ static void *supervisor(void *arg)
 
 	pthread_mutex_lock(&p->mu);
 	while (!p->quit) {
-		uint64_t now = now_ms();
+		uint64_t now = tok_now_ms();
 		int timeout = -1, npf = 1;
 		unsigned i;
 
@@ -822,7 +814,7 @@ static void *supervisor(void *arg)
 				pthread_mutex_unlock(&p->mu);
 				start_slot(p, i);
 				pthread_mutex_lock(&p->mu);
-				now = now_ms();
+				now = tok_now_ms();
 				continue;
 			}
 			if (s->st == SP_DEAD) {
@@ -882,7 +874,7 @@ static int take_slot(struct tok_procs *p, sp_slot **ret)
 			alive |= (s->st == SP_BUSY && !s->lost) || s->st == SP_STARTING;
 		}
 		if (!alive || p->stopping) {
-			uint64_t now = now_ms(), at = p->next_start_ms;
+			uint64_t now = tok_now_ms(), at = p->next_start_ms;
 			int r =
 			    err_set(P11J_E_TOKEN_UNAVAILABLE,
 			            "no signing process for token '%s' is running (%s); the next "
@@ -1004,7 +996,7 @@ static void each_idle(tok_ctx *ctx, uint32_t type, const char *doing)
 			    (int)s->pid, ctx->label, doing, err_msg());
 			pthread_mutex_lock(&p->mu);
 			s->lost = true;
-			s->lost_ms = now_ms();
+			s->lost_ms = tok_now_ms();
 			kill(s->pid, SIGKILL);
 			pthread_mutex_unlock(&p->mu);
 		}
@@ -1142,7 +1134,7 @@ int tok_proc_start(tok_ctx *ctx, const tok_config *cfg, const tok_proc_config *p
 	p->thr_started = true;
 	/* the first ones before the agent serves: the one that does not
 	 * start says why */
-	deadline = now_ms() + SP_START_MS + 5000;
+	deadline = tok_now_ms() + SP_START_MS + 5000;
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
 		unsigned idle = 0;
@@ -1151,7 +1143,7 @@ int tok_proc_start(tok_ctx *ctx, const tok_config *cfg, const tok_proc_config *p
 			idle += p->sp[i].st == SP_IDLE;
 		if (idle == p->n)
 			break;
-		if (p->last_death[0] != '\0' || now_ms() > deadline) {
+		if (p->last_death[0] != '\0' || tok_now_ms() > deadline) {
 			r = err_set(P11J_E_TOKEN_UNAVAILABLE,
 			            "the signing processes for token '%s' do not start: %s",
 			            ctx->label, p->last_death[0] ? p->last_death : "timed out");
@@ -1198,7 +1190,7 @@ void tok_proc_stop(tok_ctx *ctx)
 			shutdown(p->sp[i].fd, SHUT_RDWR);
 	pthread_cond_broadcast(&p->cv);
 	wake(p);
-	deadline = now_ms() + 2000;
+	deadline = tok_now_ms() + 2000;
 	for (bool killed = false;;) {
 		unsigned alive = 0;
 		struct timespec ts;
@@ -1207,7 +1199,7 @@ void tok_proc_stop(tok_ctx *ctx)
 			alive += p->sp[i].st != SP_DEAD;
 		if (alive == 0 || !p->thr_started)
 			break;
-		if (now_ms() >= deadline && !killed) {
+		if (tok_now_ms() >= deadline && !killed) {
 			for (unsigned i = 0; i < p->n; i++)
 				if (p->sp[i].st != SP_DEAD && !p->sp[i].reaped)
 					kill(p->sp[i].pid, SIGKILL);

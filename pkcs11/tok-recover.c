@@ -12,7 +12,7 @@
 
 #include <p11-kit/pkcs11.h>
 
-static uint64_t now_ms(void)
+uint64_t tok_now_ms(void)
 {
 	struct timespec ts;
 
@@ -69,7 +69,7 @@ void tok_mark_unavailable(tok_ctx *ctx, const char *why)
 void tok_recover_later(tok_ctx *ctx)
 {
 	pthread_mutex_lock(&ctx->state_mu);
-	ctx->next_try_ms = now_ms() + TOK_RECOVER_MS;
+	ctx->next_try_ms = tok_now_ms() + TOK_RECOVER_MS;
 	pthread_mutex_unlock(&ctx->state_mu);
 }
 
@@ -163,7 +163,7 @@ static int reopen(tok_ctx *ctx)
  * UNAVAILABLE (to READY or LOCKED), else P11J_E_TOKEN_UNAVAILABLE at once. */
 int tok_recover(tok_ctx *ctx, bool force, bool have_wrlock)
 {
-	uint64_t now = now_ms();
+	uint64_t now = tok_now_ms();
 	int r;
 
 	pthread_mutex_lock(&ctx->state_mu);
@@ -191,7 +191,7 @@ int tok_recover(tok_ctx *ctx, bool force, bool have_wrlock)
 
 	pthread_mutex_lock(&ctx->state_mu);
 	ctx->recovering = false;
-	ctx->next_try_ms = now_ms() + TOK_RECOVER_MS;
+	ctx->next_try_ms = tok_now_ms() + TOK_RECOVER_MS;
 	pthread_mutex_unlock(&ctx->state_mu);
 	if (r < 0)
 		return err_set(P11J_E_TOKEN_UNAVAILABLE, "token '%s' is unavailable: %s",

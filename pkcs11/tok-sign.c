@@ -184,7 +184,6 @@ static int sign_once(tok_ctx *ctx, const tok_key *k, tok_sign_input *si, uint8_t
 			uint64_t d = thread_cpu_ns() - cpu0;
 
 			d = d > clock_cost ? d - clock_cost : 0;
-
 			atomic_fetch_add_explicit(&ctx->cpu_sampled_ns, d, memory_order_relaxed);
 			atomic_fetch_add_explicit(&ctx->cpu_samples, 1, memory_order_relaxed);
 		}
