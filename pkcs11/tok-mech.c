@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,30 @@ static const tok_mech mech_table[] = {
 	{JWA_EDDSA, CKM_EDDSA, TOK_CKM_NONE, NULL, NULL, 0, 0, 0, NULL},
 };
 /* clang-format on */
+
+/* The hashes, fetched once: EVP_sha256() and the like make EVP_Digest()
+ * look the implementation up in the provider store on every call (~0.17 µs
+ * of a 0.39 µs SHA-256 of a usual signing input here). A fetched EVP_MD is
+ * immutable and shared by all threads; it lives as long as the process. */
+static const EVP_MD *md_fetched[ARRAY_SIZE(mech_table)];
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void md_fetch_all(void)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(mech_table); i++)
+		if (mech_table[i].md != NULL)
+			md_fetched[i] =
+			    EVP_MD_fetch(NULL, EVP_MD_get0_name(mech_table[i].md()), NULL);
+}
+
+static const EVP_MD *mech_md(const tok_mech *m)
+{
+	const EVP_MD *md;
+
+	pthread_once(&md_once, md_fetch_all);
+	md = md_fetched[m - mech_table];
+	return md != NULL ? md : m->md(); /* not fetched: the implicit way */
+}
 
 static const tok_mech *mech_find(jwa_alg alg)
 {
@@ -147,7 +172,7 @@ int tok_mech_input(const tok_ctx *ctx, jwa_alg alg, const uint8_t *in, size_t in
 		pre = TOK_DI_LEN;
 		memcpy(ret->buf, m->digest_info, pre);
 	}
-	if (!EVP_Digest(in, inlen, ret->buf + pre, &mdlen, m->md(), NULL))
+	if (!EVP_Digest(in, inlen, ret->buf + pre, &mdlen, mech_md(m), NULL))
 		return err_set_ossl(P11J_E_CRYPTO, m->raw_what);
 	ret->mech.mechanism = m->raw;
 	ret->data = ret->buf;

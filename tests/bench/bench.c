@@ -385,7 +385,17 @@ static void p11_close(void)
 	F = NULL;
 }
 
-/* One signature, exactly as tok_sign() does it: ES* hashed here. */
+/* One signature, exactly as tok_sign() does it: ES* hashed here, with the
+ * hash fetched once as the token layer does (tok-mech.c). */
+static EVP_MD *md_sha256, *md_sha384;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void md_fetch(void)
+{
+	md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	md_sha384 = EVP_MD_fetch(NULL, "SHA384", NULL);
+}
+
 /* The thread CPU inside C_SignInit + C_Sign, sampled on every 16th
  * raw_sign() of each thread as the agent's token layer samples it (the
  * cost of a clock read taken off), so that the smallest socket signer's
@@ -408,8 +418,9 @@ static CK_RV raw_sign(CK_SESSION_HANDLE s, size_t a, uint8_t *sig, CK_ULONG *sig
 		m.ulParameterLen = sizeof(pss);
 	}
 	if (ALGS[a].hash) {
+		pthread_once(&md_once, md_fetch);
 		if (!EVP_Digest(input, sizeof(input), md, &mdlen,
-		                ALGS[a].hash == 256 ? EVP_sha256() : EVP_sha384(), NULL))
+		                ALGS[a].hash == 256 ? md_sha256 : md_sha384, NULL))
 			return CKR_GENERAL_ERROR;
 		data = md;
 		dlen = mdlen;
