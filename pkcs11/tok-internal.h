@@ -10,6 +10,7 @@
 #define P11J_TOK_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -101,10 +102,12 @@ struct tok_ctx {
 	 * for its PKCS#11 calls and exclusively by login, lock and recovery,
 	 * which change sessions, handles and the cached PIN. state_mu guards
 	 * tstate, recovering and next_try_ms, so that callers can fail fast
-	 * without waiting for op_lock. */
+	 * without waiting for op_lock. tstate is written under state_mu but
+	 * atomic, so that tok_get_state() (twice per signature) reads it
+	 * without taking the mutex every signing thread would share. */
 	pthread_rwlock_t op_lock;
 	pthread_mutex_t state_mu;
-	tok_state tstate;
+	_Atomic tok_state tstate;
 	bool recovering;
 	uint64_t next_try_ms; /* no recovery attempt before this */
 	char *pin;            /* mlock()ed page, TOK_PIN_MAX + 1 bytes */

@@ -8,6 +8,7 @@
 #include "common/err.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include <p11-kit/pkcs11.h>
@@ -29,12 +30,7 @@ void tok_state_set(tok_ctx *ctx, tok_state st)
 
 tok_state tok_get_state(tok_ctx *ctx)
 {
-	tok_state st;
-
-	pthread_mutex_lock(&ctx->state_mu);
-	st = ctx->tstate;
-	pthread_mutex_unlock(&ctx->state_mu);
-	return st;
+	return atomic_load(&ctx->tstate);
 }
 
 const char *tok_state_name(tok_state st)
