@@ -61,12 +61,12 @@ static int audit_stamp(int64_t now_ms, char *stamp, size_t len)
 	return 0;
 }
 
-int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
-               size_t *ret_len)
+int audit_line_append(jsonf_buf *out, const proto_audit *a, const proto_peer *peer,
+                      int64_t now_ms)
 {
 	char stamp[64];
-	jsonf_buf b = { 0 };
-	char *line;
+	jsonf_buf b = *out; /* appended to; *out changes only on success */
+	size_t start = out->len;
 	int r;
 
 	if ((r = audit_stamp(now_ms, stamp, sizeof(stamp))) < 0)
@@ -108,15 +108,32 @@ int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, cha
 	                        (r = jsonf_raw(&b, "\"", 1)) < 0)) ||
 	    (r = jsonf_raw(&b, "}\n", 2)) < 0)
 		goto out;
-	if ((line = jsonf_take(&b, ret_len)) == NULL) {
-		r = P11J_E_NOMEM;
-		goto out;
+	*out = b;
+	return 0;
+out:
+	/* the buffer may have moved: the caller's records go with it, and
+	 * what this line added is wiped */
+	if (b.len > start)
+		memset(b.p + start, 0, b.len - start);
+	b.len = start;
+	*out = b;
+	return err_set(r, "out of memory building an audit line");
+}
+
+int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
+               size_t *ret_len)
+{
+	jsonf_buf b = { 0 };
+	char *line;
+	int r;
+
+	if ((r = audit_line_append(&b, a, peer, now_ms)) < 0 ||
+	    (line = jsonf_take(&b, ret_len)) == NULL) {
+		jsonf_free(&b);
+		return r < 0 ? r : err_set(P11J_E_NOMEM, "out of memory building an audit line");
 	}
 	*ret_line = line;
 	return 0;
-out:
-	jsonf_free(&b);
-	return err_set(r, "out of memory building an audit line");
 }
 
 enum sink_kind { SINK_NONE, SINK_SYSLOG, SINK_STDERR, SINK_FILE };

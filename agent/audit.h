@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <jansson.h>
 #include "agent/proto.h"
+#include "jose/jsonfast.h"
 
 /* Build the line (malloc'ed, ending in "\n"):
  * {"time":"2026-11-23T10:11:12.345Z","uid":..,"gid":..,"pid":..,"op":"sign",
@@ -26,6 +27,11 @@
  * the epoch (UTC). */
 int audit_line(const proto_audit *a, const proto_peer *peer, int64_t now_ms, char **ret_line,
                size_t *ret_len);
+/* The same line appended to out (the agent's batch of records, so that no
+ * line is allocated on its own). On failure out is as it was, but for a
+ * block that may have moved (what it held is kept). */
+int audit_line_append(jsonf_buf *out, const proto_audit *a, const proto_peer *peer,
+                      int64_t now_ms);
 
 typedef struct audit_sink audit_sink;
 

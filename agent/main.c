@@ -425,16 +425,14 @@ static void audit_failed(void)
 			logmsg(LOG_ERR, "audit: %s; refusing to hand out JWTs", err_msg());
 }
 
-static int audit_record(void *ud, const proto_peer *peer, const proto_audit *a, char **ret_line,
-			size_t *ret_len)
+static int audit_record(void *ud, const proto_peer *peer, const proto_audit *a, jsonf_buf *out)
 {
 	struct timespec ts;
 	int r;
 
 	(void)ud;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	r = audit_line(a, peer, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, ret_line,
-		       ret_len);
+	r = audit_line_append(out, a, peer, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
 	if (r < 0)
 		audit_failed();
 	return r;

@@ -280,8 +280,7 @@ struct pend {
 
 struct wctx {
 	char *scratch;
-	char *abuf;
-	size_t alen, acap;
+	jsonf_buf ab; /* the turn's audit records, not yet written */
 	/* the turn's answers not yet committed (conn_commit): held until
 	 * they are sent, so that the last answer of a batch and the next
 	 * batch's answers share one audit write */
@@ -506,9 +505,9 @@ static int conn_commit(srv *s, struct conn *c, struct wctx *w, struct pend *p, i
 {
 	int ar = 0, r = 0;
 
-	if (w->alen > 0) {
-		ar = s->cfg.audit_write(s->cfg.audit_ud, w->abuf, w->alen);
-		w->alen = 0;
+	if (w->ab.len > 0) {
+		ar = s->cfg.audit_write(s->cfg.audit_ud, w->ab.p, w->ab.len);
+		w->ab.len = 0;
 	}
 	for (int i = 0; i < *np; i++) {
 		if (ar < 0 && p[i].audited_ok) {
@@ -550,8 +549,8 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 	while (served < budget && c->state == C_OPEN && c->out_len - c->out_off <= OUT_HIGH) {
 		char *line = c->in + off;
 		proto_audit aud = { 0 };
-		char *resp = NULL, *al = NULL;
-		size_t len = 0, rlen = 0, alen = 0;
+		char *resp = NULL;
+		size_t len = 0, rlen = 0;
 		srv_frame_result fr = srv_frame_next(c->in, c->in_len, off, &len);
 
 		if (fr == SRV_FRAME_TOO_LONG) {
@@ -582,10 +581,7 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 		}
 		pend[np] = (struct pend){ .resp = resp, .len = rlen, .result = aud.result };
 		if (proto_audit_has_record(&aud) && s->cfg.audit != NULL) {
-			if (s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud, &al, &alen) == 0 &&
-			    util_secret_reserve(&w->abuf, &w->acap, w->alen, alen) == 0) {
-				memcpy(w->abuf + w->alen, al, alen);
-				w->alen += alen;
+			if (s->cfg.audit(s->cfg.audit_ud, &c->peer, &aud, &w->ab) == 0) {
 				pend[np].audited_ok = aud.result == 0;
 			} else if (aud.result == 0) {
 				/* no record, no JWT */
@@ -597,7 +593,6 @@ static int conn_serve_lines(srv *s, struct conn *c, struct wctx *w, uint64_t now
 						     &pend[np].len) < 0)
 					r = -1;
 			}
-			free(al);
 		}
 		np++;
 		proto_audit_clear(&aud);
@@ -1008,7 +1003,7 @@ static void *worker_main(void *arg)
 		}
 	}
 	free(w.scratch);
-	freezero_buf(w.abuf, w.acap);
+	jsonf_free(&w.ab);
 	return NULL;
 }
 

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "agent/proto.h"
+#include "jose/jsonfast.h"
 #include "common/log.h"
 
 
@@ -37,12 +38,12 @@ typedef struct {
 	p11j_log_fn log; /* syslog priorities; its ud is NULL */
 	/* The audit trail (both set, or neither). audit() is called on the
 	 * serving thread for each audited request (sign, login, lock) and
-	 * returns its record (a malloc'ed line); audit_write() is then called
+	 * appends its record (one line) to out, the serving thread's batch;
+	 * on failure out holds what it held. audit_write() is then called
 	 * with the records of a batch of requests, one after the other, before
 	 * any of their answers is sent. A failure of either turns a successful
 	 * answer into an "internal" error: no JWT leaves without its record. */
-	int (*audit)(void *ud, const proto_peer *peer, const proto_audit *a, char **ret_line,
-		     size_t *ret_len);
+	int (*audit)(void *ud, const proto_peer *peer, const proto_audit *a, jsonf_buf *out);
 	int (*audit_write)(void *ud, const char *buf, size_t len);
 	void *audit_ud;
 	/* Called once when srv_stop() takes effect (sd_notify STOPPING=1). */
