@@ -73,6 +73,19 @@ static char *handle(const proto_peer *peer, const char *line, json_t **ret_resp,
 		assert_int_equal(strlen(al), alen);
 		assert_true(alen > 0 && al[alen - 1] == '\n');
 		assert_null(memchr(al, '\n', alen - 1));
+		/* appended to a batch (as the agent writes them): the records
+		 * before it are kept, and the same line follows them */
+		{
+			static const char before[] = "{\"an\":\"earlier record\"}\n";
+			jsonf_buf b = {0};
+
+			assert_int_equal(jsonf_raw(&b, before, strlen(before)), 0);
+			assert_int_equal(audit_line_append(&b, &a, peer, NOW_MS), 0);
+			assert_int_equal(b.len, strlen(before) + alen);
+			assert_memory_equal(b.p, before, strlen(before));
+			assert_memory_equal(b.p + strlen(before), al, alen);
+			jsonf_free(&b);
+		}
 	}
 	free(resp);
 	proto_audit_clear(&a);
