@@ -113,9 +113,7 @@ int audit_line_append(jsonf_buf *out, const proto_audit *a, const proto_peer *pe
 out:
 	/* the buffer may have moved: the caller's records go with it, and
 	 * what this line added is wiped */
-	if (b.len > start)
-		memset(b.p + start, 0, b.len - start);
-	b.len = start;
+	jsonf_rollback(&b, start);
 	*out = b;
 	return err_set(r, "out of memory building an audit line");
 }

@@ -376,6 +376,11 @@ int jsonf_reserve(jsonf_buf *b, size_t need)
 	return jf_reserve(b, need);
 }
 
+void jsonf_rollback(jsonf_buf *b, size_t start)
+{
+	jf_rollback(b, start);
+}
+
 int jsonf_dumps(const json_t *v, char **ret, size_t *ret_len)
 {
 	jsonf_buf b = { 0 };

@@ -73,6 +73,8 @@ void jsonf_free(jsonf_buf *b);
 /* Make room for need more bytes (and a NUL) after b->len, so that a caller
  * who knows the usual size grows the buffer once. 0 or P11J_E_NOMEM. */
 int jsonf_reserve(jsonf_buf *b, size_t need);
+/* Drop (and wipe) whatever was appended after start. */
+void jsonf_rollback(jsonf_buf *b, size_t start);
 
 /* The compact text of v as a fresh NUL-terminated string (free() it, or
  * freezero_str() it), by jsonf_append() or, when that declines, by

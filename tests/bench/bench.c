@@ -385,8 +385,7 @@ static void p11_close(void)
 	F = NULL;
 }
 
-/* One signature, exactly as tok_sign() does it: ES* hashed here, with the
- * hash fetched once as the token layer does (tok-mech.c). */
+/* The hashes, fetched once as the token layer does (tok-mech.c). */
 static EVP_MD *md_sha256, *md_sha384;
 static pthread_once_t md_once = PTHREAD_ONCE_INIT;
 
@@ -396,6 +395,7 @@ static void md_fetch(void)
 	md_sha384 = EVP_MD_fetch(NULL, "SHA384", NULL);
 }
 
+/* One signature, exactly as tok_sign() does it: ES* hashed here. */
 /* The thread CPU inside C_SignInit + C_Sign, sampled on every 16th
  * raw_sign() of each thread as the agent's token layer samples it (the
  * cost of a clock read taken off), so that the smallest socket signer's
